@@ -1,0 +1,187 @@
+"""`@kdsl.jit`: a Python function becomes a kernel launched as `kernel[grid](...)`.
+
+Binding a launch's arguments to the kernel's parameters and checking them is
+shared by the OpenCL path and the interpreter, so both reject the same bad
+launches with the same errors.
+"""
+import inspect
+import os
+
+import numpy as np
+
+from . import language as kl
+from .errors import LaunchError
+from .parser import parse_function
+
+_MISSING = inspect.Parameter.empty
+
+
+def _interpret_default():
+    return os.environ.get("KDSL_INTERPRET", "0") not in ("", "0", "false", "False")
+
+
+class JITFunction:
+    """A kernel: launch with `kernel[grid](*args, **constexprs, num_threads=N)`.
+
+    >>> @kdsl.jit
+    ... def fill(out_ptr, value, BLOCK: kl.constexpr):
+    ...     kl.store(out_ptr + kl.arange(0, BLOCK), kl.full((BLOCK,), value, kl.float32))
+    """
+
+    def __init__(self, fn, interpret=None):
+        self.fn = fn
+        self.__name__ = fn.__name__
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+        self._interpret = interpret
+        self.signature = inspect.signature(fn)
+        self.arg_names = list(self.signature.parameters)
+        self.constexpr_names = [n for n, p in self.signature.parameters.items()
+                                if _is_constexpr_annotation(p.annotation, fn)]
+        self._ast = None
+        self._compiled = {}          # specialisation key -> compiled kernel
+
+    @property
+    def interpret(self):
+        return _interpret_default() if self._interpret is None else self._interpret
+
+    @property
+    def ast(self):
+        """The parsed kernel (kdsl.ast_nodes.Function), parsed once."""
+        if self._ast is None:
+            self._ast = parse_function(self.fn)
+        return self._ast
+
+    @property
+    def globals(self):
+        """Module-level names the kernel can read (constants, kl, other kernels)."""
+        g = dict(self.fn.__globals__)
+        if self.fn.__closure__:
+            for name, cell in zip(self.fn.__code__.co_freevars, self.fn.__closure__):
+                try:
+                    g[name] = cell.cell_contents
+                except ValueError:
+                    pass
+        return g
+
+    def __getitem__(self, grid):
+        def launcher(*args, **kwargs):
+            return self.run(grid, args, kwargs)
+        return launcher
+
+    def __call__(self, *args, **kwargs):
+        raise RuntimeError(f"kernel '{self.__name__}' must be launched as "
+                           f"{self.__name__}[grid](...) from Python; inside another kernel "
+                           "it can be called directly")
+
+    def __repr__(self):
+        return f"<kdsl.jit kernel {self.__name__}>"
+
+    # ---------------------------------------------------------------- launch
+    def bind(self, args, kwargs):
+        """Map a launch's arguments to parameter names; returns (values, num_threads).
+
+        Constexpr parameters may be given by keyword or position; a missing
+        argument, an unknown keyword or a wrong type raises LaunchError.
+        """
+        kwargs = dict(kwargs)
+        num_threads = kwargs.pop("num_threads", None)
+        if num_threads is not None:
+            if not isinstance(num_threads, (int, np.integer)) or num_threads < 1 \
+                    or num_threads & (num_threads - 1):
+                raise LaunchError(f"{self.__name__}: num_threads must be a power of two >= 1, "
+                                  f"got {num_threads!r}")
+            num_threads = int(num_threads)
+        if len(args) > len(self.arg_names):
+            raise LaunchError(f"{self.__name__}() takes {len(self.arg_names)} arguments "
+                              f"({', '.join(self.arg_names)}) but {len(args)} were given")
+        values = dict(zip(self.arg_names, args))
+        for name, value in kwargs.items():
+            if name not in self.signature.parameters:
+                raise LaunchError(f"{self.__name__}() got an unexpected argument '{name}'; "
+                                  f"its parameters are {', '.join(self.arg_names)}")
+            if name in values:
+                raise LaunchError(f"{self.__name__}() got two values for argument '{name}'")
+            values[name] = value
+        missing = []
+        for name, p in self.signature.parameters.items():
+            if name not in values:
+                if p.default is not _MISSING:
+                    values[name] = p.default
+                else:
+                    missing.append(name)
+        if missing:
+            raise LaunchError(f"{self.__name__}() is missing argument(s): {', '.join(missing)}")
+        for name in self.constexpr_names:
+            v = values[name]
+            if isinstance(v, kl.constexpr):
+                v = values[name] = v.value
+            if not isinstance(v, (int, float, bool, str, np.integer, np.floating, kl.dtype,
+                                  type(None), tuple)):
+                raise LaunchError(f"{self.__name__}(): constexpr '{name}' must be a Python "
+                                  f"int, float, bool, str or dtype, got {type(v).__name__}")
+        for name in self.arg_names:
+            if name not in self.constexpr_names:
+                _check_runtime_arg(self.__name__, name, values[name])
+        return values, num_threads
+
+    def grid_of(self, grid, values):
+        """Evaluate a grid tuple or a `meta -> tuple` callable into 3 ints."""
+        if callable(grid):
+            grid = grid(dict(values))
+        if isinstance(grid, (int, np.integer)):
+            grid = (grid,)
+        if not isinstance(grid, (tuple, list)) or not 1 <= len(grid) <= 3:
+            raise LaunchError(f"{self.__name__}: the grid must be a tuple of 1 to 3 ints "
+                              f"(or a callable returning one), got {grid!r}")
+        out = []
+        for g in grid:
+            if not isinstance(g, (int, np.integer)) or isinstance(g, bool) or g < 0:
+                raise LaunchError(f"{self.__name__}: grid sizes must be non-negative ints, "
+                                  f"got {grid!r}")
+            out.append(int(g))
+        return tuple(out) + (1,) * (3 - len(out))
+
+    def run(self, grid, args, kwargs):
+        values, num_threads = self.bind(args, kwargs)
+        grid = self.grid_of(grid, values)
+        if self.interpret:
+            from .interpreter import interpret
+            return interpret(self, grid, values, num_threads)
+        from .launch import launch
+        return launch(self, grid, values, num_threads)
+
+
+def _is_constexpr_annotation(annotation, fn):
+    if annotation is kl.constexpr or isinstance(annotation, kl.constexpr):
+        return True
+    if isinstance(annotation, str):     # from __future__ import annotations
+        return annotation.split(".")[-1] == "constexpr"
+    return False
+
+
+def _check_runtime_arg(kernel, name, value):
+    from .tensor import Tensor
+    if isinstance(value, (Tensor, np.ndarray)):
+        if kl.from_numpy(value.dtype) is None:
+            raise LaunchError(f"{kernel}(): argument '{name}' has dtype {value.dtype}, which "
+                              "kernels cannot use (use float32, float16, int32, uint32, int8, "
+                              "uint8, int16, uint16 or bool)")
+        return
+    if isinstance(value, (bool, np.bool_, int, np.integer, float, np.floating)):
+        return
+    if value is None:
+        raise LaunchError(f"{kernel}(): argument '{name}' is None; pass a tensor or a number "
+                          "(or make the parameter a kl.constexpr)")
+    raise LaunchError(f"{kernel}(): argument '{name}' has type {type(value).__name__}; "
+                      "kernels take kdsl tensors, numpy arrays, ints and floats")
+
+
+def jit(fn=None, *, interpret=None):
+    """Decorator: compile a Python function as a kdsl kernel.
+
+    `interpret=True` (or KDSL_INTERPRET=1) runs it on the numpy interpreter.
+    """
+    if fn is None:
+        return lambda f: JITFunction(f, interpret=interpret)
+    return JITFunction(fn, interpret=interpret)
