@@ -1,0 +1,1 @@
+"""Per-device autotuning: config spaces, a timing harness and the tuning database."""

@@ -1,0 +1,1 @@
+"""The kernel library, written in the kdsl kernel language: one module per kernel family."""

@@ -1,0 +1,47 @@
+"""Shared test set-up: markers, a private program cache, hypothesis settings.
+
+Markers: `slow` (long tests), `gpu` (skipped where no OpenCL GPU exists).
+"""
+import os
+import shutil
+import tempfile
+
+import pytest
+from hypothesis import settings
+
+settings.register_profile("ci", deadline=None, max_examples=25)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+_own_cache_dir = None
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a long test")
+    config.addinivalue_line("markers", "gpu: needs an OpenCL GPU; skipped where there is none")
+    # Tests must neither read binaries a developer's earlier runs left in
+    # ~/.cache/kdsl nor fill it; an explicit KDSL_CACHE_DIR is kept.
+    global _own_cache_dir
+    if "KDSL_CACHE_DIR" not in os.environ:
+        _own_cache_dir = tempfile.mkdtemp(prefix="kdsl-test-cache-")
+        os.environ["KDSL_CACHE_DIR"] = _own_cache_dir
+
+
+def pytest_unconfigure(config):
+    if _own_cache_dir is not None:
+        shutil.rmtree(_own_cache_dir, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if gpu_items and not _has_gpu():
+        skip = pytest.mark.skip(reason="no OpenCL GPU device on this machine")
+        for item in gpu_items:
+            item.add_marker(skip)
+
+
+def _has_gpu():
+    from kdsl.device import devices
+    try:
+        return any(device.is_gpu for device in devices())
+    except RuntimeError:     # no OpenCL device at all
+        return False
