@@ -85,6 +85,12 @@ class Codegen:
         self._var_pending = set()
         self._sets = _collect_setvars(kernel.body)
         self._lane_names = {}
+        # On a CPU, kl.dot reads its operands straight from registers: each
+        # loaded operand tile is loaded in the layout the dot needs (no local
+        # memory, no barriers). On a GPU the tiles are staged in local memory.
+        staging = self.device.get("dot_staging") or ("registers" if self.device.get("is_cpu")
+                                                       else "local")
+        self._operand_home = _dot_operand_loads(kernel, self.T) if staging == "registers" else {}
 
     # ------------------------------------------------------------- naming
     def fresh(self, base):
@@ -124,7 +130,9 @@ class Codegen:
         if v in self._home:
             return self._home[v]
         op = v.op
-        if op == "load":
+        if op == "load" and v in self._operand_home:
+            h = self._operand_home[v]
+        elif op == "load":
             h = self.layout_for(v.args[0])
         elif op == "reduce":
             h = remove_dim(self.layout_for(v.args[0]), v.attrs["axis"])
@@ -743,6 +751,34 @@ def _collect_setvars(stmts, out=None):
             out.setdefault(s.var, []).append(s.value)
         for attr in ("then", "orelse", "body", "cond_body"):
             _collect_setvars(getattr(s, attr, []) or [], out)
+    return out
+
+
+def _dot_operand_loads(kernel, num_threads):
+    """Loads used only as operands of kl.dot -> the register layout the dot reads."""
+    uses = {}
+    for v in ir.walk_values(kernel.body):
+        for i, a in enumerate(v.args):
+            if isinstance(a, ir.Value):
+                uses.setdefault(a, []).append((v, i))
+    for s in ir.walk_stmts(kernel.body):
+        for attr in ("ptr", "value", "mask", "cond", "start", "stop", "step"):
+            a = getattr(s, attr, None)
+            if isinstance(a, ir.Value):
+                uses.setdefault(a, []).append((s, None))
+    out = {}
+    for v, users in uses.items():
+        if v.op != "load" or not v.shape:
+            continue
+        wanted = set()
+        for user, i in users:
+            if not isinstance(user, ir.Value) or user.op != "dot" or i not in (0, 1):
+                wanted = None
+                break
+            c = dot_layout(user.shape[0], user.shape[1], num_threads)
+            wanted.add(dot_operand_layout(c, user.args[0].shape[1], i))
+        if wanted and len(wanted) == 1:
+            out[v] = wanted.pop()
     return out
 
 

@@ -174,6 +174,11 @@ def walk_values(stmts):
         stack.extend(a for a in v.args if isinstance(a, Value))
 
 
+def walk_stmts(stmts):
+    """Every statement, nested ones included."""
+    return _walk(stmts)
+
+
 def _walk(stmts):
     for s in stmts:
         yield s
