@@ -42,8 +42,12 @@ def _py(v):
     return v
 
 
-def _assigned_names(stmts, counts):
-    """Count assignment sites per name (static_range loop variables excluded)."""
+def _assigned_names(stmts, counts, known=None):
+    """Count assignment sites per name (static_range loop variables excluded).
+
+    `known` maps names to compile-time values, so that the branch an
+    `if EVEN:` on a constexpr does not take does not count."""
+    known = known or {}
     for s in stmts:
         if isinstance(s, A.Assign):
             for t in s.targets:
@@ -53,13 +57,29 @@ def _assigned_names(stmts, counts):
         elif isinstance(s, A.For):
             if not _is_static_range(s.iter):
                 counts[s.var] = counts.get(s.var, 0) + 2
-            _assigned_names(s.body, counts)
+            _assigned_names(s.body, counts, known)
         elif isinstance(s, (A.While,)):
-            _assigned_names(s.body, counts)
+            _assigned_names(s.body, counts, known)
         elif isinstance(s, A.If):
-            _assigned_names(s.body, counts)
-            _assigned_names(s.orelse, counts)
+            taken = _static_truth(s.cond, known)
+            if taken is not False:
+                _assigned_names(s.body, counts, known)
+            if taken is not True:
+                _assigned_names(s.orelse, counts, known)
     return counts
+
+
+def _static_truth(node, known):
+    """The truth of a condition made of compile-time names and literals, else None."""
+    if isinstance(node, A.Name) and node.id in known:
+        v = known[node.id]
+        return bool(v) if isinstance(v, (bool, int, float, str, type(None))) else None
+    if isinstance(node, A.Constant):
+        return bool(node.value)
+    if isinstance(node, A.UnaryOp) and node.op == "not":
+        t = _static_truth(node.operand, known)
+        return None if t is None else not t
+    return None
 
 
 def _is_static_range(node):
@@ -70,11 +90,12 @@ def _is_static_range(node):
 class _Frame:
     """One function being checked: the kernel itself or an inlined helper."""
 
-    def __init__(self, fn_ast, globals_, prefix):
+    def __init__(self, fn_ast, globals_, prefix, known):
         self.ast = fn_ast
         self.globals = globals_
         self.prefix = prefix                       # unique prefix for helper variables
-        self.mutable = {n for n, c in _assigned_names(fn_ast.body, {}).items() if c > 1}
+        known = {**{k: v for k, v in globals_.items() if isinstance(v, (bool, int))}, **known}
+        self.mutable = {n for n, c in _assigned_names(fn_ast.body, {}, known).items() if c > 1}
         self.scopes = [{}]                         # SSA bindings, innermost last
         self.vars = {}                             # name -> ir.Var
         self.defined = set()                       # mutable vars definitely assigned
@@ -109,7 +130,8 @@ class Checker:
     # ------------------------------------------------------------- entry
     def check(self):
         fn = self.jit_fn.ast
-        self.frame = _Frame(fn, self.jit_fn.globals, "")
+        constexprs = {n: _py(self.values[n]) for n in self.jit_fn.constexpr_names}
+        self.frame = _Frame(fn, self.jit_fn.globals, "", constexprs)
         params = []
         body = []
         self.stmts = body
@@ -595,7 +617,8 @@ class Checker:
         if self.inline_count > 1000:
             raise self.error(node, "too many nested helper calls (recursion is not supported)")
         caller = self.frame
-        frame = _Frame(callee, fn.globals, f"{callee.name}{self.inline_count}_")
+        frame = _Frame(callee, fn.globals, f"{callee.name}{self.inline_count}_",
+                       {k: v for k, v in bound.items() if _is_compile_time(v)})
         for p in callee.params:
             v = bound[p.name]
             if p.name in fn.constexpr_names and not _is_compile_time(v):

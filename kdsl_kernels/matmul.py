@@ -1,0 +1,145 @@
+"""Matrix multiply in the kernel language: tiled GEMM and a bandwidth-bound GEMV.
+
+`matmul(a, b, trans_b=False, bias=None, out=None)` computes a @ b (or
+a @ b.T for weights stored [N, K], the layout of a linear layer) for 2-D or
+batched 3-D operands in fp32 or fp16 storage, accumulating in fp32.
+"""
+import numpy as np
+
+import kdsl
+import kdsl.language as kl
+
+from .configs import matmul_config, gemv_config
+
+
+@kdsl.jit
+def matmul_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, M, N, K,
+                  stride_am, stride_ak, stride_bk, stride_bn, stride_cm,
+                  batch_a, batch_b, batch_c,
+                  HAS_BIAS: kl.constexpr, EVEN: kl.constexpr,
+                  BM: kl.constexpr, BN: kl.constexpr, BK: kl.constexpr):
+    """C[b] = A[b] @ B[b] (+ bias) for one BM x BN tile of C per program."""
+    pid_m = kl.program_id(0)
+    pid_n = kl.program_id(1)
+    batch = kl.program_id(2)
+    a_base = a_ptr + batch * batch_a
+    b_base = b_ptr + batch * batch_b
+    rm = pid_m * BM + kl.arange(0, BM)
+    rn = pid_n * BN + kl.arange(0, BN)
+    rk = kl.arange(0, BK)
+    acc = kl.zeros((BM, BN), dtype=kl.float32)
+    for k in range(0, K, BK):
+        # offsets written out per step (not hoisted): PoCL's vectoriser then
+        # sees consecutive addresses along the contiguous axis
+        kk = k + rk
+        a_ptrs = a_base + rm[:, None] * stride_am + kk[None, :] * stride_ak
+        b_ptrs = b_base + kk[:, None] * stride_bk + rn[None, :] * stride_bn
+        if EVEN:
+            a = kl.load(a_ptrs)
+            b = kl.load(b_ptrs)
+        else:
+            a = kl.load(a_ptrs, mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)
+            b = kl.load(b_ptrs, mask=(kk[:, None] < K) & (rn[None, :] < N), other=0.0)
+        acc += kl.dot(a, b)
+    if HAS_BIAS:
+        acc += kl.load(bias_ptr + rn, mask=rn < N, other=0.0)[None, :]
+    c_ptrs = c_ptr + batch * batch_c + rm[:, None] * stride_cm + rn[None, :]
+    if EVEN:
+        kl.store(c_ptrs, acc)
+    else:
+        kl.store(c_ptrs, acc, mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+
+@kdsl.jit
+def gemv_kernel(x_ptr, w_ptr, y_ptr, bias_ptr, N, K, stride_wn, stride_wk,
+                HAS_BIAS: kl.constexpr, EVEN: kl.constexpr,
+                BN: kl.constexpr, BK: kl.constexpr):
+    """y = W x (+ bias) for BN rows of W per program; W is read once, so this
+    runs at memory bandwidth. Partial sums stay elementwise in a BN x BK block
+    and are reduced across K once at the end."""
+    rn = kl.program_id(0) * BN + kl.arange(0, BN)
+    rk = kl.arange(0, BK)
+    w_offs = rn[:, None] * stride_wn + rk[None, :] * stride_wk
+    acc = kl.zeros((BN, BK), dtype=kl.float32)
+    for k in range(0, K, BK):
+        if EVEN:
+            x = kl.load(x_ptr + k + rk)
+            w = kl.load(w_ptr + k * stride_wk + w_offs)
+        else:
+            x = kl.load(x_ptr + k + rk, mask=k + rk < K, other=0.0)
+            w = kl.load(w_ptr + k * stride_wk + w_offs,
+                        mask=(rn[:, None] < N) & (k + rk[None, :] < K), other=0.0)
+        acc += w * x[None, :]
+    y = kl.sum(acc, axis=1)
+    if HAS_BIAS:
+        y += kl.load(bias_ptr + rn, mask=rn < N, other=0.0)
+    if EVEN:
+        kl.store(y_ptr + rn, y)
+    else:
+        kl.store(y_ptr + rn, y, mask=rn < N)
+
+
+def _as_tensor(x, name):
+    if isinstance(x, kdsl.Tensor):
+        return x
+    if isinstance(x, np.ndarray):
+        return kdsl.tensor(x)
+    raise TypeError(f"matmul(): {name} must be a kdsl.Tensor or numpy array, got "
+                    f"{type(x).__name__}")
+
+
+def matmul(a, b, *, out=None, trans_b=False, bias=None, config=None):
+    """a @ b (or a @ b.T with trans_b=True) on the device, accumulated in fp32.
+
+    a: [M, K] or [batch, M, K]; b: [K, N] ([N, K] with trans_b), or batched
+    [batch, K, N]; fp32 or fp16 storage. bias: [N]. Returns a float32 tensor
+    [M, N] ([batch, M, N]), written into `out` when given.
+
+    >>> c = matmul(kdsl.tensor(a), kdsl.tensor(w), trans_b=True)   # a @ w.T
+    """
+    a, b = _as_tensor(a, "a"), _as_tensor(b, "b")
+    if a.ndim not in (2, 3) or b.ndim not in (2, 3):
+        raise ValueError(f"matmul(): operands must be 2-D or batched 3-D, got shapes "
+                         f"{a.shape} and {b.shape}")
+    batch = a.shape[0] if a.ndim == 3 else 1
+    if b.ndim == 3 and (a.ndim != 3 or b.shape[0] != batch):
+        raise ValueError(f"matmul(): batch sizes differ: {a.shape} and {b.shape}")
+    M, K = a.shape[-2:]
+    N, Kb = (b.shape[-2], b.shape[-1]) if trans_b else (b.shape[-1], b.shape[-2])
+    if K != Kb:
+        raise ValueError(f"matmul(): inner dimensions differ: a is {a.shape}, b is {b.shape}"
+                         f"{' (trans_b)' if trans_b else ''}")
+    out_shape = (batch, M, N) if a.ndim == 3 else (M, N)
+    if out is None:
+        out = kdsl.empty(out_shape, np.float32, device=a.device)
+    elif tuple(out.shape) != out_shape or out.dtype != np.float32:
+        raise ValueError(f"matmul(): out must be float32 {out_shape}, got {out.dtype} "
+                         f"{tuple(out.shape)}")
+    if bias is not None:
+        bias = _as_tensor(bias, "bias")
+        if tuple(bias.shape) != (N,):
+            raise ValueError(f"matmul(): bias must have shape ({N},), got {bias.shape}")
+    if out.size == 0:
+        return out
+    if K == 0:
+        out.copy_from(np.zeros(out_shape, np.float32) + (bias.numpy() if bias is not None else 0))
+        return out
+    stride_bk, stride_bn = (1, K) if trans_b else (N, 1)
+    bias_arg = bias if bias is not None else out
+    if M == 1 and batch == 1:
+        cfg = config or gemv_config(N, K, trans_b)
+        even = N % cfg["BN"] == 0 and K % cfg["BK"] == 0
+        gemv_kernel[(kdsl.cdiv(N, cfg["BN"]),)](
+            a, b, out, bias_arg, N, K, stride_bn, stride_bk,
+            HAS_BIAS=bias is not None, EVEN=even, BN=cfg["BN"], BK=cfg["BK"],
+            num_threads=cfg["num_threads"])
+        return out
+    cfg = config or matmul_config(M, N, K, trans_b)
+    even = M % cfg["BM"] == 0 and N % cfg["BN"] == 0 and K % cfg["BK"] == 0
+    grid = (kdsl.cdiv(M, cfg["BM"]), kdsl.cdiv(N, cfg["BN"]), batch)
+    matmul_kernel[grid](
+        a, b, out, bias_arg, M, N, K, K, 1, stride_bk, stride_bn, N,
+        M * K if a.ndim == 3 else 0, K * N if b.ndim == 3 else 0, M * N,
+        HAS_BIAS=bias is not None, EVEN=even,
+        BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], num_threads=cfg["num_threads"])
+    return out
