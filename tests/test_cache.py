@@ -90,7 +90,8 @@ def test_second_process_loads_the_binary_and_does_not_build(fresh_cache):
         "from test_cache import SOURCE, run_add_one\n"
         "program = cache.build_program(kdsl.current_device(), SOURCE, 'add_one')\n"
         "print(json.dumps({'stats': cache.stats, 'result': run_add_one(program).tolist()}))\n")
-    env = dict(os.environ, KDSL_CACHE_DIR=str(fresh_cache), PYTHONPATH=str(REPO))
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, KDSL_CACHE_DIR=str(fresh_cache), PYTHONPATH=path)
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
