@@ -49,7 +49,7 @@ class CompiledKernel:
         self.source = source
         self.num_threads = num_threads
         self.device = device
-        self.cl_kernel = getattr(program, kernel_ir.name)
+        self.cl_kernel = cl.Kernel(program, kernel_ir.name)
         self.params = [(name, v.is_ptr, v.dtype) for name, v in kernel_ir.params]
 
     def __call__(self, grid, values, queue=None):

@@ -1,0 +1,75 @@
+"""kdsl_kernels.matmul against numpy, on the device and in the interpreter."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import kdsl
+from kdsl_kernels.matmul import matmul
+
+SMALL = {"BM": 8, "BN": 8, "BK": 8, "num_threads": 8}     # quick to compile
+
+
+def _ref(a, b, trans_b, bias=None):
+    out = a.astype(np.float32) @ (b.T if trans_b else b).astype(np.float32)
+    return out + bias if bias is not None else out
+
+
+@settings(max_examples=25, deadline=None)
+@given(m=st.integers(1, 40), n=st.integers(1, 40), k=st.integers(1, 40),
+       trans_b=st.booleans(), seed=st.integers(0, 2**16))
+def test_matmul_matches_numpy(m, n, k, trans_b, seed):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
+    config = SMALL if m > 1 else {"BN": 8, "BK": 8, "num_threads": 8}
+    out = matmul(a, b, trans_b=trans_b, config=config).numpy()
+    np.testing.assert_allclose(out, _ref(a, b, trans_b), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 300, 130), (300, 7, 33), (64, 64, 64), (129, 257, 65)])
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_matmul_default_config(m, n, k, trans_b):
+    rng = np.random.default_rng(m * n + k)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    out = matmul(kdsl.tensor(a), kdsl.tensor(b), trans_b=trans_b, bias=kdsl.tensor(bias))
+    np.testing.assert_allclose(out.numpy(), _ref(a, b, trans_b, bias), rtol=1e-4, atol=1e-3)
+
+
+def test_fp16_storage_and_batched():
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((3, 20, 24)).astype(np.float16)
+    b = rng.standard_normal((3, 24, 17)).astype(np.float16)
+    out = matmul(a, b, config=SMALL).numpy()
+    np.testing.assert_allclose(out, a.astype(np.float32) @ b.astype(np.float32), rtol=1e-3,
+                               atol=1e-3)
+    w = rng.standard_normal((33, 24)).astype(np.float16)
+    out = matmul(a[0], w, trans_b=True, config=SMALL).numpy()
+    np.testing.assert_allclose(out, a[0].astype(np.float32) @ w.astype(np.float32).T,
+                               rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("m,n,k,trans_b", [(5, 9, 13, False), (1, 19, 21, True), (16, 8, 8, True)])
+def test_matmul_in_interpreter(monkeypatch, m, n, k, trans_b):
+    monkeypatch.setenv("KDSL_INTERPRET", "1")
+    rng = np.random.default_rng(k)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
+    config = SMALL if m > 1 else {"BN": 8, "BK": 8, "num_threads": 8}
+    out = matmul(a, b, trans_b=trans_b, config=config).numpy()
+    np.testing.assert_allclose(out, _ref(a, b, trans_b), rtol=1e-4, atol=1e-4)
+
+
+def test_bad_shapes_name_the_cause():
+    with pytest.raises(ValueError, match="inner dimensions"):
+        matmul(np.zeros((2, 3), np.float32), np.zeros((4, 5), np.float32))
+    with pytest.raises(ValueError, match="bias"):
+        matmul(np.zeros((2, 3), np.float32), np.zeros((3, 5), np.float32),
+               bias=np.zeros(4, np.float32))
+
+
+def test_empty_and_k_zero():
+    assert matmul(np.zeros((0, 3), np.float32), np.zeros((3, 5), np.float32)).shape == (0, 5)
+    out = matmul(np.zeros((2, 0), np.float32), np.zeros((0, 5), np.float32)).numpy()
+    assert (out == 0).all()
