@@ -732,6 +732,8 @@ class Checker:
             raise self.error(node, "use kl.dot(a, b) for matrix products")
         elif op == "/":
             dtype = kl.float32
+        elif op == "//" and (a.dtype.is_float or b.dtype.is_float):
+            raise self.error(node, "'//' needs integer operands; divide floats with '/'")
         elif op == "**":
             dtype = kl.float32
         else:

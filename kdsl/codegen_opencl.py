@@ -473,48 +473,50 @@ class Codegen:
             g = self.fresh("grp")
             self.line(f"const int {g} = (lid / {src.tdiv[axis]}) % {groups_n};")
             nel = max(1, _prod(v.shape)) * groups_n
-            self._smem(nel * (8 if is_arg else 4) + 16)
+            # two buffers, read one and write the other at each step: work-items
+            # that replicate a slot then write equal values and never race a read
+            self._smem(2 * nel * (8 if is_arg else 4) + 16)
             buf = self.fresh("red")
             self.line(f"__local {ctype}* {buf} = (__local {ctype}*)kdsl_smem;")
             ibuf = None
             if is_arg:
                 ibuf = self.fresh("redi")
-                self.line(f"__local int* {ibuf} = (__local int*)({buf} + {nel});")
+                self.line(f"__local int* {ibuf} = (__local int*)({buf} + {2 * nel});")
             self.line("barrier(CLK_LOCAL_MEM_FENCE);")
-            rows, slots = [], []
+            rows = []
             for o in range(nout):
                 flat = self.flat_index(out_layout, o, v.shape) if v.shape else "0"
-                row = f"({flat}) * {groups_n}" if flat != "0" else "0"
-                rows.append(row)
-                slot = f"{row} + {g}"
-                slots.append(slot)
-                self.line(f"{buf}[{slot}] = {acc[o]};")
+                rows.append(f"({flat}) * {groups_n}" if flat != "0" else "0")
+                self.line(f"{buf}[{rows[o]} + {g}] = {acc[o]};")
                 if is_arg:
-                    self.line(f"{ibuf}[{slot}] = {idx[o]};")
+                    self.line(f"{ibuf}[{rows[o]} + {g}] = {idx[o]};")
             self.line("barrier(CLK_LOCAL_MEM_FENCE);")
-            step = groups_n // 2
+            step, src_off, dst_off = groups_n // 2, 0, nel
             while step >= 1:
                 self.line(f"if ({g} < {step}) {{")
                 self.indent += 1
                 for o in range(nout):
-                    s, t = slots[o], f"{slots[o]} + {step}"
+                    s = f"{src_off} + {rows[o]} + {g}"
+                    t = f"{s} + {step}"
+                    d = f"{dst_off} + {rows[o]} + {g}"
                     if is_arg:
-                        cond = (f"{buf}[{t}] > {buf}[{s}]" if op == "argmax" else
-                                f"{buf}[{t}] < {buf}[{s}]")
-                        self.line(f"if ({cond} || ({buf}[{t}] == {buf}[{s}] && "
-                                  f"{ibuf}[{t}] < {ibuf}[{s}])) {{ {buf}[{s}] = {buf}[{t}]; "
-                                  f"{ibuf}[{s}] = {ibuf}[{t}]; }}")
+                        better = (f"{buf}[{t}] > {buf}[{s}]" if op == "argmax" else
+                                  f"{buf}[{t}] < {buf}[{s}]")
+                        take = f"({better} || ({buf}[{t}] == {buf}[{s}] && {ibuf}[{t}] < {ibuf}[{s}]))"
+                        self.line(f"{buf}[{d}] = {take} ? {buf}[{t}] : {buf}[{s}];")
+                        self.line(f"{ibuf}[{d}] = {take} ? {ibuf}[{t}] : {ibuf}[{s}];")
                     else:
-                        self.line(f"{buf}[{s}] = {self._combine(op, x.dtype, f'{buf}[{s}]', f'{buf}[{t}]')};")
+                        self.line(f"{buf}[{d}] = {self._combine(op, x.dtype, f'{buf}[{s}]', f'{buf}[{t}]')};")
                 self.indent -= 1
                 self.line("}")
                 self.line("barrier(CLK_LOCAL_MEM_FENCE);")
                 step //= 2
+                src_off, dst_off = dst_off, src_off
             out = []
             for o in range(nout):
                 name = f"{base}_r{o}"
                 self.line(f"const {('int' if is_arg else ctype)} {name} = "
-                          f"{ibuf if is_arg else buf}[{rows[o]}];")
+                          f"{ibuf if is_arg else buf}[{src_off} + {rows[o]}];")
                 out.append(name)
             return out
         return idx if is_arg else acc
@@ -709,10 +711,9 @@ class Codegen:
         for var in self.k.vars:
             var.c_name = self.fresh(var.name)
             ctype = c_type(var.dtype, var.is_ptr)
-            if var.shape:
+            if var.shape:       # one declaration each: `T* a, b;` makes b no pointer
                 layout = self.var_layout(var)
-                names = ", ".join(f"{var.c_name}_{r}" for r in range(layout.nslots))
-                var_decls.append(f"{ctype} {names};")
+                var_decls.extend(f"{ctype} {var.c_name}_{r};" for r in range(layout.nslots))
             else:
                 var_decls.append(f"{ctype} {var.c_name};")
         self.stmts(self.k.body)
