@@ -852,8 +852,8 @@ class Checker:
         shape = tuple(self._constexpr_int(node, d, f"kl.{name}(): each dimension") for d in value)
         for d in shape:
             if not _is_pow2(d):
-                raise self.error(node, f"kl.{name}(): block dimensions must be powers of two, "
-                                       f"got {list(shape)}")
+                raise self.error(node, f"kl.{name}(): each block dimension must be a power of "
+                                       f"two, got {list(shape)}")
         return shape
 
     def _dtype_arg(self, node, value, name):
@@ -903,13 +903,13 @@ class Checker:
 
     def _b_zeros(self, node, args, kwargs):
         b = self._args(node, "zeros", args, kwargs, ["shape", "dtype"], 1)
-        shape = self._shape(b["shape"], self.expr(b["shape"]), "zeros")
+        shape = self._shape(node, self.expr(b["shape"]), "zeros")
         dtype = self._dtype_arg(b.get("dtype", node), self.expr(b["dtype"]) if "dtype" in b else None, "zeros")
         return self._broadcast_to(self._const(0, dtype, node), shape, node)
 
     def _b_full(self, node, args, kwargs):
         b = self._args(node, "full", args, kwargs, ["shape", "value", "dtype"], 2)
-        shape = self._shape(b["shape"], self.expr(b["shape"]), "full")
+        shape = self._shape(node, self.expr(b["shape"]), "full")
         value = self.expr(b["value"])
         dtype = self._dtype_arg(b.get("dtype", node), self.expr(b["dtype"]) if "dtype" in b else
                                 (value.dtype if isinstance(value, ir.Value) else python_dtype(_py(value))),
@@ -1049,7 +1049,7 @@ class Checker:
     def _b_reshape(self, node, args, kwargs):
         b = self._args(node, "reshape", args, kwargs, ["x", "shape"], 2)
         x = self._require_value(b["x"], self.expr(b["x"]))
-        shape = self._shape(b["shape"], self.expr(b["shape"]), "reshape")
+        shape = self._shape(node, self.expr(b["shape"]), "reshape")
         n = 1
         for d in shape:
             n *= d

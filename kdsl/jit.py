@@ -143,6 +143,7 @@ class JITFunction:
         return tuple(out) + (1,) * (3 - len(out))
 
     def run(self, grid, args, kwargs):
+        self.ast                      # a syntax error is reported before argument errors
         values, num_threads = self.bind(args, kwargs)
         grid = self.grid_of(grid, values)
         if self.interpret:

@@ -11,7 +11,7 @@ import re
 
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken, VisitError
-from lark.indenter import PythonIndenter
+from lark.indenter import DedentError, PythonIndenter
 
 from . import ast_nodes as A
 from .errors import CompileError
@@ -223,9 +223,9 @@ class _ToAST(Transformer):
 
     def comparison(self, children):
         if len(children) > 3:
-            op = children[3]
-            raise self.src.error("chained comparisons are not supported; combine "
-                                 "two comparisons with '&'", op.line, op.column)
+            first = children[0]
+            raise self.src.error_at("chained comparisons are not supported; combine "
+                                    "two comparisons with '&'", first.line, first.col)
         left, op, right = children
         return A.Compare(left.line, left.col, str(op), left, right)
 
@@ -348,7 +348,7 @@ def _string_value(tok):
     return inner.encode("latin-1", "backslashreplace").decode("unicode_escape")
 
 
-def _unsupported_keyword(text):
+def _unsupported_keyword(text, first=False):
     """(column, message) of the first construct the language leaves out on a line."""
     code = re.sub(r"#.*", "", text)
     code = re.sub(r"('[^']*'|\"[^\"]*\")", lambda m: " " * len(m.group()), code)
@@ -360,27 +360,71 @@ def _unsupported_keyword(text):
             continue                       # a for statement, fine
         if word == "in" and stripped.startswith("for"):
             continue
+        if word == "def" and first:
+            continue                       # the kernel's own def line
         if word == "for":
-            return m.start() + 1, "comprehensions are not supported in a kernel; write a loop"
+            opening = max(code.rfind("[", 0, m.start()), code.rfind("(", 0, m.start()))
+            return (opening if opening >= 0 else m.start()) + 1, \
+                "comprehensions are not supported in a kernel; write a loop"
         return m.start() + 1, _UNSUPPORTED[word]
     return None
 
 
+def _bad_dedent_line(lines):
+    """First line whose indentation matches no enclosing level."""
+    levels = [0]
+    for i, text in enumerate(lines, 1):
+        if not text.strip() or text.lstrip().startswith("#"):
+            continue
+        width = len(text) - len(text.lstrip())
+        if width > levels[-1]:
+            levels.append(width)
+        while width < levels[-1]:
+            levels.pop()
+        if width != levels[-1]:
+            return i
+    return len(lines)
+
+
+def _unclosed_bracket(lines, upto):
+    """(line, col) of a bracket still open at the end of line `upto`, if any."""
+    stack = []
+    for i, text in enumerate(lines[:upto], 1):
+        code = re.sub(r"#.*", "", re.sub(r"('[^']*'|\"[^\"]*\")", lambda m: "_" * len(m.group()), text))
+        for j, ch in enumerate(code):
+            if ch in "([{":
+                stack.append((i, j + 1))
+            elif ch in ")]}" and stack:
+                stack.pop()
+    return stack[0] if stack else None
+
+
 def _syntax_error(src, exc, lines):
     line, col = exc.line, exc.column
+    opened = _unclosed_bracket(lines, len(lines) if line < 1 else line - 1)
+    if opened is None and isinstance(exc, UnexpectedToken) and \
+            exc.token.type in ("$END", "_NEWLINE", "_DEDENT"):
+        opened = _unclosed_bracket(lines, len(lines) if exc.token.type == "$END" else line)
+    if opened is not None:
+        return src.error("'(' was never closed", *opened) if lines[opened[0] - 1][opened[1] - 1] == "(" \
+            else src.error(f"'{lines[opened[0] - 1][opened[1] - 1]}' was never closed", *opened)
     if isinstance(exc, UnexpectedToken) and exc.token.type == "$END":
         line, col = max(len(lines), 1), 1
         return src.error("unexpected end of kernel source (unclosed bracket?)", line, col)
     if 0 < line <= len(lines):
-        found = _unsupported_keyword(lines[line - 1])
+        found = _unsupported_keyword(lines[line - 1], first=line == 1)
         if found:
             return src.error(found[1], line, found[0])
     if isinstance(exc, UnexpectedToken):
         tok = exc.token
         if tok.type == "_INDENT":
-            return src.error("unexpected indentation", line, col)
+            nxt = next((i for i in range(line, len(lines)) if lines[i].strip()), line - 1)
+            text = lines[nxt] if nxt < len(lines) else ""
+            return src.error("unexpected indentation", nxt + 1, len(text) - len(text.lstrip()) + 1)
         if tok.type in ("_NEWLINE", "_DEDENT"):
-            return src.error("invalid syntax: unexpected end of line", line, col)
+            text = lines[line - 1] if 0 < line <= len(lines) else ""
+            end = len(re.sub(r"#.*", "", text).rstrip()) + 1
+            return src.error("invalid syntax: unexpected end of line (missing ':'?)", line, end)
         shown = str(tok).strip() or tok.type
         return src.error(f"invalid syntax: unexpected '{shown}'", line, col)
     if isinstance(exc, UnexpectedCharacters):
@@ -407,6 +451,12 @@ def parse_source(text, filename="<kernel>", first_line=1, file_lines=None):
         tree = _get_parser().parse(dedented)
     except UnexpectedInput as exc:
         raise _syntax_error(src, exc, dedented.splitlines()) from None
+    except DedentError as exc:
+        lines = dedented.splitlines()
+        line = _bad_dedent_line(lines)
+        text = lines[line - 1] if 0 < line <= len(lines) else ""
+        raise src.error("unindent does not match any outer indentation level",
+                        line, len(text) - len(text.lstrip()) + 1) from None
     try:
         fn = _ToAST(src).transform(tree)
     except VisitError as exc:
