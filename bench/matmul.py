@@ -110,6 +110,10 @@ GPU_SWEEP = [{"BM": bm, "BN": bn, "BK": bk, "num_threads": t}
              for bm, bn, bk, t in [(64, 64, 16, 64), (64, 64, 16, 256), (128, 128, 16, 256),
                                    (64, 128, 16, 128), (32, 32, 32, 64)]]
 
+GEMV_SWEEP = [{"BN": bn, "BK": bk, "num_threads": t}
+              for bn, bk, t in [(1, 512, 128), (2, 512, 256), (4, 256, 64), (1, 1024, 256),
+                                (2, 256, 128)]]
+
 
 def main():
     ap = argparse.ArgumentParser()
@@ -132,8 +136,11 @@ def main():
         a, b = kdsl.tensor(a_np), kdsl.tensor(b_np)
         flops = 2.0 * M * N * K
         candidates = [None]
-        if args.sweep and M > 1:
-            candidates += GPU_SWEEP if dev.is_gpu else CPU_SWEEP
+        if args.sweep:
+            if M == 1:
+                candidates += GEMV_SWEEP
+            else:
+                candidates += GPU_SWEEP if dev.is_gpu else CPU_SWEEP
         best = None
         for cfg in candidates:
             try:
