@@ -148,7 +148,8 @@ def test_default_prefers_first_gpu_then_cpu_with_most_compute_units():
 
 def test_no_opencl_driver_says_how_to_install_one(tmp_path):
     # An empty vendor folder hides every driver from the ICD loader.
-    env = dict(os.environ, OCL_ICD_VENDORS=str(tmp_path), PYTHONPATH=str(REPO))
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, OCL_ICD_VENDORS=str(tmp_path), PYTHONPATH=path)
     result = subprocess.run([sys.executable, "-c", "import kdsl; kdsl.devices()"],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
