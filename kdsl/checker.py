@@ -751,9 +751,6 @@ class Checker:
         try:
             if op == "/" and isinstance(a, int) and isinstance(b, int):
                 return a / b
-            if op in ("//", "%") and isinstance(a, int) and isinstance(b, int):
-                q = abs(a) // abs(b) * (1 if (a >= 0) == (b >= 0) else -1)   # C semantics
-                return q if op == "//" else a - q * b
             return _PY_OPS[op](a, b)
         except ZeroDivisionError:
             raise self.error(node, "division by zero in a compile-time expression") from None
