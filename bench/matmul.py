@@ -26,17 +26,6 @@ LLM = [(1, 4096, 4096), (16, 4096, 4096), (128, 4096, 4096), (512, 4096, 4096),
        (1, 11008, 4096), (128, 11008, 4096)]
 
 
-def device_time(fn, reps):
-    """Median seconds of fn() -> event, by OpenCL profiling, after a warm-up."""
-    fn().wait()
-    times = []
-    for _ in range(reps):
-        ev = fn()
-        ev.wait()
-        times.append((ev.profile.end - ev.profile.start) * 1e-9)
-    return statistics.median(times)
-
-
 def host_time(fn, reps):
     fn()
     times = []

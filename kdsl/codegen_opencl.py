@@ -220,7 +220,7 @@ class Codegen:
             self.scope.memo[key] = [name]
             self._keep.append(v)
             return name
-        expr = self._compute(v, None)
+        expr = self._compute(v)
         name = self.fresh(v.name or v.op)
         if v.is_ptr:
             self.line(f"{c_type(v.dtype, True)} const {name} = {expr};")
@@ -293,7 +293,7 @@ class Codegen:
         exprs = [self._expr(v, [a[r] for a in args]) for r in range(n)]
         return self._define(v, exprs)
 
-    def _compute(self, v, layout):
+    def _compute(self, v):
         """C expression of a scalar value from its operands."""
         op = v.op
         if op == "arg":
