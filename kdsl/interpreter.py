@@ -132,17 +132,17 @@ class _Buffer:
         elif isinstance(source, np.ndarray):
             self.flat = source.flatten()
         else:
-            self.flat = source.numpy().reshape(-1)     # a fresh host copy
+            # A tensor view: the kernel indexes its span with the view's strides.
+            self.flat = source.read_span()             # a fresh host copy
 
     def write_back(self):
         """Copy stored values back to a tensor or a non-contiguous array."""
         if not self.stored or self.in_place:
             return
-        values = self.flat.reshape(self.source.shape)
         if isinstance(self.source, np.ndarray):
-            self.source[...] = values
+            self.source[...] = self.flat.reshape(self.source.shape)
         else:
-            self.source.copy_from(values)
+            self.source.write_span(self.flat)
 
 
 def _argument(name, value, is_constexpr, buffers):

@@ -6,9 +6,12 @@
     >>> x[1].numpy()
     array([3, 4, 5], dtype=int32)
 
-Tensors are C-contiguous. Indexing and slicing the leading dimension, and
-reshaping, give views: tensors that share the buffer, starting `offset`
-elements in.
+A tensor is a strided view of a buffer: element (i, j, ...) lives at
+`offset + i*strides[0] + j*strides[1] + ...` (in elements). New tensors are
+C-contiguous; indexing, slicing, `permute`/`transpose` and `reshape` give
+views that share the buffer, so a kernel can write straight into a slice of
+a larger tensor (a KV cache slot, say). Kernels receive a pointer to the
+view's first element; they take strides as arguments from `t.stride(d)`.
 """
 import contextlib
 import math
@@ -27,7 +30,7 @@ _OUT_OF_MEMORY_CODES = (cl.status_code.MEM_OBJECT_ALLOCATION_FAILURE,
 
 
 class Tensor:
-    """A C-contiguous block of device memory with numpy-like metadata.
+    """A strided view of device memory with numpy-like metadata.
 
     Made by kdsl.tensor, kdsl.empty and friends rather than directly.
 
@@ -36,12 +39,13 @@ class Tensor:
     (2, 32, 64, 8)
     """
 
-    def __init__(self, buffer, shape, dtype, device, offset=0):
+    def __init__(self, buffer, shape, dtype, device, offset=0, strides=None):
         self.buffer = buffer
         self.shape = tuple(shape)
         self.dtype = np.dtype(dtype)
         self.device = device
         self.offset = offset
+        self._strides = _contiguous_strides(self.shape) if strides is None else tuple(strides)
 
     @property
     def ndim(self):
@@ -61,13 +65,18 @@ class Tensor:
 
     @property
     def strides(self):
-        """Element (not byte) strides of the C-contiguous layout."""
-        strides = []
-        step = 1
-        for extent in reversed(self.shape):
-            strides.append(step)
-            step *= extent
-        return tuple(reversed(strides))
+        """Element (not byte) strides, one per dimension."""
+        return self._strides
+
+    def is_contiguous(self):
+        """Whether the elements lie in C order with no gaps (extents of 1 may have any stride).
+
+        >>> kdsl.empty((2, 3)).is_contiguous(), kdsl.empty((2, 3)).transpose(0, 1).is_contiguous()
+        (True, False)
+        """
+        expected = _contiguous_strides(self.shape)
+        return all(extent == 1 or have == want
+                   for extent, have, want in zip(self.shape, self._strides, expected))
 
     def stride(self, dim):
         """The element stride of dimension `dim`, as torch's Tensor.stride(dim).
@@ -92,11 +101,13 @@ class Tensor:
         >>> kdsl.ones(3).numpy()
         array([1., 1., 1.], dtype=float32)
         """
-        out = np.empty(self.shape, self.dtype)
-        if self.size:
-            cl.enqueue_copy(self.device.queue, out, self.buffer,
-                            src_offset=self._byte_offset(), is_blocking=True)
-        return out
+        if self.is_contiguous():
+            out = np.empty(self.shape, self.dtype)
+            if self.size:
+                cl.enqueue_copy(self.device.queue, out, self.buffer,
+                                src_offset=self._byte_offset(), is_blocking=True)
+            return out
+        return self._on_span(self.read_span()).copy()
 
     def __array__(self, dtype=None, copy=None):
         out = self.numpy()
@@ -119,42 +130,122 @@ class Tensor:
         if not np.can_cast(array.dtype, self.dtype, casting="same_kind"):
             raise TypeError(f"copy_from: cannot store {array.dtype} values in a {self.dtype} "
                             f"tensor; convert them with array.astype({str(self.dtype)!r}) first")
-        if self.size:
-            host = np.ascontiguousarray(array, dtype=self.dtype)
-            with _out_of_memory_as_error(self.nbytes, self.device):
-                cl.enqueue_copy(self.device.queue, self.buffer, host,
-                                dst_offset=self._byte_offset(), is_blocking=True)
+        if not self.size:
+            return self
+        if not self.is_contiguous():
+            # Read-modify-write of the span keeps the gaps between elements,
+            # which belong to other views, as they are.
+            span = self.read_span()
+            self._on_span(span)[...] = array
+            return self.write_span(span)
+        host = np.ascontiguousarray(array, dtype=self.dtype)
+        with _out_of_memory_as_error(self.nbytes, self.device):
+            cl.enqueue_copy(self.device.queue, self.buffer, host,
+                            dst_offset=self._byte_offset(), is_blocking=True)
         return self
 
-    def __getitem__(self, index):
-        """A view of one row (int) or a range of rows (step-1 slice) of the leading dimension.
+    def span(self):
+        """How many elements, from the first one, the view reaches over (gaps included)."""
+        if not self.size:
+            return 0
+        return 1 + sum((extent - 1) * stride for extent, stride in zip(self.shape, self._strides))
 
-        >>> t = kdsl.tensor(np.arange(10))
-        >>> t[2:5].numpy(), t[-1].numpy()
-        (array([2, 3, 4], dtype=int32), array(9, dtype=int32))
+    def read_span(self):
+        """The view's span as a flat host array: element (i, j, ...) at i*strides[0] + j*strides[1] + ..."""
+        out = np.empty(self.span(), self.dtype)
+        if out.size:
+            cl.enqueue_copy(self.device.queue, out, self.buffer,
+                            src_offset=self._byte_offset(), is_blocking=True)
+        return out
+
+    def write_span(self, flat):
+        """Write a flat host array of `span()` elements back over the view's span; returns self."""
+        flat = np.ascontiguousarray(flat, dtype=self.dtype)
+        if flat.size != self.span():
+            raise ValueError(f"write_span: {flat.size} elements given for a span of {self.span()}")
+        if flat.size:
+            cl.enqueue_copy(self.device.queue, self.buffer, flat,
+                            dst_offset=self._byte_offset(), is_blocking=True)
+        return self
+
+    def _on_span(self, flat):
+        """A numpy view of the tensor's elements over a host copy of its span."""
+        itemsize = self.itemsize
+        return np.lib.stride_tricks.as_strided(
+            flat, self.shape, tuple(stride * itemsize for stride in self._strides))
+
+    def __getitem__(self, index):
+        """A view: per dimension an int (drops it) or a slice with a positive step.
+
+        >>> t = kdsl.tensor(np.arange(12).reshape(3, 4))
+        >>> t[1].numpy(), t[:, 1:3].numpy()[0], t[-1, ::2].numpy()
+        (array([4, 5, 6, 7], dtype=int32), array([1, 2], dtype=int32), array([ 8, 10], dtype=int32))
         """
-        if isinstance(index, tuple) and len(index) == 1:
-            index = index[0]
         if not self.shape:
             raise IndexError("a 0-d tensor cannot be indexed; use .numpy() to read its value")
-        if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
-            row = int(index) + (self.shape[0] if index < 0 else 0)
-            if not 0 <= row < self.shape[0]:
-                raise IndexError(f"index {index} is out of range for dimension 0 of size "
-                                 f"{self.shape[0]}")
-            return self._view(self.shape[1:], row * self.stride(0))
-        if isinstance(index, slice):
-            start, stop, step = index.indices(self.shape[0])
-            if step != 1:
-                raise IndexError(f"slices of a tensor must have step 1 (got {step}), so that "
-                                 "views stay contiguous; copy through numpy for strided access")
-            rows = max(stop - start, 0)
-            return self._view((rows,) + self.shape[1:], start * self.stride(0))
-        raise IndexError(f"tensors index only their leading dimension with an int or a step-1 "
-                         f"slice, got {index!r}; reshape, or copy through numpy")
+        if not isinstance(index, tuple):
+            index = (index,)
+        if index.count(Ellipsis) > 1:
+            raise IndexError("an index can hold only one '...'")
+        if Ellipsis in index:
+            at = index.index(Ellipsis)
+            fill = (slice(None),) * (self.ndim - len(index) + 1)
+            index = index[:at] + fill + index[at + 1:]
+        if len(index) > self.ndim:
+            raise IndexError(f"too many indices ({len(index)}) for a tensor of {self.ndim} "
+                             f"dimensions")
+        offset, shape, strides = self.offset, [], []
+        for dim, (item, extent, stride) in enumerate(zip(index, self.shape, self._strides)):
+            if isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+                i = int(item) + (extent if item < 0 else 0)
+                if not 0 <= i < extent:
+                    raise IndexError(f"index {item} is out of range for dimension {dim} of "
+                                     f"size {extent}")
+                offset += i * stride
+            elif isinstance(item, slice):
+                start, stop, step = item.indices(extent)
+                if step <= 0:
+                    raise IndexError(f"slices of a tensor need a positive step, got {step} in "
+                                     f"dimension {dim}; copy through numpy to reverse")
+                count = max(0, (stop - start + step - 1) // step)
+                offset += start * stride if count else 0
+                shape.append(count)
+                strides.append(stride * step)
+            else:
+                raise IndexError(f"tensors are indexed by ints and slices, got {item!r} in "
+                                 f"dimension {dim}")
+        rest = len(index)
+        return Tensor(self.buffer, tuple(shape) + self.shape[rest:], self.dtype, self.device,
+                      offset, tuple(strides) + self._strides[rest:])
+
+    def permute(self, *dims):
+        """A view with the dimensions reordered, as torch's permute.
+
+        >>> kdsl.empty((2, 3, 4)).permute(1, 0, 2).shape
+        (3, 2, 4)
+        """
+        if len(dims) == 1 and not isinstance(dims[0], (int, np.integer)):
+            dims = tuple(dims[0])
+        dims = tuple(int(d) % self.ndim if self.ndim else int(d) for d in dims)
+        if sorted(dims) != list(range(self.ndim)):
+            raise ValueError(f"permute{dims}: give each of the {self.ndim} dimensions once")
+        return Tensor(self.buffer, tuple(self.shape[d] for d in dims), self.dtype, self.device,
+                      self.offset, tuple(self._strides[d] for d in dims))
+
+    def transpose(self, dim0, dim1):
+        """A view with two dimensions swapped.
+
+        >>> kdsl.empty((2, 3)).transpose(0, 1).strides
+        (1, 3)
+        """
+        dims = list(range(self.ndim))
+        dims[dim0], dims[dim1] = dims[dim1], dims[dim0]
+        return self.permute(dims)
 
     def reshape(self, *shape):
         """A view with a new shape of the same size; one extent may be -1.
+
+        Only contiguous tensors reshape (a view would need strides it cannot have).
 
         >>> kdsl.empty((6,)).reshape(2, -1).shape
         (2, 3)
@@ -174,6 +265,9 @@ class Tensor:
         if math.prod(shape) != self.size:
             raise ValueError(f"cannot reshape a tensor of shape {self.shape} (size {self.size}) "
                              f"into {shape} (size {math.prod(shape)})")
+        if not self.is_contiguous():
+            raise ValueError(f"cannot reshape a non-contiguous view (shape {self.shape}, strides "
+                             f"{self.strides}); reshape the tensor it was taken from instead")
         return self._view(shape, 0)
 
     def _view(self, shape, extra_offset):
@@ -260,6 +354,14 @@ def zeros_like(t):
     array([0, 0, 0], dtype=int8)
     """
     return zeros(t.shape, t.dtype, t.device)
+
+
+def _contiguous_strides(shape):
+    strides, step = [], 1
+    for extent in reversed(shape):
+        strides.append(step)
+        step *= extent
+    return tuple(reversed(strides))
 
 
 def _as_shape(shape):

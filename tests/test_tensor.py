@@ -116,8 +116,9 @@ def test_reshape_is_a_view():
 
 
 @pytest.mark.parametrize("index, message", [
-    (slice(None, None, 2), "step 1"), ((0, 1), "leading dimension"), (5, "out of range"),
-    (-6, "out of range"), ("a", "leading dimension"), (True, "leading dimension"),
+    (slice(None, None, -1), "positive step"), ((0, 1, 2), "too many indices"),
+    (5, "out of range"), (-6, "out of range"), ((0, 2), "out of range"),
+    ("a", "ints and slices"), (True, "ints and slices"), ((..., ...), "one '...'"),
 ])
 def test_bad_indexing_says_what_is_allowed(index, message):
     with pytest.raises(IndexError, match=message):
@@ -193,3 +194,51 @@ def test_driver_allocation_failure_becomes_memory_error(monkeypatch):
         kdsl.empty((1000,))
     expected = f"out of device memory: 4000 bytes were requested on {kdsl.current_device()!r}"
     assert str(info.value).startswith(expected)
+
+
+@given(st.lists(st.integers(1, 5), min_size=1, max_size=3), st.data())
+def test_views_read_and_write_like_numpy(shape, data):
+    """Any chain of slicing and a permute reads and writes the elements numpy's view would."""
+    base = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    t = kdsl.tensor(base)
+    index = []
+    for extent in shape:
+        start = data.draw(st.integers(0, extent - 1))
+        stop = data.draw(st.integers(start, extent))
+        index.append(slice(start, stop, data.draw(st.integers(1, 3))))
+    if len(shape) > 1 and data.draw(st.booleans()):
+        index[0] = data.draw(st.integers(-shape[0], shape[0] - 1))
+    index = tuple(index)
+    order = data.draw(st.permutations(range(base[index].ndim)))
+    view, expected = t[index].permute(*order), base[index].transpose(order)
+    assert view.shape == expected.shape
+    np.testing.assert_array_equal(view.numpy(), expected)
+    # Writing through the view changes exactly those elements of the tensor.
+    view.copy_from(-expected - 1)
+    after = base.copy()
+    after[index].transpose(order)[...] = -expected - 1
+    np.testing.assert_array_equal(t.numpy(), after)
+
+
+def test_kernel_writes_through_a_strided_view():
+    """A kernel given a column slice and its strides writes only inside the slice."""
+    @kdsl.jit
+    def fill_columns(out_ptr, rows, cols, stride_row, value, BLOCK: kl.constexpr):
+        r = kl.program_id(0)
+        c = kl.arange(0, BLOCK)
+        kl.store(out_ptr + r * stride_row + c, kl.full((BLOCK,), value, kl.float32), mask=c < cols)
+
+    for interpret in (False, True):
+        t = kdsl.zeros((4, 6))
+        view = t[1:3, 2:5]
+        assert not view.is_contiguous() and view.strides == (6, 1)
+        fn = kdsl.jit(fill_columns.fn, interpret=True) if interpret else fill_columns
+        fn[(2,)](view, 2, 3, view.stride(0), 7.0, BLOCK=4)
+        expected = np.zeros((4, 6), np.float32)
+        expected[1:3, 2:5] = 7
+        np.testing.assert_array_equal(t.numpy(), expected)
+
+
+def test_reshape_of_a_strided_view_is_refused():
+    with pytest.raises(ValueError, match="non-contiguous"):
+        kdsl.zeros((4, 6))[:, 1:3].reshape(-1)
