@@ -1,25 +1,46 @@
-"""Default launch configurations per device kind, used until a shape is tuned.
+"""Launch configurations: the device's tuned one, else a default per device kind.
 
-A CPU (PoCL) wants one work-item per work-group holding a register tile whose
-columns are contiguous, so LLVM vectorises the unrolled FMAs; a GPU wants
-many work-items sharing operand tiles through local memory.
+`tuned(kernel, key, default)` reads the per-device tuning database that
+`kdsl-autotune` fills: the config tuned for exactly this key, else the one for
+the nearest tuned key, else `default`. The defaults below are what a device
+runs before it is tuned. A CPU (PoCL) wants one work-item per work-group
+holding a register tile whose columns are contiguous, so LLVM vectorises the
+unrolled FMAs; a GPU wants many work-items sharing operand tiles through
+local memory.
 """
 import kdsl
+from kdsl import tuning_db
 
 
-def _device():
-    return kdsl.current_device()
+def tuned(kernel_name, key, default, device=None):
+    """The tuned config of `kernel_name` for `key` on `device`, else `default`.
+
+    A config whose parameter names differ from the default's (tuned by an
+    older version of the kernel) is ignored. Returns a new dict each call.
+
+    >>> tuned("gemv", {"N": 4096, "K": 4096, "trans_b": True},
+    ...       {"BN": 4, "BK": 256, "num_threads": 16})
+    {'BN': 2, 'BK': 512, 'num_threads': 32}
+    """
+    config = tuning_db.database(device).best_config(kernel_name, key)
+    if config is None or set(config) != set(default):
+        return dict(default)
+    return dict(config)
 
 
-def matmul_config(M, N, K, trans_b=False):
-    dev = _device()
-    if dev.is_cpu:
-        return {"BM": 8, "BN": 32, "BK": 16, "num_threads": 1}
-    return {"BM": 64, "BN": 64, "BK": 16, "num_threads": 64}
+def matmul_config(M, N, K, trans_b=False, device=None):
+    """The GEMM (M > 1) config: tuned, else the device kind's default."""
+    if kdsl.device.as_device(device).is_cpu:
+        default = {"BM": 8, "BN": 32, "BK": 16, "num_threads": 1}
+    else:
+        default = {"BM": 64, "BN": 64, "BK": 16, "num_threads": 64}
+    return tuned("matmul", {"M": M, "N": N, "K": K, "trans_b": bool(trans_b)}, default, device)
 
 
-def gemv_config(N, K, trans_b=True):
-    dev = _device()
-    if dev.is_cpu:
-        return {"BN": 4, "BK": 256, "num_threads": 16}
-    return {"BN": 8, "BK": 256, "num_threads": 128}
+def gemv_config(N, K, trans_b=True, device=None):
+    """The GEMV (M == 1) config: tuned, else the device kind's default."""
+    if kdsl.device.as_device(device).is_cpu:
+        default = {"BN": 4, "BK": 256, "num_threads": 16}
+    else:
+        default = {"BN": 8, "BK": 256, "num_threads": 128}
+    return tuned("gemv", {"N": N, "K": K, "trans_b": bool(trans_b)}, default, device)
