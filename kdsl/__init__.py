@@ -11,6 +11,7 @@
     add_kernel[(kdsl.cdiv(n, 256),)](x, y, out, n, BLOCK=256)
 """
 from . import language
+from .autotuner import Config, autotune
 from .device import Device, current_device, devices, set_device
 from .errors import BuildError, CompileError, LaunchError, OutOfBoundsError
 from .jit import JITFunction, jit
@@ -19,4 +20,5 @@ from .tensor import Tensor, empty, empty_like, full, ones, tensor, zeros, zeros_
 
 __all__ = ["language", "jit", "JITFunction", "cdiv", "devices", "current_device", "set_device",
            "Device", "tensor", "empty", "empty_like", "zeros", "zeros_like", "ones", "full",
-           "Tensor", "CompileError", "LaunchError", "BuildError", "OutOfBoundsError"]
+           "Tensor", "CompileError", "LaunchError", "BuildError", "OutOfBoundsError",
+           "autotune", "Config"]
