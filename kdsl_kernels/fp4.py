@@ -1,0 +1,303 @@
+"""FP4 weights in Transformer-Lite's "M0E4" spirit: 4-bit codes whose fp16
+value is a couple of bit operations away, with a per-group fp16 scale and
+offset, dequantised inside the GEMV/GEMM kernels.
+
+    >>> import numpy as np, kdsl
+    >>> from kdsl_kernels import fp4
+    >>> w = np.random.default_rng(0).standard_normal((256, 512)).astype(np.float32)
+    >>> packed = fp4.quantize(w, group_size=64)          # 4.5 bits per weight
+    >>> y = fp4.linear(kdsl.tensor(x), packed)           # x [M, 512] -> [M, 256] = x @ W.T
+    >>> np.allclose(y.numpy(), x @ fp4.dequantize(packed).T, atol=1e-3)
+    True
+
+The layout (bit by bit in docs/fp4.md). K is padded to a multiple of the
+group size G with zero weights. Per row and group (G weights along K):
+
+- codes: G/2 bytes. Byte j holds the code of element j in its low nibble
+  and of element j + G/2 in its high nibble (llama.cpp's Q4_0 order), so a
+  kernel reads two contiguous halves of x against one contiguous run of bytes.
+- scale s and offset o: fp16. The weight is  w = s * m(q) + o,  where m(q),
+  the code's "mantissa value", depends on the reading:
+    "e0m4" (default, uniform grid): m(q) = as_half(0x3C00 | q << 6) = 1 + q/16
+    "e4m0" (power-of-two grid):     m(q) = as_half((q + 1) << 10) = 2**(q - 14)
+  The same numbers come from fp32 bit patterns (fp16 is storage only on the
+  devices we target): as_float(0x3F800000 | q << 19) and as_float((q + 113) << 23).
+
+Optional outliers (mllm-NPU): the `outliers` input channels (columns of W)
+with the largest |w| are taken out of the groups before quantising (so they
+do not stretch their groups' ranges) and kept as fp16 residuals beside the
+FP4 body; dequantize() and the kernels add them back.
+"""
+import numpy as np
+
+READINGS = ("e0m4", "e4m0")
+DEFAULT_READING = "e0m4"
+GROUP_SIZES = (16, 32, 64, 128, 256)
+
+
+def mantissa_value(q, reading):
+    """m(q) of the reading, as float32: the fp16 value the bit trick builds.
+
+    >>> mantissa_value(np.arange(16), "e0m4")[:3]
+    array([1.    , 1.0625, 1.125 ], dtype=float32)
+    """
+    q = np.asarray(q).astype(np.uint32)
+    if reading == "e0m4":
+        return (np.uint32(0x3F800000) | (q << np.uint32(19))).view(np.float32)
+    if reading == "e4m0":
+        return ((q + np.uint32(113)) << np.uint32(23)).view(np.float32)
+    raise ValueError(f"unknown FP4 reading {reading!r}; choose one of {READINGS}")
+
+
+class PackedWeight:
+    """A quantised [N, K] weight: numpy fields, uploaded to a device once.
+
+    Fields: `codes` uint8 [N, Kp/2], `scales` and `offsets` float16
+    [N, Kp/G] (Kp = K rounded up to G), `outlier_idx` int32 [n_out] and
+    `outlier_w` float16 [N, n_out] (the fp16 residuals of the outlier
+    columns), `shape` (N, K), `group_size` G, `reading`.
+
+    >>> arrays = packed.to_arrays()                 # for an on-disk cache (np.savez)
+    >>> same = PackedWeight.from_arrays(arrays)
+    """
+
+    _FIELDS = ("codes", "scales", "offsets", "outlier_idx", "outlier_w")
+
+    def __init__(self, codes, scales, offsets, shape, group_size, reading=DEFAULT_READING,
+                 outlier_idx=None, outlier_w=None):
+        n, k = (int(d) for d in shape)
+        _check_group_size(group_size)
+        if reading not in READINGS:
+            raise ValueError(f"unknown FP4 reading {reading!r}; choose one of {READINGS}")
+        n_groups = -(-k // group_size)
+        self.codes = np.ascontiguousarray(codes, dtype=np.uint8)
+        self.scales = np.ascontiguousarray(scales, dtype=np.float16)
+        self.offsets = np.ascontiguousarray(offsets, dtype=np.float16)
+        if outlier_idx is None:
+            outlier_idx = np.zeros(0, np.int32)
+            outlier_w = np.zeros((n, 0), np.float16)
+        self.outlier_idx = np.ascontiguousarray(outlier_idx, dtype=np.int32)
+        self.outlier_w = np.ascontiguousarray(outlier_w, dtype=np.float16)
+        expected = {"codes": (n, n_groups * group_size // 2), "scales": (n, n_groups),
+                    "offsets": (n, n_groups), "outlier_w": (n, len(self.outlier_idx))}
+        for name, want in expected.items():
+            if getattr(self, name).shape != want:
+                raise ValueError(f"PackedWeight: {name} has shape {getattr(self, name).shape}, "
+                                 f"expected {want} for a {n}x{k} weight in groups of "
+                                 f"{group_size}")
+        if len(self.outlier_idx) and (self.outlier_idx.min() < 0 or self.outlier_idx.max() >= k):
+            raise ValueError(f"PackedWeight: outlier_idx must lie in [0, {k})")
+        self.shape = (n, k)
+        self.group_size = int(group_size)
+        self.reading = reading
+        self._device_copies = {}
+
+    @property
+    def n_groups(self):
+        return self.scales.shape[1]
+
+    @property
+    def nbytes(self):
+        """Bytes a GEMV reads for this weight: codes, scales, offsets, outliers."""
+        return sum(getattr(self, f).nbytes for f in self._FIELDS)
+
+    def to_arrays(self):
+        """The weight as a dict of numpy arrays (metadata as 0-d/1-d arrays)."""
+        arrays = {f: getattr(self, f) for f in self._FIELDS}
+        arrays["shape"] = np.asarray(self.shape, np.int64)
+        arrays["group_size"] = np.asarray(self.group_size, np.int64)
+        arrays["reading"] = np.asarray(self.reading)
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays):
+        """Inverse of to_arrays(); checks every field's shape."""
+        missing = [f for f in cls._FIELDS + ("shape", "group_size", "reading") if f not in arrays]
+        if missing:
+            raise ValueError(f"PackedWeight.from_arrays(): missing field(s) {missing}")
+        return cls(arrays["codes"], arrays["scales"], arrays["offsets"],
+                   tuple(np.asarray(arrays["shape"]).tolist()),
+                   int(arrays["group_size"]), str(arrays["reading"]),
+                   arrays["outlier_idx"], arrays["outlier_w"])
+
+    def device_arrays(self, device):
+        """The fields as kdsl tensors on `device`, uploaded on first use only."""
+        import kdsl
+        key = device.fingerprint
+        if key not in self._device_copies:
+            # a zero-length buffer cannot be allocated: outlier-free weights
+            # pass a one-element placeholder the kernel never reads
+            self._device_copies[key] = {
+                f: kdsl.tensor(getattr(self, f) if getattr(self, f).size else
+                               np.zeros(1, getattr(self, f).dtype), device=device)
+                for f in self._FIELDS}
+        return self._device_copies[key]
+
+    def __repr__(self):
+        n, k = self.shape
+        return (f"PackedWeight({n}x{k}, {self.reading}, groups of {self.group_size}, "
+                f"{len(self.outlier_idx)} outlier channels, {self.nbytes} bytes)")
+
+
+def quantize(w, group_size=64, *, reading=DEFAULT_READING, outliers=0):
+    """Quantise a numpy [N, K] weight to FP4; returns a PackedWeight.
+
+    group_size: weights per scale/offset pair along K (a power of two, 16..256).
+    reading: "e0m4" (uniform grid, default) or "e4m0" (power-of-two grid).
+    outliers: how many input channels to keep as fp16 residuals.
+
+    >>> packed = quantize(np.ones((4, 100), np.float32), group_size=32)
+    >>> packed.codes.shape, packed.scales.shape
+    ((4, 64), (4, 4))
+    """
+    w = np.asarray(w)
+    if w.ndim != 2:
+        raise ValueError(f"fp4.quantize(): w must be a 2-D [N, K] weight, got shape {w.shape}")
+    if not np.issubdtype(w.dtype, np.floating):
+        raise ValueError(f"fp4.quantize(): w must be floating point, got {w.dtype}")
+    _check_group_size(group_size)
+    if reading not in READINGS:
+        raise ValueError(f"fp4.quantize(): unknown reading {reading!r}; choose one of {READINGS}")
+    w = w.astype(np.float32)
+    if not np.isfinite(w).all():
+        raise ValueError("fp4.quantize(): w contains NaN or infinity")
+    n, k = w.shape
+    if not 0 <= outliers <= k:
+        raise ValueError(f"fp4.quantize(): outliers must be in [0, {k}], got {outliers}")
+    idx = np.sort(np.argsort(-np.abs(w).max(axis=0, initial=0), kind="stable")[:outliers])
+    body = w.copy()
+    body[:, idx] = 0.0
+    groups = _to_groups(body, group_size)
+    with np.errstate(over="ignore", invalid="ignore"):    # overflow is reported below
+        scales, offsets, codes = _quantize_groups(groups, reading)
+    if not (np.isfinite(scales).all() and np.isfinite(offsets).all()):
+        raise ValueError("fp4.quantize(): a group's scale or offset overflows fp16 (|w| up to "
+                         f"{np.abs(w).max():.3g}); scale the weight down first")
+    packed = PackedWeight(_pack(codes, group_size), scales, offsets, (n, k), group_size, reading)
+    if outliers:
+        residual = w[:, idx] - _dequantize_body(packed)[:, idx]
+        packed = PackedWeight(packed.codes, scales, offsets, (n, k), group_size, reading,
+                              idx.astype(np.int32), residual.astype(np.float16))
+    return packed
+
+
+def dequantize(packed):
+    """The float32 [N, K] weight a PackedWeight stands for (what the kernels compute with)."""
+    if not isinstance(packed, PackedWeight):
+        raise TypeError(f"fp4.dequantize(): expected a PackedWeight, got {type(packed).__name__}")
+    w = _dequantize_body(packed)
+    w[:, packed.outlier_idx] += packed.outlier_w.astype(np.float32)
+    return w
+
+
+def linear(x, packed, *, bias=None, out=None, config=None):
+    """x @ W.T on the device for x [M, K] float32 and W the packed [N, K] weight.
+
+    M == 1 runs the fused dequantising GEMV (the decode path), M > 1 the
+    fused dequantising GEMM (prefill). bias: [N]. Returns float32 [M, N],
+    written into `out` (any view with last stride 1) when given.
+    """
+    from .fp4_kernels import fp4_linear
+    return fp4_linear(x, packed, bias=bias, out=out, config=config)
+
+
+# ----------------------------------------------------------------- internals
+def _check_group_size(group_size):
+    if group_size not in GROUP_SIZES:
+        raise ValueError(f"FP4 group_size must be one of {GROUP_SIZES}, got {group_size!r}")
+
+
+def _to_groups(w, group_size):
+    """[N, K] -> [N, Kp/G, G], K zero-padded to a multiple of G."""
+    n, k = w.shape
+    kp = -(-k // group_size) * group_size
+    if kp != k:
+        w = np.concatenate([w, np.zeros((n, kp - k), w.dtype)], axis=1)
+    return w.reshape(n, kp // group_size, group_size)
+
+
+def _quantize_groups(groups, reading):
+    """Per-group fp16 (scale, offset) and uint8 codes [N, ng, G] for one reading."""
+    if reading == "e0m4":
+        return _quantize_uniform(groups)
+    return _quantize_pow2(groups)
+
+
+def _quantize_uniform(groups):
+    """Min/max to the 16 levels s*(1 + q/16) + o: step d = (max - min)/15,
+    s = 16 d, o = min - s. The codes are rounded against the fp16-rounded
+    s and o, so the stored constants are the ones the codes were fitted to."""
+    lo = groups.min(axis=-1)
+    hi = groups.max(axis=-1)
+    step = (hi - lo) / 15.0
+    scales = (16.0 * step).astype(np.float16)
+    offsets = (lo - scales.astype(np.float32)).astype(np.float16)
+    s = scales.astype(np.float32)[..., None]
+    o = offsets.astype(np.float32)[..., None]
+    safe = np.where(s == 0, 1.0, s)
+    codes = np.rint((groups - o - s) * 16.0 / safe)
+    return scales, offsets, np.clip(codes, 0, 15).astype(np.uint8)
+
+
+# Power-of-two grid: levels o + s * 2**(q - 14). The grid is dense at one end,
+# so each group picks the end (sign of s) and how many octaves (top code) to
+# span from these candidates, whichever gives the least squared error.
+_POW2_TOPS = (4, 5, 6, 7, 8, 10, 15)
+
+
+def _quantize_pow2(groups):
+    lo = groups.min(axis=-1)
+    hi = groups.max(axis=-1)
+    levels = mantissa_value(np.arange(16), "e4m0")
+    best = None
+    for top in _POW2_TOPS:
+        span = levels[top] - levels[0]
+        for dense_at_min in (True, False):
+            base, far = (lo, hi) if dense_at_min else (hi, lo)
+            scales = ((far - base) / span).astype(np.float16)
+            offsets = (base - scales.astype(np.float32) * levels[0]).astype(np.float16)
+            codes = _nearest_level(groups, scales, offsets, levels)
+            err = ((levels[codes] * scales.astype(np.float32)[..., None]
+                    + offsets.astype(np.float32)[..., None] - groups) ** 2).sum(axis=-1)
+            if best is None:
+                best = [scales, offsets, codes, err]
+                continue
+            better = err < best[3]
+            best[0] = np.where(better, scales, best[0])
+            best[1] = np.where(better, offsets, best[1])
+            best[2] = np.where(better[..., None], codes, best[2])
+            best[3] = np.minimum(err, best[3])
+    return best[0], best[1], best[2]
+
+
+def _nearest_level(groups, scales, offsets, levels):
+    """Code of the nearest level s*levels[q] + o (levels increasing, s of either sign)."""
+    s = scales.astype(np.float32)[..., None]
+    o = offsets.astype(np.float32)[..., None]
+    safe = np.where(s == 0, 1.0, s)
+    t = (groups - o) / safe                      # the wanted level value
+    mids = (levels[1:] + levels[:-1]) / 2
+    return np.searchsorted(mids, t).astype(np.uint8)
+
+
+def _pack(codes, group_size):
+    """[N, ng, G] codes -> [N, ng*G/2] bytes: low nibble element j, high j + G/2."""
+    half = group_size // 2
+    packed = codes[..., :half] | (codes[..., half:] << 4)
+    return packed.reshape(codes.shape[0], -1)
+
+
+def _unpack(packed_codes, group_size):
+    """Inverse of _pack: [N, ng*G/2] bytes -> [N, ng, G] codes."""
+    half = group_size // 2
+    b = packed_codes.reshape(packed_codes.shape[0], -1, half)
+    return np.concatenate([b & 15, b >> 4], axis=-1)
+
+
+def _dequantize_body(packed):
+    """The FP4 body alone (no outliers) as float32 [N, K]."""
+    codes = _unpack(packed.codes, packed.group_size)
+    m = mantissa_value(codes, packed.reading)
+    w = m * packed.scales.astype(np.float32)[..., None] + packed.offsets.astype(np.float32)[..., None]
+    n, k = packed.shape
+    return np.ascontiguousarray(w.reshape(n, -1)[:, :k])

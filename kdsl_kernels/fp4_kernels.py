@@ -1,0 +1,217 @@
+"""The FP4 kernels in the language: a dequantising GEMV (decode) and GEMM (prefill).
+
+Both read the packed layout of kdsl_kernels/fp4.py: per row, groups of G
+weights stored as G/2 bytes (low nibble element j, high nibble element
+j + G/2) with an fp16 scale and offset per group. A code becomes its value
+in registers: m = as_float(0x3F800000 | q << 19) = 1 + q/16 for the uniform
+"e0m4" reading, as_float((q + 113) << 23) = 2**(q - 14) for "e4m0" (the fp32
+bit patterns with the fp16 trick's meaning), then w = s * m + o.
+"""
+import numpy as np
+
+import kdsl
+import kdsl.language as kl
+
+from .fp4 import PackedWeight
+
+
+@kdsl.jit
+def fp4_mantissa(q, READING: kl.constexpr):
+    """m(q) of the reading from the 4-bit code q (an int block), by bit operations only."""
+    if READING == "e0m4":
+        bits = (q.to(kl.uint32) << 19) | 0x3F800000
+    else:
+        bits = (q.to(kl.uint32) + 113) << 23
+    return bits.to(kl.float32, bitcast=True)
+
+
+@kdsl.jit
+def fp4_gemv_kernel(x_ptr, codes_ptr, scales_ptr, offsets_ptr, y_ptr, bias_ptr,
+                    oidx_ptr, ow_ptr, N, K, n_groups, n_out,
+                    READING: kl.constexpr, G: kl.constexpr, HAS_BIAS: kl.constexpr,
+                    EVEN_N: kl.constexpr, EVEN_K: kl.constexpr, BN: kl.constexpr):
+    """y = W x (+ bias) for BN rows per program, one group of G per step.
+
+    The packed bytes, scales and offsets are read once; the partial sums
+    stay elementwise in a BN x G/2 block and are reduced across K at the end,
+    so the loop body is loads, bit operations and FMAs only."""
+    HALF = G // 2
+    rn = kl.program_id(0) * BN + kl.arange(0, BN)
+    rj = kl.arange(0, HALF)
+    row_bytes = n_groups * HALF
+    c_offs = rn[:, None] * row_bytes + rj[None, :]
+    acc = kl.zeros((BN, HALF), dtype=kl.float32)
+    for g in range(0, n_groups):
+        k0 = g * G
+        if EVEN_K:
+            x_lo = kl.load(x_ptr + k0 + rj)
+            x_hi = kl.load(x_ptr + k0 + HALF + rj)
+        else:
+            x_lo = kl.load(x_ptr + k0 + rj, mask=k0 + rj < K, other=0.0)
+            x_hi = kl.load(x_ptr + k0 + HALF + rj, mask=k0 + HALF + rj < K, other=0.0)
+        if EVEN_N:
+            c = kl.load(codes_ptr + g * HALF + c_offs)
+            s = kl.load(scales_ptr + rn * n_groups + g)
+            o = kl.load(offsets_ptr + rn * n_groups + g)
+        else:
+            c = kl.load(codes_ptr + g * HALF + c_offs, mask=rn[:, None] < N, other=0)
+            s = kl.load(scales_ptr + rn * n_groups + g, mask=rn < N, other=0.0)
+            o = kl.load(offsets_ptr + rn * n_groups + g, mask=rn < N, other=0.0)
+        w_lo = fp4_mantissa(c & 15, READING) * s[:, None] + o[:, None]
+        w_hi = fp4_mantissa(c >> 4, READING) * s[:, None] + o[:, None]
+        acc += w_lo * x_lo[None, :] + w_hi * x_hi[None, :]
+    y = kl.sum(acc, axis=1)
+    for i in range(0, n_out):
+        # outlier channels: fp16 residual columns beside the FP4 body
+        xi = kl.load(x_ptr + kl.load(oidx_ptr + i))
+        y += kl.load(ow_ptr + rn * n_out + i, mask=rn < N, other=0.0) * xi
+    if HAS_BIAS:
+        y += kl.load(bias_ptr + rn, mask=rn < N, other=0.0)
+    if EVEN_N:
+        kl.store(y_ptr + rn, y)
+    else:
+        kl.store(y_ptr + rn, y, mask=rn < N)
+
+
+@kdsl.jit
+def fp4_gemm_kernel(a_ptr, codes_ptr, scales_ptr, offsets_ptr, c_ptr, bias_ptr,
+                    oidx_ptr, ow_ptr, M, N, K, n_groups, n_out, stride_am, stride_cm,
+                    READING: kl.constexpr, G: kl.constexpr, HAS_BIAS: kl.constexpr,
+                    EVEN: kl.constexpr, BM: kl.constexpr, BN: kl.constexpr,
+                    BO: kl.constexpr):
+    """C = A @ W.T (+ bias) for one BM x BN tile per program.
+
+    Each step dequantises one group of the BN weight rows into two G/2 x BN
+    tiles (the low and the high nibbles) in registers and feeds them to
+    kl.dot with the matching halves of the A tile, so the dequantised weight
+    never goes to global memory."""
+    HALF = G // 2
+    rm = kl.program_id(0) * BM + kl.arange(0, BM)
+    rn = kl.program_id(1) * BN + kl.arange(0, BN)
+    rj = kl.arange(0, HALF)
+    row_bytes = n_groups * HALF
+    acc = kl.zeros((BM, BN), dtype=kl.float32)
+    for g in range(0, n_groups):
+        k0 = g * G
+        a_lo_ptrs = a_ptr + rm[:, None] * stride_am + (k0 + rj)[None, :]
+        c_ptrs = codes_ptr + rn[None, :] * row_bytes + (g * HALF + rj)[:, None]
+        if EVEN:
+            a_lo = kl.load(a_lo_ptrs)
+            a_hi = kl.load(a_lo_ptrs + HALF)
+            c = kl.load(c_ptrs)
+            s = kl.load(scales_ptr + rn * n_groups + g)
+            o = kl.load(offsets_ptr + rn * n_groups + g)
+        else:
+            a_lo = kl.load(a_lo_ptrs, mask=(rm[:, None] < M) & (k0 + rj[None, :] < K), other=0.0)
+            a_hi = kl.load(a_lo_ptrs + HALF,
+                           mask=(rm[:, None] < M) & (k0 + HALF + rj[None, :] < K), other=0.0)
+            c = kl.load(c_ptrs, mask=rn[None, :] < N, other=0)
+            s = kl.load(scales_ptr + rn * n_groups + g, mask=rn < N, other=0.0)
+            o = kl.load(offsets_ptr + rn * n_groups + g, mask=rn < N, other=0.0)
+        w_lo = fp4_mantissa(c & 15, READING) * s[None, :] + o[None, :]
+        w_hi = fp4_mantissa(c >> 4, READING) * s[None, :] + o[None, :]
+        acc = kl.dot(a_lo, w_lo, acc)
+        acc = kl.dot(a_hi, w_hi, acc)
+    ro = kl.arange(0, BO)
+    for o0 in range(0, n_out, BO):
+        # outlier channels: gather their columns of A, multiply by the fp16 residuals
+        idx = kl.load(oidx_ptr + o0 + ro, mask=o0 + ro < n_out, other=0)
+        a_out = kl.load(a_ptr + rm[:, None] * stride_am + idx[None, :],
+                        mask=(rm[:, None] < M) & (o0 + ro[None, :] < n_out), other=0.0)
+        w_out = kl.load(ow_ptr + rn[None, :] * n_out + (o0 + ro)[:, None],
+                        mask=(rn[None, :] < N) & (o0 + ro[:, None] < n_out), other=0.0)
+        acc = kl.dot(a_out, w_out, acc)
+    if HAS_BIAS:
+        acc += kl.load(bias_ptr + rn, mask=rn < N, other=0.0)[None, :]
+    c_out = c_ptr + rm[:, None] * stride_cm + rn[None, :]
+    if EVEN:
+        kl.store(c_out, acc)
+    else:
+        kl.store(c_out, acc, mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+
+def gemv_default(device):
+    """The GEMV's default config: on a CPU one work-item per program holding
+    a few rows in registers (a barrier costs a pass over the work-group on
+    PoCL); on a GPU a work-group per few rows."""
+    if device.is_cpu:
+        return {"BN": 4, "num_threads": 1}
+    return {"BN": 4, "num_threads": 64}
+
+
+def gemm_default(device):
+    """The GEMM's default config (the matmul's CPU and GPU tile shapes)."""
+    if device.is_cpu:
+        return {"BM": 8, "BN": 32, "num_threads": 1}
+    return {"BM": 64, "BN": 64, "num_threads": 64}
+
+
+def _config(name, key, default):
+    from . import configs
+    return configs.tuned(name, key, default)
+
+
+def _check_x(x, K):
+    if isinstance(x, np.ndarray):
+        x = kdsl.tensor(np.ascontiguousarray(x, dtype=np.float32))
+    if not isinstance(x, kdsl.Tensor):
+        raise TypeError(f"fp4.linear(): x must be a kdsl.Tensor or numpy array, got "
+                        f"{type(x).__name__}")
+    if x.ndim != 2 or x.shape[1] != K:
+        raise ValueError(f"fp4.linear(): x must have shape [M, {K}] to match the weight, "
+                         f"got {tuple(x.shape)}")
+    if x.dtype != np.float32:
+        raise ValueError(f"fp4.linear(): x must be float32, got {x.dtype}")
+    if x.shape[0] > 0 and x.shape[1] > 1 and x.stride(1) != 1:
+        raise ValueError("fp4.linear(): x must have stride 1 along K (a row-major view)")
+    return x
+
+
+def fp4_linear(x, packed, *, bias=None, out=None, config=None):
+    """x @ W.T for a PackedWeight W; see kdsl_kernels.fp4.linear."""
+    if not isinstance(packed, PackedWeight):
+        raise TypeError(f"fp4.linear(): packed must be a PackedWeight (from fp4.quantize), "
+                        f"got {type(packed).__name__}")
+    N, K = packed.shape
+    x = _check_x(x, K)
+    M = x.shape[0]
+    if out is None:
+        out = kdsl.empty((M, N), np.float32, device=x.device)
+    elif tuple(out.shape) != (M, N) or out.dtype != np.float32:
+        raise ValueError(f"fp4.linear(): out must be float32 ({M}, {N}), got {out.dtype} "
+                         f"{tuple(out.shape)}")
+    elif M > 0 and N > 1 and out.stride(1) != 1:
+        raise ValueError("fp4.linear(): out must have stride 1 along N")
+    if bias is not None:
+        if isinstance(bias, np.ndarray):
+            bias = kdsl.tensor(np.ascontiguousarray(bias, dtype=np.float32), device=x.device)
+        if tuple(bias.shape) != (N,) or bias.dtype != np.float32:
+            raise ValueError(f"fp4.linear(): bias must be float32 ({N},), got {bias.dtype} "
+                             f"{tuple(bias.shape)}")
+    if M == 0 or N == 0:
+        return out
+    if K == 0:
+        out.copy_from(np.zeros((M, N), np.float32) + (bias.numpy() if bias is not None else 0))
+        return out
+    arrays = packed.device_arrays(x.device)
+    bias_arg = bias if bias is not None else out
+    common = dict(READING=packed.reading, G=packed.group_size, HAS_BIAS=bias is not None)
+    args = (arrays["codes"], arrays["scales"], arrays["offsets"], out, bias_arg,
+            arrays["outlier_idx"], arrays["outlier_w"])
+    n_out = len(packed.outlier_idx)
+    if M == 1:
+        cfg = config or _config("fp4_gemv", {"N": N, "K": K, "G": packed.group_size},
+                                gemv_default(x.device))
+        fp4_gemv_kernel[(kdsl.cdiv(N, cfg["BN"]),)](
+            x, *args, N, K, packed.n_groups, n_out, **common,
+            EVEN_N=N % cfg["BN"] == 0, EVEN_K=K % packed.group_size == 0,
+            BN=cfg["BN"], num_threads=cfg["num_threads"])
+        return out
+    cfg = config or _config("fp4_gemm", {"M": M, "N": N, "K": K, "G": packed.group_size},
+                            gemm_default(x.device))
+    even = M % cfg["BM"] == 0 and N % cfg["BN"] == 0 and K % packed.group_size == 0
+    grid = (kdsl.cdiv(M, cfg["BM"]), kdsl.cdiv(N, cfg["BN"]))
+    fp4_gemm_kernel[grid](
+        x, *args, M, N, K, packed.n_groups, n_out, x.stride(0), out.stride(0), **common,
+        EVEN=even, BM=cfg["BM"], BN=cfg["BN"], BO=16, num_threads=cfg["num_threads"])
+    return out

@@ -1,0 +1,189 @@
+"""kdsl_kernels.fp4: the numpy reference, the packed format, and the fused
+dequantising GEMV/GEMM against x @ dequantize(W).T, on the device and in
+the interpreter."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import kdsl
+from kdsl_kernels import fp4
+
+SMALL_GEMM = {"BM": 8, "BN": 8, "num_threads": 8}      # quick to compile
+SMALL_GEMV = {"BN": 4, "num_threads": 1}
+
+
+def _weight(rng, n, k):
+    return (rng.standard_normal((n, k)) * 0.05).astype(np.float32)
+
+
+def _check_linear(m, n, k, group_size, outliers, reading, seed, bias=True):
+    rng = np.random.default_rng(seed)
+    w = _weight(rng, n, k)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32) if bias else None
+    packed = fp4.quantize(w, group_size, reading=reading, outliers=outliers)
+    config = SMALL_GEMV if m == 1 else SMALL_GEMM
+    y = fp4.linear(kdsl.tensor(x), packed, bias=b, config=config).numpy()
+    ref = x @ fp4.dequantize(packed).T + (b if bias else 0)
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4 * np.sqrt(k))
+
+
+# ------------------------------------------------------------ numpy reference
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 20), k=st.integers(1, 300), group_size=st.sampled_from(fp4.GROUP_SIZES),
+       reading=st.sampled_from(fp4.READINGS), seed=st.integers(0, 2**16))
+def test_pack_unpack_round_trip(n, k, group_size, reading, seed):
+    rng = np.random.default_rng(seed)
+    kp = -(-k // group_size) * group_size
+    codes = rng.integers(0, 16, size=(n, kp // group_size, group_size)).astype(np.uint8)
+    packed_codes = fp4._pack(codes, group_size)
+    assert packed_codes.shape == (n, kp // 2)
+    np.testing.assert_array_equal(fp4._unpack(packed_codes, group_size), codes)
+    # and a quantised weight survives to_arrays/from_arrays unchanged
+    packed = fp4.quantize(_weight(rng, n, k), group_size, reading=reading)
+    again = fp4.PackedWeight.from_arrays(packed.to_arrays())
+    np.testing.assert_array_equal(fp4.dequantize(again), fp4.dequantize(packed))
+    assert again.shape == (n, k) and again.reading == reading
+
+
+def test_layout_bit_by_bit():
+    # element j of a group sits in the low nibble of byte j, element j + G/2 in its high nibble
+    w = np.zeros((1, 32), np.float32)
+    w[0, :] = np.arange(32) % 16          # codes 0..15 twice over [0, 15]
+    packed = fp4.quantize(w, 32)
+    codes = fp4._unpack(packed.codes, 32)[0, 0]
+    np.testing.assert_array_equal(codes, np.arange(32) % 16)
+    assert packed.codes[0, 3] == 3 | (3 << 4)
+    assert packed.codes[0, 15] == 15 | (15 << 4)
+    # the uniform reading's value is the fp16 bit pattern 0x3C00 | q << 6 = 1 + q/16
+    halves = (np.uint16(0x3C00) | (np.arange(16, dtype=np.uint16) << 6)).view(np.float16)
+    np.testing.assert_array_equal(fp4.mantissa_value(np.arange(16), "e0m4"), halves)
+    # the power-of-two reading's is (q + 1) << 10, 2**(q - 14)
+    halves = ((np.arange(16, dtype=np.uint16) + 1) << 10).view(np.float16)
+    np.testing.assert_array_equal(fp4.mantissa_value(np.arange(16), "e4m0"), halves)
+    np.testing.assert_allclose(fp4.dequantize(packed), w, atol=1e-2)
+
+
+@pytest.mark.parametrize("reading", fp4.READINGS)
+def test_quantisation_error_is_bounded(reading):
+    rng = np.random.default_rng(0)
+    w = _weight(rng, 64, 256)
+    packed = fp4.quantize(w, 64, reading=reading)
+    err = fp4.dequantize(packed) - w
+    groups = w.reshape(64, 4, 64)
+    half_step = ((groups.max(-1) - groups.min(-1)) / 30)[..., None]
+    if reading == "e0m4":
+        # every weight lands within half a step (plus fp16 rounding of s and o)
+        assert (np.abs(err.reshape(64, 4, 64)) <= half_step * 1.01 + 1e-4).all()
+    rel_rmse = np.sqrt((err ** 2).mean()) / w.std()
+    assert rel_rmse < (0.1 if reading == "e0m4" else 0.6)
+
+
+def test_outliers_are_kept_and_help():
+    rng = np.random.default_rng(1)
+    w = _weight(rng, 64, 256)
+    w[:, [3, 100, 200]] *= 40                 # three channels with large weights
+    plain = fp4.quantize(w, 64)
+    kept = fp4.quantize(w, 64, outliers=3)
+    np.testing.assert_array_equal(kept.outlier_idx, [3, 100, 200])
+    err_plain = np.abs(fp4.dequantize(plain) - w).mean()
+    err_kept = np.abs(fp4.dequantize(kept) - w).mean()
+    assert err_kept < err_plain / 5
+    # the outlier columns themselves are exact to fp16 rounding of the residual
+    np.testing.assert_allclose(fp4.dequantize(kept)[:, [3, 100, 200]], w[:, [3, 100, 200]],
+                               rtol=1e-3, atol=1e-4)
+
+
+def test_constant_and_zero_rows():
+    w = np.zeros((3, 70), np.float32)
+    w[1] = 0.25
+    out = fp4.dequantize(fp4.quantize(w, 32))
+    np.testing.assert_allclose(out, w, atol=1e-4)
+
+
+def test_bad_input_names_the_cause():
+    with pytest.raises(ValueError, match="2-D"):
+        fp4.quantize(np.zeros(8, np.float32))
+    with pytest.raises(ValueError, match="group_size"):
+        fp4.quantize(np.zeros((2, 8), np.float32), group_size=48)
+    with pytest.raises(ValueError, match="reading"):
+        fp4.quantize(np.zeros((2, 8), np.float32), reading="nf4")
+    with pytest.raises(ValueError, match="NaN"):
+        fp4.quantize(np.full((2, 8), np.nan, np.float32))
+    with pytest.raises(ValueError, match="fp16"):
+        fp4.quantize(np.array([[-1e5, 1e5]], np.float32))
+    with pytest.raises(ValueError, match="missing"):
+        fp4.PackedWeight.from_arrays({"codes": np.zeros((1, 16), np.uint8)})
+    packed = fp4.quantize(np.ones((4, 64), np.float32))
+    with pytest.raises(ValueError, match=r"shape \[M, 64\]"):
+        fp4.linear(np.zeros((2, 65), np.float32), packed)
+    with pytest.raises(TypeError, match="PackedWeight"):
+        fp4.linear(np.zeros((2, 64), np.float32), np.zeros((4, 64), np.float32))
+    with pytest.raises(ValueError, match="bias"):
+        fp4.linear(np.zeros((2, 64), np.float32), packed, bias=np.zeros(5, np.float32))
+
+
+# ------------------------------------------------------------------ kernels
+@settings(max_examples=12, deadline=None)
+@given(m=st.sampled_from([1, 1, 2, 7, 9]), n=st.integers(1, 40), k=st.integers(1, 150),
+       group_size=st.sampled_from([16, 32, 64]), outliers=st.sampled_from([0, 0, 3]),
+       seed=st.integers(0, 2**16))
+def test_linear_matches_reference(m, n, k, group_size, outliers, seed):
+    _check_linear(m, n, k, group_size, min(outliers, k), "e0m4", seed)
+
+
+@pytest.mark.parametrize("m", [1, 5])
+def test_power_of_two_reading_on_device(m):
+    _check_linear(m, 24, 96, 32, 0, "e4m0", seed=m)
+
+
+@pytest.mark.parametrize("m,n,k,group_size,outliers", [(1, 13, 70, 32, 2), (6, 9, 33, 16, 17),
+                                                       (1, 8, 128, 128, 0), (16, 16, 64, 64, 0)])
+def test_linear_in_interpreter(monkeypatch, m, n, k, group_size, outliers):
+    monkeypatch.setenv("KDSL_INTERPRET", "1")
+    _check_linear(m, n, k, group_size, outliers, "e0m4", seed=k)
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 576, 576), (1, 1536, 576), (64, 576, 1536)])
+def test_linear_default_config_model_shapes(m, n, k):
+    rng = np.random.default_rng(n)
+    w = _weight(rng, n, k)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    packed = fp4.quantize(w, 64)
+    y = fp4.linear(kdsl.tensor(x), packed).numpy()
+    np.testing.assert_allclose(y, x @ fp4.dequantize(packed).T, rtol=1e-4, atol=1e-3)
+
+
+def test_out_view_and_strided_x():
+    rng = np.random.default_rng(3)
+    w = _weight(rng, 20, 64)
+    packed = fp4.quantize(w, 32)
+    big_x = kdsl.tensor(rng.standard_normal((4, 100)).astype(np.float32))
+    x = big_x[:, 10:74]                             # rows 100 apart
+    out = kdsl.zeros((4, 30))
+    view = out[:, 5:25]
+    result = fp4.linear(x, packed, out=view, config=SMALL_GEMM)
+    ref = big_x.numpy()[:, 10:74] @ fp4.dequantize(packed).T
+    np.testing.assert_allclose(result.numpy(), ref, rtol=1e-4, atol=1e-4)
+    full = out.numpy()
+    np.testing.assert_allclose(full[:, 5:25], ref, rtol=1e-4, atol=1e-4)
+    assert (full[:, :5] == 0).all() and (full[:, 25:] == 0).all()
+
+
+def test_empty_and_upload_once():
+    packed = fp4.quantize(np.ones((4, 64), np.float32))
+    assert fp4.linear(np.zeros((0, 64), np.float32), packed).shape == (0, 4)
+    fp4.linear(np.ones((1, 64), np.float32), packed)
+    first = packed.device_arrays(kdsl.current_device())["codes"]
+    fp4.linear(np.ones((1, 64), np.float32), packed)
+    assert packed.device_arrays(kdsl.current_device())["codes"] is first
+
+
+@pytest.mark.slow
+def test_quantise_a_large_weight_quickly():
+    import time
+    w = _weight(np.random.default_rng(0), 1536, 4096)
+    start = time.perf_counter()
+    packed = fp4.quantize(w, 64)
+    assert time.perf_counter() - start < 5.0        # 6.3M weights; a 135M model in seconds
+    assert packed.nbytes < w.nbytes / 7
