@@ -1,0 +1,103 @@
+"""Read a GGUF file: metadata, tokenizer spec and tensors dequantised to float32.
+
+Tensors are renamed to the engine's names (see `weight_names`) and laid out as
+Hugging Face stores them: linear weights [out, in]. llama.cpp's converter
+permutes the rows of Q and K so that RoPE rotates adjacent pairs; the loader
+undoes that, so one (rotate-half) RoPE serves GGUF and Hugging Face models.
+"""
+import numpy as np
+
+from .config import ModelFormatError, from_gguf_metadata
+
+# engine name per layer -> GGUF name
+_LAYER_TENSORS = {
+    "attn_norm": "attn_norm.weight", "wq": "attn_q.weight", "wk": "attn_k.weight",
+    "wv": "attn_v.weight", "wo": "attn_output.weight", "bq": "attn_q.bias",
+    "bk": "attn_k.bias", "bv": "attn_v.bias", "bo": "attn_output.bias",
+    "ffn_norm": "ffn_norm.weight", "w_gate": "ffn_gate.weight", "w_up": "ffn_up.weight",
+    "w_down": "ffn_down.weight",
+}
+_GLOBAL_TENSORS = {"embed": "token_embd.weight", "norm": "output_norm.weight",
+                   "lm_head": "output.weight"}
+
+
+class GGUFModel:
+    """A GGUF file opened for loading (memory-mapped; tensors are read on demand).
+
+    >>> model = GGUFModel(path)
+    >>> model.config.n_layers, sorted(model.names())[:2]
+    (30, ['embed', 'layers.0.attn_norm'])
+    """
+
+    def __init__(self, path):
+        import gguf
+        self.path = str(path)
+        try:
+            self.reader = gguf.GGUFReader(self.path)
+            self.metadata = {name: _field_value(field) for name, field in self.reader.fields.items()}
+        except (OSError, ValueError, KeyError, IndexError, TypeError) as error:
+            raise ModelFormatError(f"{self.path}: not a readable GGUF file ({error})") from error
+        self._tensors = {t.name: t for t in self.reader.tensors}
+        self.config = from_gguf_metadata(self.metadata, self._tensors, self.path)
+        self._by_engine_name = {}
+        for engine_name, gguf_name in _GLOBAL_TENSORS.items():
+            if gguf_name in self._tensors:
+                self._by_engine_name[engine_name] = gguf_name
+        for i in range(self.config.n_layers):
+            for engine_name, suffix in _LAYER_TENSORS.items():
+                if f"blk.{i}.{suffix}" in self._tensors:
+                    self._by_engine_name[f"layers.{i}.{engine_name}"] = f"blk.{i}.{suffix}"
+
+    def names(self):
+        """The engine names of the tensors this file holds."""
+        return list(self._by_engine_name)
+
+    def tensor(self, name):
+        """One tensor as float32, [out, in] for linear weights, RoPE permutation undone."""
+        import gguf
+        info = self._tensors[self._by_engine_name[name]]
+        try:
+            values = gguf.quants.dequantize(info.data, info.tensor_type)
+        except (NotImplementedError, ValueError) as error:
+            raise ModelFormatError(f"{self.path}: tensor {info.name} of type "
+                                   f"{info.tensor_type.name} cannot be dequantised ({error})") from error
+        # GGUF lists dimensions innermost first; numpy wants them outermost first.
+        shape = tuple(int(d) for d in reversed(info.shape))
+        values = np.asarray(values, dtype=np.float32).reshape(shape)
+        kind = name.rsplit(".", 1)[-1]
+        if kind in ("wq", "bq"):
+            values = unpermute_rope_rows(values, self.config.n_heads)
+        elif kind in ("wk", "bk"):
+            values = unpermute_rope_rows(values, self.config.n_kv_heads)
+        return values
+
+    def tokenizer_spec(self):
+        """The tokenizer.ggml.* metadata and the chat template, as a dict."""
+        spec = {key[len("tokenizer.ggml."):]: value for key, value in self.metadata.items()
+                if key.startswith("tokenizer.ggml.")}
+        spec["chat_template"] = self.metadata.get("tokenizer.chat_template")
+        return spec
+
+
+def unpermute_rope_rows(values, n_heads):
+    """Undo llama.cpp's Q/K row order (pairs interleaved per head) back to rotate-half order.
+
+    llama.cpp's convert_hf_to_gguf reshapes each head's rows as (2, half) and
+    swaps the axes to (half, 2); this swaps them back.
+
+    >>> unpermute_rope_rows(np.array([0, 2, 1, 3]), 1)
+    array([0, 1, 2, 3])
+    """
+    rows = values.shape[0]
+    head_dim = rows // n_heads
+    rest = values.shape[1:]
+    return (values.reshape(n_heads, head_dim // 2, 2, *rest).swapaxes(1, 2)
+            .reshape(rows, *rest))
+
+
+def _field_value(field):
+    """A GGUF metadata field as a Python value (str, number, or list)."""
+    value = field.contents()
+    if isinstance(value, list) and value and isinstance(value[0], bytes):
+        return [v.decode("utf-8", "replace") for v in value]
+    return value
