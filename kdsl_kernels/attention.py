@@ -1,0 +1,209 @@
+"""Attention in the flash style: online softmax over blocks of keys, no S x T matrix in memory.
+
+`attention(q, k, v)` with q [H, S, D] and k, v [KVH, T, D] serves prefill
+(S == T), chunked prefill (S < T, the new queries after T - S cached
+tokens) and decode (S == 1): query i sits at position T - S + i.
+
+Grouped-query attention is handled by packing: the H / KVH query heads that
+share one K/V head are laid out as rows of one block (row r = query
+r // GROUP, head r % GROUP of the group), so K and V are read once per group
+and a decode step of Llama-3-8B (GROUP = 4) still gives kl.dot a 4-row
+operand instead of four 1-row ones.
+
+Each program owns BM packed rows of one K/V head and walks the keys those
+rows can see (causal and sliding-window bounds skip whole blocks), keeping a
+running maximum m, a running sum l and the unnormalised output acc per row.
+For decode the keys are also split across programs (flash-decoding): each
+split writes its (m, l, acc) and a second kernel combines them, so one token
+at a long context still occupies every compute unit.
+"""
+import math
+
+import numpy as np
+
+import kdsl
+import kdsl.language as kl
+
+from .elementwise import as_tensor, check_out
+
+LOG2E = 1.4426950408889634
+# finite start for the running maximum: a row that has seen only masked
+# (-inf) scores keeps exp2(-inf - start) = 0 weight instead of nan
+RUNNING_MAX_START = -1.0e30
+
+
+@kdsl.jit
+def attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, m_ptr, l_ptr, acc_ptr,
+                     S, T, D, window, keys_per_split,
+                     stride_qh, stride_qs, stride_kh, stride_kt, stride_vh, stride_vt,
+                     stride_oh, stride_os, scale_log2e,
+                     GROUP: kl.constexpr, CAUSAL: kl.constexpr, HAS_WINDOW: kl.constexpr,
+                     SPLIT: kl.constexpr, BM: kl.constexpr, BN: kl.constexpr,
+                     BD: kl.constexpr):
+    """BM packed (query, head) rows of K/V head program_id(1), keys of split program_id(2)."""
+    kv_head = kl.program_id(1)
+    split = kl.program_id(2)
+    first_row = kl.program_id(0) * BM
+    rows = first_row + kl.arange(0, BM)
+    query = rows // GROUP
+    head = kv_head * GROUP + rows % GROUP
+    row_ok = query < S
+    pos = T - S + query
+    d = kl.arange(0, BD)
+    d_ok = d < D
+    q = kl.load(q_ptr + head[:, None] * stride_qh + query[:, None] * stride_qs + d[None, :],
+                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    # the keys any row of this block can see, then this split's share of them
+    lo = split * keys_per_split
+    hi = min(T, lo + keys_per_split)
+    if CAUSAL:
+        last_query = min(S - 1, (first_row + BM - 1) // GROUP)
+        hi = min(hi, T - S + last_query + 1)
+    if HAS_WINDOW:
+        lo = max(lo, T - S + first_row // GROUP - window + 1)
+    k_base = k_ptr + kv_head * stride_kh
+    v_base = v_ptr + kv_head * stride_vh
+    running_max = kl.full((BM,), RUNNING_MAX_START, kl.float32)
+    running_sum = kl.zeros((BM,), dtype=kl.float32)
+    acc = kl.zeros((BM, BD), dtype=kl.float32)
+    for start in range(lo, hi, BN):
+        keys = start + kl.arange(0, BN)
+        key_ok = keys < hi
+        k_t = kl.load(k_base + keys[None, :] * stride_kt + d[:, None],
+                      mask=key_ok[None, :] & d_ok[:, None], other=0.0)
+        scores = kl.dot(q, k_t) * scale_log2e
+        visible = key_ok[None, :] & row_ok[:, None]
+        if CAUSAL:
+            visible = visible & (keys[None, :] <= pos[:, None])
+        if HAS_WINDOW:
+            visible = visible & (keys[None, :] > pos[:, None] - window)
+        scores = kl.where(visible, scores, -float("inf"))
+        new_max = kl.maximum(running_max, kl.max(scores, axis=1))
+        p = kl.exp2(scores - new_max[:, None])
+        alpha = kl.exp2(running_max - new_max)
+        running_sum = running_sum * alpha + kl.sum(p, axis=1)
+        v = kl.load(v_base + keys[:, None] * stride_vt + d[None, :],
+                    mask=key_ok[:, None] & d_ok[None, :], other=0.0)
+        acc = acc * alpha[:, None] + kl.dot(p, v)
+        running_max = new_max
+    if SPLIT:
+        # partial results [splits, H, S] and [splits, H, S, D], combined by reduce_kernel
+        part = (split * kl.num_programs(1) * GROUP + head) * S + query
+        kl.store(m_ptr + part, running_max, mask=row_ok)
+        kl.store(l_ptr + part, running_sum, mask=row_ok)
+        kl.store(acc_ptr + part[:, None] * D + d[None, :], acc,
+                 mask=row_ok[:, None] & d_ok[None, :])
+    else:
+        out = acc / running_sum[:, None]
+        kl.store(o_ptr + head[:, None] * stride_oh + query[:, None] * stride_os + d[None, :],
+                 out, mask=row_ok[:, None] & d_ok[None, :])
+
+
+@kdsl.jit
+def reduce_kernel(m_ptr, l_ptr, acc_ptr, o_ptr, S, D, rows_total, splits, stride_oh, stride_os,
+                  SPLITS_BLOCK: kl.constexpr, BD: kl.constexpr):
+    """Combine the splits' (m, l, acc) of one (head, query) row: weights exp2(m_i - max m)."""
+    row = kl.program_id(0)
+    head = row // S
+    query = row % S
+    i = kl.arange(0, SPLITS_BLOCK)
+    i_ok = i < splits
+    m = kl.load(m_ptr + i * rows_total + row, mask=i_ok, other=RUNNING_MAX_START)
+    weight = kl.exp2(m - kl.max(m, axis=0))
+    total = kl.sum(weight * kl.load(l_ptr + i * rows_total + row, mask=i_ok, other=0.0), axis=0)
+    d = kl.arange(0, BD)
+    d_ok = d < D
+    acc = kl.load(acc_ptr + (i[:, None] * rows_total + row) * D + d[None, :],
+                  mask=i_ok[:, None] & d_ok[None, :], other=0.0)
+    out = kl.sum(acc * weight[:, None], axis=0) / total
+    kl.store(o_ptr + head * stride_oh + query * stride_os + d, out, mask=d_ok)
+
+
+def attention_config(S, T, D, group, device=None):
+    """Block sizes and splits for one call; CPUs get few work-items per program
+    (PoCL runs a work-group as a loop, every barrier a pass over it), GPUs more."""
+    device = device or kdsl.current_device()
+    bd = 1 << max(D - 1, 0).bit_length()
+    rows = S * group
+    bm = min(16, 1 << max(rows - 1, 0).bit_length())
+    if device.is_cpu:
+        cfg = {"BM": bm, "BN": 16, "BD": bd, "num_threads": 1}
+        target_programs = 2 * device.compute_units
+    else:
+        cfg = {"BM": max(bm, 16), "BN": 32, "BD": bd, "num_threads": 64}
+        target_programs = 4 * device.compute_units
+    cfg["splits"] = 1
+    return cfg
+
+
+def _check(t, name, ndim=3):
+    if t.ndim != ndim:
+        raise ValueError(f"attention(): {name} must be 3-D [heads, tokens, head_dim], got shape "
+                         f"{t.shape}")
+    if t.shape[2] > 1 and t.stride(2) != 1:
+        raise ValueError(f"attention(): the last dimension of {name} must be contiguous "
+                         f"(stride 1), got strides {t.strides}")
+
+
+def attention(q, k, v, *, causal=True, window=None, scale=None, out=None, config=None):
+    """softmax(q k^T * scale + mask) v per head, flash style; returns out [H, S, D] fp32.
+
+    q [H, S, D]; k, v [KVH, T, D] with H % KVH == 0 and T >= S (fp32 or fp16
+    storage; strided views such as a KV-cache prefix `k_cache[:, :T]` work).
+    Query i sits at position T - S + i. causal=True hides keys after a
+    query's position; window=W also hides keys before position - W + 1.
+    scale defaults to 1 / sqrt(D). `out` may be any [H, S, D] view, e.g.
+    `o.reshape(S, H, D).permute(1, 0, 2)` so the output projection reads [S, H * D].
+
+    >>> o = attention(q, k_cache[:, :p0 + S], v_cache[:, :p0 + S], causal=True)
+    """
+    q, k, v = (as_tensor(t, "attention", name) for t, name in ((q, "q"), (k, "k"), (v, "v")))
+    for t, name in ((q, "q"), (k, "k"), (v, "v")):
+        _check(t, name)
+    H, S, D = q.shape
+    KVH, T, Dk = k.shape
+    if v.shape != k.shape:
+        raise ValueError(f"attention(): k and v shapes differ: {k.shape} and {v.shape}")
+    if Dk != D:
+        raise ValueError(f"attention(): q has head_dim {D} but k has {Dk}")
+    if KVH == 0 or H % KVH:
+        raise ValueError(f"attention(): the {H} query heads must be a multiple of the {KVH} "
+                         f"key/value heads")
+    if T < S:
+        raise ValueError(f"attention(): k and v hold {T} tokens, fewer than the {S} queries; "
+                         f"they must include the queries' own keys (T >= S)")
+    if window is not None and int(window) < 1:
+        raise ValueError(f"attention(): window must be a positive number of tokens, got {window}")
+    if out is None:
+        out = kdsl.empty((H, S, D), np.float32, device=q.device)
+    check_out(out, (H, S, D), "attention")
+    _check(out, "out")
+    if H * S * D == 0:
+        return out
+    group = H // KVH
+    cfg = dict(attention_config(S, T, D, group, q.device))
+    cfg.update(config or {})
+    splits = max(1, min(int(cfg.pop("splits")), T))
+    keys_per_split = kdsl.cdiv(kdsl.cdiv(T, splits), cfg["BN"]) * cfg["BN"]
+    splits = kdsl.cdiv(T, keys_per_split)
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    grid = (kdsl.cdiv(S * group, cfg["BM"]), KVH, splits)
+    common = dict(GROUP=group, CAUSAL=bool(causal), HAS_WINDOW=window is not None,
+                  BM=cfg["BM"], BN=cfg["BN"], BD=cfg["BD"], num_threads=cfg["num_threads"])
+    strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+               out.stride(0), out.stride(1))
+    window_arg = int(window) if window is not None else 0
+    if splits == 1:
+        attention_kernel[grid](q, k, v, out, out, out, out, S, T, D, window_arg, keys_per_split,
+                               *strides, scale * LOG2E, SPLIT=False, **common)
+        return out
+    rows_total = H * S
+    m = kdsl.empty((splits, rows_total), np.float32, device=q.device)
+    l = kdsl.empty((splits, rows_total), np.float32, device=q.device)
+    acc = kdsl.empty((splits, rows_total, D), np.float32, device=q.device)
+    attention_kernel[grid](q, k, v, out, m, l, acc, S, T, D, window_arg, keys_per_split,
+                           *strides, scale * LOG2E, SPLIT=True, **common)
+    reduce_kernel[(rows_total,)](m, l, acc, out, S, D, rows_total, splits, out.stride(0),
+                                 out.stride(1), SPLITS_BLOCK=1 << (splits - 1).bit_length(),
+                                 BD=cfg["BD"], num_threads=min(cfg["BD"], 64))
+    return out

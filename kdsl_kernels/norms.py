@@ -1,0 +1,168 @@
+"""Row normalisations: RMSNorm (Llama; Gemma's 1 + w), the fused residual add + RMSNorm, LayerNorm.
+
+One program normalises one row, looping over it in BLOCK-wide pieces so any
+row length works: a first pass reduces (sum of squares, or mean then
+variance), a last pass scales and stores. The row is re-read from memory in
+the last pass, which on a row of a few thousand floats hits the cache.
+"""
+import numpy as np
+
+import kdsl
+import kdsl.language as kl
+
+from .elementwise import as_tensor, check_out, new_out
+
+
+@kdsl.jit
+def rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, N, stride_x, stride_r, stride_o, eps,
+                    ADD_ONE: kl.constexpr, HAS_RESIDUAL: kl.constexpr, BLOCK: kl.constexpr):
+    """out = x / sqrt(mean(x^2) + eps) * w (or * (1 + w)); with HAS_RESIDUAL,
+    residual += x first and the updated residual is what is normalised."""
+    row = kl.program_id(0)
+    offs = kl.arange(0, BLOCK)
+    x_row = x_ptr + row * stride_x
+    res_row = res_ptr + row * stride_r
+    squares = kl.zeros((BLOCK,), dtype=kl.float32)
+    for start in range(0, N, BLOCK):
+        cols = start + offs
+        mask = cols < N
+        x = kl.load(x_row + cols, mask=mask, other=0.0)
+        if HAS_RESIDUAL:
+            x += kl.load(res_row + cols, mask=mask, other=0.0)
+            kl.store(res_row + cols, x, mask=mask)
+        squares += x * x
+    rstd = kl.rsqrt(kl.sum(squares, axis=0) / N + eps)
+    # the work-item that stored residual[cols] above reads it back here (same layout)
+    src_row = res_row if HAS_RESIDUAL else x_row
+    out_row = out_ptr + row * stride_o
+    for start in range(0, N, BLOCK):
+        cols = start + offs
+        mask = cols < N
+        x = kl.load(src_row + cols, mask=mask, other=0.0)
+        w = kl.load(w_ptr + cols, mask=mask, other=0.0)
+        if ADD_ONE:
+            w = w + 1.0
+        kl.store(out_row + cols, x * rstd * w, mask=mask)
+
+
+@kdsl.jit
+def layer_norm_kernel(x_ptr, w_ptr, b_ptr, out_ptr, N, stride_x, stride_o, eps,
+                      HAS_BIAS: kl.constexpr, BLOCK: kl.constexpr):
+    """out = (x - mean) / sqrt(var + eps) * w + b, the variance taken around the
+    mean in a second pass (no cancellation of E[x^2] - E[x]^2)."""
+    row = kl.program_id(0)
+    offs = kl.arange(0, BLOCK)
+    x_row = x_ptr + row * stride_x
+    total = kl.zeros((BLOCK,), dtype=kl.float32)
+    for start in range(0, N, BLOCK):
+        cols = start + offs
+        total += kl.load(x_row + cols, mask=cols < N, other=0.0)
+    mean = kl.sum(total, axis=0) / N
+    squares = kl.zeros((BLOCK,), dtype=kl.float32)
+    for start in range(0, N, BLOCK):
+        cols = start + offs
+        mask = cols < N
+        centred = kl.where(mask, kl.load(x_row + cols, mask=mask, other=0.0) - mean, 0.0)
+        squares += centred * centred
+    rstd = kl.rsqrt(kl.sum(squares, axis=0) / N + eps)
+    out_row = out_ptr + row * stride_o
+    for start in range(0, N, BLOCK):
+        cols = start + offs
+        mask = cols < N
+        x = kl.load(x_row + cols, mask=mask, other=0.0)
+        y = (x - mean) * rstd * kl.load(w_ptr + cols, mask=mask, other=0.0)
+        if HAS_BIAS:
+            y += kl.load(b_ptr + cols, mask=mask, other=0.0)
+        kl.store(out_row + cols, y, mask=mask)
+
+
+def norm_config(N):
+    """BLOCK and num_threads for a row of N: on a CPU few work-items (each
+    reduction level is a barrier, a full pass over the work-group on PoCL);
+    on a GPU up to 256 work-items, one element each per pass."""
+    block = min(1024 if kdsl.current_device().is_cpu else 256,
+                1 << max(N - 1, 0).bit_length())
+    threads = min(block, 64 if kdsl.current_device().is_cpu else 256)
+    return {"BLOCK": block, "num_threads": threads}
+
+
+def _rows(t, fn, name, N=None):
+    """A 2-D [M, N] tensor with a contiguous last dimension, else a ValueError."""
+    if t.ndim != 2:
+        raise ValueError(f"{fn}(): {name} must be 2-D [M, N], got shape {t.shape}")
+    if t.shape[1] > 1 and t.stride(1) != 1:
+        raise ValueError(f"{fn}(): {name} must have a contiguous last dimension (stride 1), got "
+                         f"strides {t.strides}")
+    if N is not None and t.shape[1] != N:
+        raise ValueError(f"{fn}(): {name} has {t.shape[1]} columns, expected {N}")
+    return t
+
+
+def _vector(t, N, fn, name):
+    t = as_tensor(t, fn, name)
+    if t.shape != (N,) or (N > 1 and t.stride(0) != 1):
+        raise ValueError(f"{fn}(): {name} must be a contiguous vector of shape ({N},), got "
+                         f"{t.shape}")
+    return t
+
+
+def rms_norm(x, w, eps, *, add_one=False, out=None, config=None):
+    """RMSNorm of each row of x [M, N]: x / sqrt(mean(x^2) + eps) * w, or * (1 + w)
+    with add_one=True (Gemma). w [N] fp32 or fp16. Returns [M, N] fp32.
+
+    >>> h = rms_norm(x, layer.input_layernorm, 1e-6)
+    """
+    x = _rows(as_tensor(x, "rms_norm", "x"), "rms_norm", "x")
+    return _rms_norm(x, None, w, eps, add_one, out, config, "rms_norm")
+
+
+def add_rms_norm(x, residual, w, eps, *, add_one=False, out=None, config=None):
+    """residual += x (in place), then return rms_norm(residual): the add and
+    norm between a decoder layer's blocks, in one pass over memory.
+
+    >>> normed = add_rms_norm(attn_out, hidden, layer.post_attention_layernorm, 1e-6)
+    """
+    x = _rows(as_tensor(x, "add_rms_norm", "x"), "add_rms_norm", "x")
+    if not isinstance(residual, kdsl.Tensor):
+        raise TypeError(f"add_rms_norm(): residual must be a kdsl.Tensor (it is updated in "
+                        f"place), got {type(residual).__name__}")
+    _rows(residual, "add_rms_norm", "residual", x.shape[1])
+    if residual.shape != x.shape or residual.dtype != np.float32:
+        raise ValueError(f"add_rms_norm(): residual must be float32 {x.shape}, got "
+                         f"{residual.dtype} {residual.shape}")
+    return _rms_norm(x, residual, w, eps, add_one, out, config, "add_rms_norm")
+
+
+def _rms_norm(x, residual, w, eps, add_one, out, config, fn):
+    M, N = x.shape
+    w = _vector(w, N, fn, "w")
+    out = new_out((M, N), x.device) if out is None else check_out(out, (M, N), fn)
+    _rows(out, fn, "out")
+    if M * N == 0:
+        return out
+    cfg = config or norm_config(N)
+    res = residual if residual is not None else x
+    rms_norm_kernel[(M,)](x, res, w, out, N, x.stride(0), res.stride(0), out.stride(0),
+                          float(eps), ADD_ONE=bool(add_one), HAS_RESIDUAL=residual is not None,
+                          BLOCK=cfg["BLOCK"], num_threads=cfg["num_threads"])
+    return out
+
+
+def layer_norm(x, w, b, eps, *, out=None, config=None):
+    """LayerNorm of each row of x [M, N] with weight w [N] and bias b [N] (or None).
+
+    >>> y = layer_norm(x, ln.weight, ln.bias, 1e-5)
+    """
+    x = _rows(as_tensor(x, "layer_norm", "x"), "layer_norm", "x")
+    M, N = x.shape
+    w = _vector(w, N, "layer_norm", "w")
+    b = _vector(b, N, "layer_norm", "b") if b is not None else None
+    out = new_out((M, N), x.device) if out is None else check_out(out, (M, N), "layer_norm")
+    _rows(out, "layer_norm", "out")
+    if M * N == 0:
+        return out
+    cfg = config or norm_config(N)
+    layer_norm_kernel[(M,)](x, w, b if b is not None else w, out, N, x.stride(0), out.stride(0),
+                            float(eps), HAS_BIAS=b is not None, BLOCK=cfg["BLOCK"],
+                            num_threads=cfg["num_threads"])
+    return out

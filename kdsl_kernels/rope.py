@@ -1,0 +1,143 @@
+"""Rotary position embedding (RoPE), written straight into its destination.
+
+`rope(x, positions, base)` rotates pairs of dimensions of x [H, S, D] by
+angle position * inv_freq[i], inv_freq[i] = base^(-2i / rotary_dim), in
+Hugging Face Llama's rotate-half layout (pair (i, i + rotary_dim/2)) or in
+the interleaved layout (pair (2i, 2i + 1)). Dimensions past rotary_dim are
+copied unchanged. `out` may be any [H, S, D] view, for instance the slot of
+the K cache the new keys belong in, so RoPE and the cache write are one pass.
+
+inv_freq is computed on the host in float32 exactly as transformers does
+(then angle = float32(position) * inv_freq and cos/sin in float32 on the
+device, as there), so results match the reference to float rounding even at
+positions in the thousands. Models with scaled RoPE (Llama 3's "llama3",
+linear, dynamic NTK) pass their own inv_freq.
+"""
+import numpy as np
+
+import kdsl
+import kdsl.language as kl
+
+from .elementwise import as_tensor, check_out
+
+
+@kdsl.jit
+def rope_kernel(x_ptr, pos_ptr, inv_freq_ptr, out_ptr, p0, n_pairs, D,
+                stride_xh, stride_xs, stride_oh, stride_os,
+                POS_FROM_PTR: kl.constexpr, INTERLEAVED: kl.constexpr,
+                HALF_BLOCK: kl.constexpr, PASS_BLOCK: kl.constexpr):
+    """One (head, token) row of `n_pairs` rotated pairs per program; the rest of
+    the row (rotary_dim..D) is copied when PASS_BLOCK > 0."""
+    s = kl.program_id(0)
+    h = kl.program_id(1)
+    if POS_FROM_PTR:
+        pos = kl.load(pos_ptr + s)
+    else:
+        pos = p0 + s
+    i = kl.arange(0, HALF_BLOCK)
+    mask = i < n_pairs
+    angle = float(pos) * kl.load(inv_freq_ptr + i, mask=mask, other=0.0)
+    cos = kl.cos(angle)
+    sin = kl.sin(angle)
+    if INTERLEAVED:
+        first = 2 * i
+        second = 2 * i + 1
+    else:
+        first = i
+        second = i + n_pairs
+    x_row = x_ptr + h * stride_xh + s * stride_xs
+    out_row = out_ptr + h * stride_oh + s * stride_os
+    x1 = kl.load(x_row + first, mask=mask, other=0.0)
+    x2 = kl.load(x_row + second, mask=mask, other=0.0)
+    kl.store(out_row + first, x1 * cos - x2 * sin, mask=mask)
+    kl.store(out_row + second, x2 * cos + x1 * sin, mask=mask)
+    if PASS_BLOCK > 0:
+        for start in range(2 * n_pairs, D, PASS_BLOCK):
+            cols = start + kl.arange(0, PASS_BLOCK)
+            keep = cols < D
+            kl.store(out_row + cols, kl.load(x_row + cols, mask=keep, other=0.0), mask=keep)
+
+
+_inv_freq_cache = {}
+
+
+def inv_freq(base, rotary_dim):
+    """float32 inv_freq[i] = 1 / base^(2i / rotary_dim), computed as transformers does.
+
+    >>> inv_freq(10000.0, 4)
+    array([1.  , 0.01], dtype=float32)
+    """
+    exponent = np.arange(0, rotary_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(rotary_dim)
+    return (np.float32(1.0) / (np.float32(base) ** exponent)).astype(np.float32)
+
+
+def _device_inv_freq(base, rotary_dim, device, given):
+    if given is not None:
+        given = as_tensor(np.asarray(given, np.float32) if not isinstance(given, kdsl.Tensor)
+                          else given, "rope", "inv_freq")
+        if given.shape != (rotary_dim // 2,) or given.dtype != np.float32:
+            raise ValueError(f"rope(): inv_freq must be float32 of shape ({rotary_dim // 2},), "
+                             f"got {given.dtype} {given.shape}")
+        return given
+    key = (device.fingerprint, float(base), rotary_dim)
+    if key not in _inv_freq_cache:
+        _inv_freq_cache[key] = kdsl.tensor(inv_freq(base, rotary_dim), device=device)
+    return _inv_freq_cache[key]
+
+
+def _check_view(t, name):
+    if t.ndim != 3:
+        raise ValueError(f"rope(): {name} must be 3-D [H, S, D], got shape {t.shape}")
+    if t.shape[2] > 1 and t.stride(2) != 1:
+        raise ValueError(f"rope(): the last dimension of {name} must be contiguous (stride 1), "
+                         f"got strides {t.strides}")
+
+
+def rope(x, positions, base=10000.0, *, rotary_dim=None, interleaved=False, inv_freq=None,
+         out=None, config=None):
+    """Apply RoPE to x [H, S, D] (any strides, last one 1); returns `out` (default: new fp32).
+
+    positions: an int p0 (tokens at p0 .. p0 + S - 1) or int32 [S] (numpy or
+    device). rotary_dim (default D, even) rotates only the first rotary_dim
+    dimensions. inv_freq ([rotary_dim / 2] float32) overrides base for
+    scaled RoPE variants. `out` may be x itself or a KV-cache slot (fp32 or fp16).
+
+    >>> k_cache_slot = k_cache[:, p0:p0 + S]
+    >>> rope(k.reshape(S, KVH, D).permute(1, 0, 2), p0, 500000.0, out=k_cache_slot)
+    """
+    x = as_tensor(x, "rope", "x")
+    _check_view(x, "x")
+    H, S, D = x.shape
+    rotary_dim = D if rotary_dim is None else int(rotary_dim)
+    if rotary_dim % 2 or not 0 < rotary_dim <= D:
+        raise ValueError(f"rope(): rotary_dim must be even and in (0, {D}], got {rotary_dim}")
+    if out is None:
+        out = kdsl.empty(x.shape, np.float32, device=x.device)
+    check_out(out, x.shape, "rope", (np.float32, np.float16))
+    _check_view(out, "out")
+    if isinstance(positions, (int, np.integer)):
+        p0, pos, from_ptr = int(positions), None, False
+    else:
+        if not isinstance(positions, kdsl.Tensor):
+            positions = np.asarray(positions)
+            if positions.dtype.kind not in "iu":
+                raise ValueError(f"rope(): positions must be integers, got {positions.dtype}")
+            positions = kdsl.tensor(positions.astype(np.int32), device=x.device)
+        if positions.shape != (S,) or positions.dtype != np.int32:
+            raise ValueError(f"rope(): positions must be an int or int32 of shape ({S},), got "
+                             f"{positions.dtype} {positions.shape}")
+        p0, pos, from_ptr = 0, positions, True
+    freqs = _device_inv_freq(base, rotary_dim, x.device, inv_freq)
+    if H * S * D == 0:
+        return out
+    n_pairs = rotary_dim // 2
+    pass_dims = D - rotary_dim
+    cfg = config or {}
+    half_block = cfg.get("HALF_BLOCK", 1 << max(n_pairs - 1, 0).bit_length())
+    pass_block = 0 if pass_dims == 0 else 1 << max(pass_dims - 1, 0).bit_length()
+    rope_kernel[(S, H)](x, pos if pos is not None else freqs, freqs, out, p0, n_pairs, D,
+                        x.stride(0), x.stride(1), out.stride(0), out.stride(1),
+                        POS_FROM_PTR=from_ptr, INTERLEAVED=bool(interleaved),
+                        HALF_BLOCK=half_block, PASS_BLOCK=pass_block,
+                        num_threads=cfg.get("num_threads", min(half_block, 64)))
+    return out

@@ -1,0 +1,112 @@
+"""kdsl_kernels.rope against numpy (and transformers' Llama RoPE), on the device and in the
+interpreter: both layouts, partial rotary, positions as an int or an array, strided views in and
+out (the fused RoPE + KV-cache write)."""
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import kdsl
+from kdsl_kernels import rope
+from kdsl_kernels.rope import inv_freq
+
+MODES = pytest.mark.parametrize("interpret", [False, True], ids=["device", "interpreter"])
+
+
+def _run(interpret, fn):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KDSL_INTERPRET", "1" if interpret else "0")
+        return fn()
+
+
+def rope_ref(x, positions, base, rotary_dim, interleaved):
+    """x [H, S, D] rotated as transformers does it (float32 angles)."""
+    freqs = inv_freq(base, rotary_dim)
+    angle = positions.astype(np.float32)[:, None] * freqs[None, :]
+    cos, sin = np.cos(angle.astype(np.float64)), np.sin(angle.astype(np.float64))
+    out = x.astype(np.float64).copy()
+    if interleaved:
+        a, b = x[..., 0:rotary_dim:2], x[..., 1:rotary_dim:2]
+        out[..., 0:rotary_dim:2] = a * cos - b * sin
+        out[..., 1:rotary_dim:2] = b * cos + a * sin
+    else:
+        a, b = x[..., :rotary_dim // 2], x[..., rotary_dim // 2:rotary_dim]
+        out[..., :rotary_dim // 2] = a * cos - b * sin
+        out[..., rotary_dim // 2:rotary_dim] = b * cos + a * sin
+    return out
+
+
+@MODES
+@given(h=st.integers(1, 4), s=st.integers(1, 12), half_d=st.integers(1, 40),
+       rotary_fraction=st.sampled_from([1.0, 0.5, 0.25]), interleaved=st.booleans(),
+       p0=st.integers(0, 3000), as_array=st.booleans(), base=st.sampled_from([1e4, 5e5]),
+       seed=st.integers(0, 2**16))
+def test_rope_matches_reference(interpret, h, s, half_d, rotary_fraction, interleaved, p0,
+                                as_array, base, seed):
+    d = 2 * half_d
+    rotary_dim = max(2, int(d * rotary_fraction) // 2 * 2)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((h, s, d)).astype(np.float32)
+    positions = p0 + rng.permutation(s).astype(np.int32) if as_array else p0 + np.arange(s)
+    pos_arg = positions.astype(np.int32) if as_array else p0
+    out = _run(interpret, lambda: rope(x, pos_arg, base, rotary_dim=rotary_dim,
+                                       interleaved=interleaved).numpy())
+    np.testing.assert_allclose(out, rope_ref(x, positions, base, rotary_dim, interleaved),
+                               rtol=1e-4, atol=1e-4)
+
+
+@MODES
+@pytest.mark.parametrize("fp16", [False, True])
+def test_rope_from_a_projection_view_into_a_cache_slot(interpret, fp16):
+    S, KVH, D, p0 = 5, 2, 16, 3
+    rng = np.random.default_rng(1)
+    k = rng.standard_normal((S, KVH * D)).astype(np.float32)
+    dtype = np.float16 if fp16 else np.float32
+    cache = kdsl.tensor(np.full((KVH, 12, D), 9, dtype))
+    view = kdsl.tensor(k).reshape(S, KVH, D).permute(1, 0, 2)
+    slot = cache[:, p0:p0 + S]
+    assert _run(interpret, lambda: rope(view, p0, 1e4, out=slot)) is slot
+    expected = np.full((KVH, 12, D), 9, np.float64)
+    expected[:, p0:p0 + S] = rope_ref(k.reshape(S, KVH, D).transpose(1, 0, 2),
+                                      p0 + np.arange(S), 1e4, D, False)
+    np.testing.assert_allclose(cache.numpy().astype(np.float64), expected,
+                               rtol=2e-3 if fp16 else 1e-5, atol=2e-3 if fp16 else 1e-5)
+
+
+@MODES
+def test_rope_in_place_with_custom_inv_freq(interpret):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 4, 8)).astype(np.float32)
+    freqs = np.array([1.0, 0.5, 0.25, 0.125], np.float32)
+    t = kdsl.tensor(x)
+    _run(interpret, lambda: rope(t, 10, inv_freq=freqs, out=t))
+    angle = (10 + np.arange(4, dtype=np.float32))[:, None] * freqs
+    a, b = x[..., :4], x[..., 4:]
+    expected = np.concatenate([a * np.cos(angle) - b * np.sin(angle),
+                               b * np.cos(angle) + a * np.sin(angle)], axis=-1)
+    np.testing.assert_allclose(t.numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_rope_matches_transformers_llama():
+    torch = pytest.importorskip("torch")
+    llama = pytest.importorskip("transformers.models.llama.modeling_llama")
+    H, S, D, p0, base = 4, 7, 64, 1000, 500000.0
+    rng = np.random.default_rng(4)
+    q = rng.standard_normal((1, H, S, D)).astype(np.float32)
+    freqs = torch.tensor(inv_freq(base, D))
+    angle = (torch.arange(p0, p0 + S, dtype=torch.float32)[:, None] * freqs[None, :])
+    emb = torch.cat((angle, angle), dim=-1)
+    expected, _ = llama.apply_rotary_pos_emb(torch.tensor(q), torch.tensor(q),
+                                             emb.cos()[None], emb.sin()[None])
+    out = rope(q[0], p0, base).numpy()
+    np.testing.assert_allclose(out, expected[0].numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_bad_input_names_the_cause():
+    x = np.zeros((2, 3, 8), np.float32)
+    with pytest.raises(ValueError, match="rotary_dim must be even"):
+        rope(x, 0, rotary_dim=3)
+    with pytest.raises(ValueError, match=r"positions must be an int or int32 of shape \(3,\)"):
+        rope(x, kdsl.tensor(np.zeros(4, np.int32)))
+    with pytest.raises(ValueError, match="3-D"):
+        rope(np.zeros((3, 8), np.float32), 0)
