@@ -1,1 +1,4 @@
-"""Per-device autotuning: config spaces, a timing harness and the tuning database."""
+"""Per-device autotuning of the kernel library: search spaces, model shapes and the
+`kdsl-autotune` command. The generic machinery (kdsl.autotune, the timing harness
+and the tuning database) lives in kdsl; this package knows the library's kernels.
+"""

@@ -42,6 +42,24 @@ DB_VERSION = 1
 _RELOAD_INTERVAL_S = 1.0
 
 _warned = set()             # paths already warned about, so each problem warns once per process
+_defaults_only = 0          # > 0 inside defaults_only(): lookups find nothing
+
+
+@contextlib.contextmanager
+def defaults_only():
+    """Within this block every lookup finds nothing, so callers use their defaults.
+
+    The tuner measures the default config a wrapper would pick untuned:
+
+    >>> with kdsl.tuning_db.defaults_only():
+    ...     default = kdsl_kernels.configs.matmul_config(16, 4096, 4096, True)
+    """
+    global _defaults_only
+    _defaults_only += 1
+    try:
+        yield
+    finally:
+        _defaults_only -= 1
 
 
 def db_path(device=None):
@@ -208,6 +226,8 @@ class TuningDB:
 
         Memoised per key: library wrappers call this on every launch.
         """
+        if _defaults_only:
+            return None
         self._refresh()
         memo_key = (kernel, key_text(key))
         if memo_key not in self._memo:

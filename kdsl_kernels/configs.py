@@ -29,7 +29,7 @@ def tuned(kernel_name, key, default, device=None):
 
 
 def matmul_config(M, N, K, trans_b=False, device=None):
-    """The GEMM (M > 1) config: tuned, else the device kind's default."""
+    """The GEMM (M > 1) config: tuned for the key {M, N, K, trans_b}, else the default."""
     if kdsl.device.as_device(device).is_cpu:
         default = {"BM": 8, "BN": 32, "BK": 16, "num_threads": 1}
     else:
@@ -38,7 +38,7 @@ def matmul_config(M, N, K, trans_b=False, device=None):
 
 
 def gemv_config(N, K, trans_b=True, device=None):
-    """The GEMV (M == 1) config: tuned, else the device kind's default."""
+    """The GEMV (M == 1) config: tuned for the key {N, K, trans_b}, else the default."""
     if kdsl.device.as_device(device).is_cpu:
         default = {"BN": 4, "BK": 256, "num_threads": 16}
     else:

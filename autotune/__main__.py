@@ -1,0 +1,6 @@
+"""`python -m autotune`: the kdsl-autotune command."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,243 @@
+"""Search spaces of the library's kernels, generated from the device's properties.
+
+A new device needs no hand-written list: tile sizes follow its preferred
+vector width, work-group sizes its maximum, operand tiles must fit its local
+memory, and a config must give every compute unit a program. CPUs (PoCL)
+and GPUs get different families, as they want different code: on a CPU one
+work-item per work-group holds a register tile whose contiguous columns LLVM
+vectorises; on a GPU many work-items share tiles through local memory.
+
+Each kernel is a `Tunable`: its space, the library's default config (what a
+wrapper runs untuned), inputs for a key, and one launch of a config through
+the library wrapper, so tuning times exactly what the engine runs.
+
+    >>> space = KERNELS["matmul"].space(kdsl.current_device(),
+    ...                                 {"M": 64, "N": 1536, "K": 576, "trans_b": True})
+    >>> space[0]
+    {'BM': 8, 'BN': 32, 'BK': 16, 'num_threads': 1}
+"""
+import functools
+import itertools
+import json
+import math
+import zlib
+
+import numpy as np
+
+import kdsl
+from kdsl import tuning_db
+
+# How many configs a task times at most; the ones nearest the default (in
+# log2 of each parameter) are kept, so a cut space still searches around it.
+MAX_CONFIGS = 24
+
+
+def pow2_ceil(n):
+    """The smallest power of two >= n (1 for n <= 1)."""
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+def _vector_width(device):
+    return max(4, device.preferred_vector_width_float or 4)
+
+
+def _work_group_sizes(device, choices):
+    return [t for t in choices if t <= device.max_work_group_size]
+
+
+def _limit(configs, default, max_configs):
+    """At most `max_configs` distinct configs, the nearest to `default` first."""
+    unique = list({tuning_db.key_text(c): c for c in configs}.values())
+
+    def distance(config):
+        return sum(abs(math.log2(config[k]) - math.log2(default.get(k, config[k])))
+                   for k in config)
+    return sorted(unique, key=distance)[:max_configs]
+
+
+def _within(size, extent, options):
+    """Whether a tile `size` is worth trying for an `extent`: not past the next power of
+    two, except that the smallest option always is (tiny shapes still get a space)."""
+    return size <= max(pow2_ceil(extent), min(options))
+
+
+def _enough_programs(configs, programs, device):
+    """Drop configs that leave compute units idle, unless every config does."""
+    busy = [c for c in configs if programs(c) >= device.compute_units]
+    return busy or configs
+
+
+# -------------------------------------------------------------- the spaces
+def matmul_space(device, key):
+    """Tiled GEMM: BM x BN tile of C per work-group, K in steps of BK."""
+    M, N, K = key["M"], key["N"], key["K"]
+    vw = _vector_width(device)
+    bks = (8, 16, 32)
+    if device.is_cpu:
+        bms, bns = (4, 8, 16), (2 * vw, 4 * vw, 8 * vw)
+        tiles = [(bm, bn, bk, 1) for bm in bms for bn in bns for bk in bks
+                 if bm * bn <= 64 * vw]          # the accumulator stays in vector registers
+    else:
+        bms = bns = (32, 64, 128)
+        tiles = [(bm, bn, bk, t) for bm in bms for bn in bns for bk in bks
+                 for t in _work_group_sizes(device, (64, 128, 256))
+                 if 4 <= bm * bn // t <= 64                     # micro-tile per work-item
+                 and (bm + bn) * bk * 4 <= device.local_mem_size // 2]
+    configs = [{"BM": bm, "BN": bn, "BK": bk, "num_threads": t} for bm, bn, bk, t in tiles
+               if _within(bm, M, bms) and _within(bn, N, bns) and _within(bk, K, bks)]
+    return _enough_programs(configs, lambda c: -(-M // c["BM"]) * -(-N // c["BN"]), device)
+
+
+def gemv_space(device, key):
+    """GEMV: BN rows of W per work-group, read BK columns at a time."""
+    N, K = key["N"], key["K"]
+    threads = (1, 4, 16, 64) if device.is_cpu else (32, 64, 128, 256)
+    per_item = (4, 256) if device.is_cpu else (2, 32)
+    bks = (64, 128, 256, 512, 1024)
+    configs = [{"BN": bn, "BK": bk, "num_threads": t}
+               for bn, bk, t in itertools.product((1, 2, 4, 8), bks,
+                                                  _work_group_sizes(device, threads))
+               if per_item[0] <= bn * bk // t <= per_item[1] and _within(bk, K, bks)]
+    return _enough_programs(configs, lambda c: -(-N // c["BN"]), device)
+
+
+def softmax_space(device, key):
+    """Softmax: one row per work-group, BLOCK columns at a time (one pass when N <= BLOCK)."""
+    N = key["N"]
+    threads = (1, 4, 16, 64) if device.is_cpu else (32, 64, 128, 256)
+    per_item = (4, 1024) if device.is_cpu else (1, 64)
+    options = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
+    blocks = [b for b in options if _within(b, N, options)]
+    return [{"BLOCK": b, "num_threads": t}
+            for b, t in itertools.product(blocks, _work_group_sizes(device, threads))
+            if t <= b and per_item[0] <= b // t <= per_item[1]]
+
+
+def fp4_gemv_space(device, key):
+    """FP4 GEMV: BN rows per work-group, one group of G codes per step."""
+    N, half = key["N"], key["G"] // 2
+    threads = (1, 2, 4, 8) if device.is_cpu else (32, 64, 128, 256)
+    configs = [{"BN": bn, "num_threads": t}
+               for bn, t in itertools.product((1, 2, 4, 8, 16), _work_group_sizes(device, threads))
+               if t <= bn * half]
+    return _enough_programs(configs, lambda c: -(-N // c["BN"]), device)
+
+
+def fp4_gemm_space(device, key):
+    """FP4 GEMM: BM x BN tiles like the matmul, K in steps of one group."""
+    M, N = key["M"], key["N"]
+    vw = _vector_width(device)
+    if device.is_cpu:
+        bms, bns = (4, 8, 16), (2 * vw, 4 * vw, 8 * vw)
+        tiles = [(bm, bn, 1) for bm in bms for bn in bns if bm * bn <= 64 * vw]
+    else:
+        bms = bns = (32, 64, 128)
+        tiles = [(bm, bn, t) for bm in bms for bn in bns
+                 for t in _work_group_sizes(device, (64, 128, 256)) if 4 <= bm * bn // t <= 64]
+    configs = [{"BM": bm, "BN": bn, "num_threads": t} for bm, bn, t in tiles
+               if _within(bm, M, bms) and _within(bn, N, bns)]
+    return _enough_programs(configs, lambda c: -(-M // c["BM"]) * -(-N // c["BN"]), device)
+
+
+# ------------------------------------------------------- inputs and launches
+def _rng(key):
+    return np.random.default_rng(zlib.crc32(tuning_db.key_text(key).encode()))
+
+
+@functools.lru_cache(maxsize=4)
+def _inputs_cached(kernel, key_text, device_index):
+    key = json.loads(key_text)
+    rng = _rng(key)
+    if kernel in ("matmul", "gemv"):
+        M = key.get("M", 1)
+        a = rng.standard_normal((M, key["K"]), dtype=np.float32)
+        w_shape = (key["N"], key["K"]) if key["trans_b"] else (key["K"], key["N"])
+        return kdsl.tensor(a), kdsl.tensor(rng.standard_normal(w_shape, dtype=np.float32))
+    if kernel == "softmax":
+        rows = 16
+        return (kdsl.tensor(rng.standard_normal((rows, key["N"]), dtype=np.float32)),)
+    if kernel in ("fp4_gemv", "fp4_gemm"):
+        from kdsl_kernels import fp4
+        M = key.get("M", 1)
+        w = rng.standard_normal((key["N"], key["K"]), dtype=np.float32)
+        packed = fp4.quantize(w, group_size=key["G"])
+        return kdsl.tensor(rng.standard_normal((M, key["K"]), dtype=np.float32)), packed
+    raise KeyError(kernel)
+
+
+def inputs(kernel, key):
+    """Random device inputs of the key's shape (memoised: a task times many configs on them)."""
+    return _inputs_cached(kernel, tuning_db.key_text(key), kdsl.current_device().index)
+
+
+def launch(kernel, key, config, operands=None):
+    """One launch of `kernel` at `key` with `config`, through the library wrapper."""
+    operands = operands if operands is not None else inputs(kernel, key)
+    if kernel in ("matmul", "gemv"):
+        from kdsl_kernels.matmul import matmul
+        return matmul(*operands, trans_b=key["trans_b"], config=config)
+    if kernel == "softmax":
+        from kdsl_kernels.softmax import softmax
+        return softmax(*operands, config=config)
+    if kernel in ("fp4_gemv", "fp4_gemm"):
+        from kdsl_kernels import fp4
+        return fp4.linear(*operands, config=config)
+    raise KeyError(kernel)
+
+
+def trial(kernel, key, config):
+    """In a child process: build and run one config once (see kdsl.autotuner.check_in_child)."""
+    launch(kernel, key, config)
+
+
+def default_config(kernel, key, device):
+    """The config the library runs for `key` when nothing is tuned."""
+    with tuning_db.defaults_only():
+        if kernel == "matmul":
+            from kdsl_kernels import configs
+            return configs.matmul_config(key["M"], key["N"], key["K"], key["trans_b"], device)
+        if kernel == "gemv":
+            from kdsl_kernels import configs
+            return configs.gemv_config(key["N"], key["K"], key["trans_b"], device)
+        if kernel == "softmax":
+            from kdsl_kernels.softmax import softmax_config
+            return softmax_config(key["N"])
+        if kernel == "fp4_gemv":
+            from kdsl_kernels.fp4_kernels import gemv_default
+            return gemv_default(device)
+        if kernel == "fp4_gemm":
+            from kdsl_kernels.fp4_kernels import gemm_default
+            return gemm_default(device)
+    raise KeyError(kernel)
+
+
+class Tunable:
+    """A library kernel the command line can tune."""
+
+    def __init__(self, name, space, module):
+        self.name = name
+        self._space = space
+        self.module = module          # the library module it needs, for availability
+
+    def space(self, device, key, max_configs=MAX_CONFIGS):
+        """The configs to time at `key` on `device`, nearest the default first."""
+        return _limit(self._space(device, key), default_config(self.name, key, device),
+                      max_configs)
+
+    def unavailable(self):
+        """Why this kernel cannot be tuned here (its module fails to import), or None."""
+        import importlib
+        try:
+            importlib.import_module(self.module)
+        except Exception as error:          # a library module being written may fail to import
+            return f"{self.module} does not import ({type(error).__name__}: {error})"
+        return None
+
+
+KERNELS = {t.name: t for t in [
+    Tunable("matmul", matmul_space, "kdsl_kernels.matmul"),
+    Tunable("gemv", gemv_space, "kdsl_kernels.matmul"),
+    Tunable("softmax", softmax_space, "kdsl_kernels.softmax"),
+    Tunable("fp4_gemv", fp4_gemv_space, "kdsl_kernels.fp4_kernels"),
+    Tunable("fp4_gemm", fp4_gemm_space, "kdsl_kernels.fp4_kernels"),
+]}
