@@ -86,7 +86,11 @@ def _from_hf_config(path):
 
 
 def _from_gguf(path):
-    from gguf import GGUFReader
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        raise ValueError(f"--model {path}: reading GGUF files needs the gguf package "
+                         "(pip install gguf)") from None
     try:
         reader = GGUFReader(str(path))
     except Exception as error:          # gguf raises assorted errors on damaged files

@@ -20,6 +20,7 @@ first built and launched once in a child process, because some drivers
 `tune()` is the same machinery for any callable that launches kernels; the
 `kdsl-autotune` command uses it on the library's wrappers.
 """
+import contextlib
 import importlib
 import json
 import os
@@ -109,11 +110,12 @@ class TuneResult:
 def time_call(fn, warmup=2, rep=10, max_time_s=None, device=None):
     """The median device time of `fn()` in seconds, from OpenCL profiling data.
 
-    When `fn` returns a profiling event (a kdsl kernel launch does) its own
-    start/end times are used; otherwise markers enqueued around the call time
-    everything it enqueued. Repetitions are queued back to back, so launch
-    overhead that the device would hide is not counted. `max_time_s` cuts the
-    repetitions of a slow call: rep = clamp(max_time_s / first time, 1, rep).
+    The time of one call is the sum of the start-to-end times of the kdsl
+    kernels it launched (a library wrapper may launch several), so host-side
+    Python between launches is not counted: on a GPU it would swamp a
+    microsecond kernel. A call that launches no kdsl kernel is timed by
+    markers enqueued around it. `max_time_s` cuts the repetitions of a slow
+    call: rep = clamp(max_time_s / first time, 1, rep).
 
     >>> time_call(lambda: matmul(a, b, config=cfg), warmup=2, rep=10)
     0.0123
@@ -136,19 +138,43 @@ def _measure(fn, queue):
 
 
 def _enqueue_timed(fn, queue):
-    start = cl.enqueue_marker(queue)
-    result = fn()
-    end = cl.enqueue_marker(queue)
-    return result if isinstance(result, cl.Event) else (start, end)
+    with _recorded_launches() as events:
+        start = cl.enqueue_marker(queue)
+        fn()
+        end = cl.enqueue_marker(queue)
+    return events if events else (start, end)
 
 
 def _elapsed(pending):
-    if isinstance(pending, cl.Event):
-        return (pending.profile.end - pending.profile.start) * 1e-9
+    if isinstance(pending, list):
+        return sum(e.profile.end - e.profile.start for e in pending) * 1e-9
     start, end = pending
     # The start marker completes when everything queued before it has; the
     # end marker when the call's own commands have.
     return max(0, end.profile.end - start.profile.end) * 1e-9
+
+
+@contextlib.contextmanager
+def _recorded_launches():
+    """Collect the OpenCL event of every kdsl kernel launched inside the block.
+
+    JITFunction.run looks up kdsl.launch.launch at each launch, so wrapping
+    that function sees every launch, including those inside library wrappers.
+    """
+    from . import launch as launch_module
+    original = launch_module.launch
+    events = []
+
+    def recording(*args, **kwargs):
+        event = original(*args, **kwargs)
+        if event is not None:
+            events.append(event)
+        return event
+    launch_module.launch = recording
+    try:
+        yield events
+    finally:
+        launch_module.launch = original
 
 
 # ------------------------------------------------------- child build checks

@@ -93,8 +93,8 @@ def key_distance(a, b):
     if set(a) != set(b):
         return math.inf
     total = 0.0
-    for name, x in a.items():
-        y = b[name]
+    for name in sorted(a):          # one order, so the float sum is symmetric
+        x, y = a[name], b[name]
         if _is_number(x) and _is_number(y):
             total += abs(math.log2(1 + abs(x)) - math.log2(1 + abs(y)))
         elif x != y:
