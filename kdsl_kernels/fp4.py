@@ -121,16 +121,22 @@ class PackedWeight:
                    arrays["outlier_idx"], arrays["outlier_w"])
 
     def device_arrays(self, device):
-        """The fields as kdsl tensors on `device`, uploaded on first use only."""
+        """The fields as kdsl tensors on `device`, uploaded on first use only.
+
+        Besides the fields, "words" is the codes buffer viewed as uint32
+        (little-endian: byte 0 in bits 0..7), which the GEMV reads; it shares
+        the upload of "codes"."""
         import kdsl
         key = device.fingerprint
         if key not in self._device_copies:
             # a zero-length buffer cannot be allocated: outlier-free weights
             # pass a one-element placeholder the kernel never reads
-            self._device_copies[key] = {
-                f: kdsl.tensor(getattr(self, f) if getattr(self, f).size else
-                               np.zeros(1, getattr(self, f).dtype), device=device)
-                for f in self._FIELDS}
+            arrays = {f: kdsl.tensor(getattr(self, f) if getattr(self, f).size else
+                                     np.zeros(1, getattr(self, f).dtype), device=device)
+                      for f in self._FIELDS}
+            codes = arrays["codes"]
+            arrays["words"] = kdsl.Tensor(codes.buffer, (codes.size // 4,), np.uint32, device)
+            self._device_copies[key] = arrays
         return self._device_copies[key]
 
     def __repr__(self):
@@ -223,20 +229,45 @@ def _quantize_groups(groups, reading):
     return _quantize_pow2(groups)
 
 
-def _quantize_uniform(groups):
-    """Min/max to the 16 levels s*(1 + q/16) + o: step d = (max - min)/15,
-    s = 16 d, o = min - s. The codes are rounded against the fp16-rounded
-    s and o, so the stored constants are the ones the codes were fitted to."""
+def _quantize_uniform(groups, refine=2):
+    """Fit the 16 levels s*(1 + q/16) + o, i.e. a uniform grid of step s/16
+    starting at s + o. Start from min/max (step d = (max - min)/15, s = 16 d,
+    o = min - s), then `refine` rounds of: least-squares step and base for the
+    current codes, re-round the codes; a group keeps a round only if its
+    squared error went down. Codes are always rounded against the
+    fp16-rounded s and o, so the stored constants are the ones they fit."""
     lo = groups.min(axis=-1)
     hi = groups.max(axis=-1)
-    step = (hi - lo) / 15.0
+    scales, offsets, codes, err = _uniform_codes(groups, (hi - lo) / 15.0, lo)
+    n = groups.shape[-1]
+    for _ in range(refine):
+        q = codes.astype(np.float32)
+        sum_q, sum_qq = q.sum(-1), (q * q).sum(-1)
+        sum_w, sum_qw = groups.sum(-1), (q * groups).sum(-1)
+        det = n * sum_qq - sum_q * sum_q
+        ok = det > 0
+        step = np.where(ok, (n * sum_qw - sum_q * sum_w) / np.where(ok, det, 1.0), 0.0)
+        step = np.where(ok & (step > 0), step, (hi - lo) / 15.0)
+        base = np.where(ok, (sum_w - step * sum_q) / n, lo)
+        cand = _uniform_codes(groups, step, base)
+        better = cand[3] < err
+        scales = np.where(better, cand[0], scales)
+        offsets = np.where(better, cand[1], offsets)
+        codes = np.where(better[..., None], cand[2], codes)
+        err = np.minimum(cand[3], err)
+    return scales, offsets, codes
+
+
+def _uniform_codes(groups, step, base):
+    """fp16 s, o for a grid of `step` from `base`, the nearest codes and the squared error."""
     scales = (16.0 * step).astype(np.float16)
-    offsets = (lo - scales.astype(np.float32)).astype(np.float16)
+    offsets = (base - scales.astype(np.float32)).astype(np.float16)
     s = scales.astype(np.float32)[..., None]
     o = offsets.astype(np.float32)[..., None]
     safe = np.where(s == 0, 1.0, s)
-    codes = np.rint((groups - o - s) * 16.0 / safe)
-    return scales, offsets, np.clip(codes, 0, 15).astype(np.uint8)
+    codes = np.clip(np.rint((groups - o - s) * 16.0 / safe), 0, 15)
+    err = ((s + s * codes / 16.0 + o - groups) ** 2).sum(axis=-1)
+    return scales, offsets, codes.astype(np.uint8), err
 
 
 # Power-of-two grid: levels o + s * 2**(q - 14). The grid is dense at one end,

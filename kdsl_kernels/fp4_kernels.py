@@ -26,40 +26,64 @@ def fp4_mantissa(q, READING: kl.constexpr):
 
 
 @kdsl.jit
-def fp4_gemv_kernel(x_ptr, codes_ptr, scales_ptr, offsets_ptr, y_ptr, bias_ptr,
-                    oidx_ptr, ow_ptr, N, K, n_groups, n_out,
-                    READING: kl.constexpr, G: kl.constexpr, HAS_BIAS: kl.constexpr,
-                    EVEN_N: kl.constexpr, EVEN_K: kl.constexpr, BN: kl.constexpr):
-    """y = W x (+ bias) for BN rows per program, one group of G per step.
+def fp4_dequant(q, s, o, READING: kl.constexpr, DEQ: kl.constexpr):
+    """w = s * m(q) + o. DEQ "bits" builds m(q) from bit patterns; "convert"
+    (uniform reading only) converts q to float instead: w = q * s/16 + (s + o)."""
+    if DEQ == "convert" and READING == "e0m4":
+        w = q.to(kl.float32) * (s * 0.0625) + (s + o)
+    else:
+        w = fp4_mantissa(q, READING) * s + o
+    return w
 
-    The packed bytes, scales and offsets are read once; the partial sums
-    stay elementwise in a BN x G/2 block and are reduced across K at the end,
-    so the loop body is loads, bit operations and FMAs only."""
+
+@kdsl.jit
+def fp4_gemv_kernel(x_ptr, words_ptr, scales_ptr, offsets_ptr, y_ptr, bias_ptr,
+                    oidx_ptr, ow_ptr, N, K, n_groups, n_out,
+                    READING: kl.constexpr, DEQ: kl.constexpr, G: kl.constexpr,
+                    HAS_BIAS: kl.constexpr, EVEN: kl.constexpr,
+                    BN: kl.constexpr, BW: kl.constexpr):
+    """y = W x (+ bias) for BN rows per program, BW 32-bit words (8 codes
+    each) of every row per step.
+
+    The packed codes are read once, as words; word w of a group holds the
+    codes of elements 4w..4w+3 (low nibbles) and G/2 + 4w.. (high nibbles),
+    so byte b of every word in a step pairs with x at a fixed offset. Each
+    word takes its group's scale and offset (BW >= G/8, so a word never
+    straddles groups). Partial sums stay elementwise in a BN x BW block and
+    are reduced across K once, at the end."""
+    QW = G // 8
     HALF = G // 2
     rn = kl.program_id(0) * BN + kl.arange(0, BN)
-    rj = kl.arange(0, HALF)
-    row_bytes = n_groups * HALF
-    c_offs = rn[:, None] * row_bytes + rj[None, :]
-    acc = kl.zeros((BN, HALF), dtype=kl.float32)
-    for g in range(0, n_groups):
-        k0 = g * G
-        if EVEN_K:
-            x_lo = kl.load(x_ptr + k0 + rj)
-            x_hi = kl.load(x_ptr + k0 + HALF + rj)
+    rw = kl.arange(0, BW)
+    grp = rw // QW
+    x_off = grp * G + (rw % QW) * 4
+    row_words = n_groups * QW
+    w_offs = rn[:, None] * row_words + rw[None, :]
+    s_offs = rn[:, None] * n_groups + grp[None, :]
+    acc = kl.zeros((BN, BW), dtype=kl.float32)
+    for step in range(0, row_words, BW):
+        g0 = step // QW
+        x_base = x_ptr + g0 * G + x_off
+        if EVEN:
+            c = kl.load(words_ptr + step + w_offs)
+            s = kl.load(scales_ptr + g0 + s_offs)
+            o = kl.load(offsets_ptr + g0 + s_offs)
         else:
-            x_lo = kl.load(x_ptr + k0 + rj, mask=k0 + rj < K, other=0.0)
-            x_hi = kl.load(x_ptr + k0 + HALF + rj, mask=k0 + HALF + rj < K, other=0.0)
-        if EVEN_N:
-            c = kl.load(codes_ptr + g * HALF + c_offs)
-            s = kl.load(scales_ptr + rn * n_groups + g)
-            o = kl.load(offsets_ptr + rn * n_groups + g)
-        else:
-            c = kl.load(codes_ptr + g * HALF + c_offs, mask=rn[:, None] < N, other=0)
-            s = kl.load(scales_ptr + rn * n_groups + g, mask=rn < N, other=0.0)
-            o = kl.load(offsets_ptr + rn * n_groups + g, mask=rn < N, other=0.0)
-        w_lo = fp4_mantissa(c & 15, READING) * s[:, None] + o[:, None]
-        w_hi = fp4_mantissa(c >> 4, READING) * s[:, None] + o[:, None]
-        acc += w_lo * x_lo[None, :] + w_hi * x_hi[None, :]
+            live = (rn[:, None] < N) & (step + rw[None, :] < row_words)
+            c = kl.load(words_ptr + step + w_offs, mask=live, other=0)
+            s = kl.load(scales_ptr + g0 + s_offs, mask=live, other=0.0)
+            o = kl.load(offsets_ptr + g0 + s_offs, mask=live, other=0.0)
+        for b in kl.static_range(4):
+            if EVEN:
+                x_lo = kl.load(x_base + b)
+                x_hi = kl.load(x_base + HALF + b)
+            else:
+                k_lo = g0 * G + x_off + b
+                x_lo = kl.load(x_base + b, mask=k_lo < K, other=0.0)
+                x_hi = kl.load(x_base + HALF + b, mask=k_lo + HALF < K, other=0.0)
+            w_lo = fp4_dequant((c >> (8 * b)) & 15, s, o, READING, DEQ)
+            w_hi = fp4_dequant((c >> (8 * b + 4)) & 15, s, o, READING, DEQ)
+            acc += w_lo * x_lo[None, :] + w_hi * x_hi[None, :]
     y = kl.sum(acc, axis=1)
     for i in range(0, n_out):
         # outlier channels: fp16 residual columns beside the FP4 body
@@ -67,7 +91,7 @@ def fp4_gemv_kernel(x_ptr, codes_ptr, scales_ptr, offsets_ptr, y_ptr, bias_ptr,
         y += kl.load(ow_ptr + rn * n_out + i, mask=rn < N, other=0.0) * xi
     if HAS_BIAS:
         y += kl.load(bias_ptr + rn, mask=rn < N, other=0.0)
-    if EVEN_N:
+    if EVEN:
         kl.store(y_ptr + rn, y)
     else:
         kl.store(y_ptr + rn, y, mask=rn < N)
@@ -76,8 +100,8 @@ def fp4_gemv_kernel(x_ptr, codes_ptr, scales_ptr, offsets_ptr, y_ptr, bias_ptr,
 @kdsl.jit
 def fp4_gemm_kernel(a_ptr, codes_ptr, scales_ptr, offsets_ptr, c_ptr, bias_ptr,
                     oidx_ptr, ow_ptr, M, N, K, n_groups, n_out, stride_am, stride_cm,
-                    READING: kl.constexpr, G: kl.constexpr, HAS_BIAS: kl.constexpr,
-                    EVEN: kl.constexpr, BM: kl.constexpr, BN: kl.constexpr,
+                    READING: kl.constexpr, DEQ: kl.constexpr, G: kl.constexpr,
+                    HAS_BIAS: kl.constexpr, EVEN: kl.constexpr, BM: kl.constexpr, BN: kl.constexpr,
                     BO: kl.constexpr):
     """C = A @ W.T (+ bias) for one BM x BN tile per program.
 
@@ -108,8 +132,8 @@ def fp4_gemm_kernel(a_ptr, codes_ptr, scales_ptr, offsets_ptr, c_ptr, bias_ptr,
             c = kl.load(c_ptrs, mask=rn[None, :] < N, other=0)
             s = kl.load(scales_ptr + rn * n_groups + g, mask=rn < N, other=0.0)
             o = kl.load(offsets_ptr + rn * n_groups + g, mask=rn < N, other=0.0)
-        w_lo = fp4_mantissa(c & 15, READING) * s[None, :] + o[None, :]
-        w_hi = fp4_mantissa(c >> 4, READING) * s[None, :] + o[None, :]
+        w_lo = fp4_dequant(c & 15, s[None, :], o[None, :], READING, DEQ)
+        w_hi = fp4_dequant(c >> 4, s[None, :], o[None, :], READING, DEQ)
         acc = kl.dot(a_lo, w_lo, acc)
         acc = kl.dot(a_hi, w_hi, acc)
     ro = kl.arange(0, BO)
@@ -135,15 +159,15 @@ def gemv_default(device):
     a few rows in registers (a barrier costs a pass over the work-group on
     PoCL); on a GPU a work-group per few rows."""
     if device.is_cpu:
-        return {"BN": 4, "num_threads": 1}
-    return {"BN": 4, "num_threads": 64}
+        return {"BN": 8, "BW": 8, "DEQ": "bits", "num_threads": 1}
+    return {"BN": 2, "BW": 32, "DEQ": "bits", "num_threads": 64}
 
 
 def gemm_default(device):
     """The GEMM's default config (the matmul's CPU and GPU tile shapes)."""
     if device.is_cpu:
-        return {"BM": 8, "BN": 32, "num_threads": 1}
-    return {"BM": 64, "BN": 64, "num_threads": 64}
+        return {"BM": 8, "BN": 32, "DEQ": "bits", "num_threads": 1}
+    return {"BM": 64, "BN": 64, "DEQ": "bits", "num_threads": 64}
 
 
 def _config(name, key, default):
@@ -193,25 +217,35 @@ def fp4_linear(x, packed, *, bias=None, out=None, config=None):
     if K == 0:
         out.copy_from(np.zeros((M, N), np.float32) + (bias.numpy() if bias is not None else 0))
         return out
+    launch_fp4(x, packed, out, bias, config)
+    return out
+
+
+def launch_fp4(x, packed, out, bias=None, config=None):
+    """Enqueue the GEMV (M == 1) or GEMM for checked arguments; returns the
+    kernel's event (None in the interpreter). fp4_linear() is the public
+    form; benchmarks call this for the device time."""
+    M, (N, K) = x.shape[0], packed.shape
     arrays = packed.device_arrays(x.device)
-    bias_arg = bias if bias is not None else out
     common = dict(READING=packed.reading, G=packed.group_size, HAS_BIAS=bias is not None)
-    args = (arrays["codes"], arrays["scales"], arrays["offsets"], out, bias_arg,
+    args = (arrays["scales"], arrays["offsets"], out, bias if bias is not None else out,
             arrays["outlier_idx"], arrays["outlier_w"])
     n_out = len(packed.outlier_idx)
     if M == 1:
         cfg = config or _config("fp4_gemv", {"N": N, "K": K, "G": packed.group_size},
                                 gemv_default(x.device))
-        fp4_gemv_kernel[(kdsl.cdiv(N, cfg["BN"]),)](
-            x, *args, N, K, packed.n_groups, n_out, **common,
-            EVEN_N=N % cfg["BN"] == 0, EVEN_K=K % packed.group_size == 0,
-            BN=cfg["BN"], num_threads=cfg["num_threads"])
-        return out
+        # the words of a step must not straddle groups: at least G/8 of them
+        words = max(cfg["BW"], packed.group_size // 8)
+        even = (N % cfg["BN"] == 0 and K % packed.group_size == 0
+                and packed.codes.shape[1] // 4 % words == 0)
+        return fp4_gemv_kernel[(kdsl.cdiv(N, cfg["BN"]),)](
+            x, arrays["words"], *args, N, K, packed.n_groups, n_out, **common,
+            DEQ=cfg["DEQ"], EVEN=even, BN=cfg["BN"], BW=words, num_threads=cfg["num_threads"])
     cfg = config or _config("fp4_gemm", {"M": M, "N": N, "K": K, "G": packed.group_size},
                             gemm_default(x.device))
     even = M % cfg["BM"] == 0 and N % cfg["BN"] == 0 and K % packed.group_size == 0
     grid = (kdsl.cdiv(M, cfg["BM"]), kdsl.cdiv(N, cfg["BN"]))
-    fp4_gemm_kernel[grid](
-        x, *args, M, N, K, packed.n_groups, n_out, x.stride(0), out.stride(0), **common,
-        EVEN=even, BM=cfg["BM"], BN=cfg["BN"], BO=16, num_threads=cfg["num_threads"])
-    return out
+    return fp4_gemm_kernel[grid](
+        x, arrays["codes"], *args, M, N, K, packed.n_groups, n_out, x.stride(0), out.stride(0),
+        **common, DEQ=cfg["DEQ"], EVEN=even, BM=cfg["BM"], BN=cfg["BN"], BO=16,
+        num_threads=cfg["num_threads"])

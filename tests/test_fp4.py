@@ -8,21 +8,21 @@ from hypothesis import given, settings, strategies as st
 import kdsl
 from kdsl_kernels import fp4
 
-SMALL_GEMM = {"BM": 8, "BN": 8, "num_threads": 8}      # quick to compile
-SMALL_GEMV = {"BN": 4, "num_threads": 1}
+SMALL_GEMM = {"BM": 8, "BN": 8, "DEQ": "bits", "num_threads": 8}      # quick to compile
+SMALL_GEMV = {"BN": 4, "BW": 4, "DEQ": "bits", "num_threads": 1}
 
 
 def _weight(rng, n, k):
     return (rng.standard_normal((n, k)) * 0.05).astype(np.float32)
 
 
-def _check_linear(m, n, k, group_size, outliers, reading, seed, bias=True):
+def _check_linear(m, n, k, group_size, outliers, reading, seed, bias=True, deq="bits"):
     rng = np.random.default_rng(seed)
     w = _weight(rng, n, k)
     x = rng.standard_normal((m, k)).astype(np.float32)
     b = rng.standard_normal(n).astype(np.float32) if bias else None
     packed = fp4.quantize(w, group_size, reading=reading, outliers=outliers)
-    config = SMALL_GEMV if m == 1 else SMALL_GEMM
+    config = dict(SMALL_GEMV if m == 1 else SMALL_GEMM, DEQ=deq)
     y = fp4.linear(kdsl.tensor(x), packed, bias=b, config=config).numpy()
     ref = x @ fp4.dequantize(packed).T + (b if bias else 0)
     np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4 * np.sqrt(k))
@@ -68,15 +68,24 @@ def test_layout_bit_by_bit():
 def test_quantisation_error_is_bounded(reading):
     rng = np.random.default_rng(0)
     w = _weight(rng, 64, 256)
-    packed = fp4.quantize(w, 64, reading=reading)
-    err = fp4.dequantize(packed) - w
-    groups = w.reshape(64, 4, 64)
-    half_step = ((groups.max(-1) - groups.min(-1)) / 30)[..., None]
-    if reading == "e0m4":
-        # every weight lands within half a step (plus fp16 rounding of s and o)
-        assert (np.abs(err.reshape(64, 4, 64)) <= half_step * 1.01 + 1e-4).all()
+    err = fp4.dequantize(fp4.quantize(w, 64, reading=reading)) - w
     rel_rmse = np.sqrt((err ** 2).mean()) / w.std()
     assert rel_rmse < (0.1 if reading == "e0m4" else 0.6)
+
+
+def test_uniform_fit_min_max_then_least_squares():
+    groups = fp4._to_groups(_weight(np.random.default_rng(2), 64, 256), 64)
+    # min/max alone puts every weight within half a step (plus fp16 rounding of s and o)
+    s, o, q = fp4._quantize_uniform(groups, refine=0)
+    values = s.astype(np.float32)[..., None] * (1 + q / 16) + o.astype(np.float32)[..., None]
+    half_step = ((groups.max(-1) - groups.min(-1)) / 30)[..., None]
+    assert (np.abs(values - groups) <= half_step * 1.01 + 1e-4).all()
+    # each refinement round keeps a group's squared error or lowers it
+    sse = ((values - groups) ** 2).sum(-1)
+    s, o, q = fp4._quantize_uniform(groups, refine=2)
+    refined = s.astype(np.float32)[..., None] * (1 + q / 16) + o.astype(np.float32)[..., None]
+    refined_sse = ((refined - groups) ** 2).sum(-1)
+    assert (refined_sse <= sse + 1e-9).all() and refined_sse.sum() < 0.97 * sse.sum()
 
 
 def test_outliers_are_kept_and_help():
@@ -137,8 +146,15 @@ def test_power_of_two_reading_on_device(m):
     _check_linear(m, 24, 96, 32, 0, "e4m0", seed=m)
 
 
+@pytest.mark.parametrize("m", [1, 5])
+def test_int_conversion_dequant_on_device(m):
+    # DEQ="convert": w = q * s/16 + (s + o), the alternative to the bit trick
+    _check_linear(m, 24, 96, 32, 0, "e0m4", seed=m, deq="convert")
+
+
 @pytest.mark.parametrize("m,n,k,group_size,outliers", [(1, 13, 70, 32, 2), (6, 9, 33, 16, 17),
-                                                       (1, 8, 128, 128, 0), (16, 16, 64, 64, 0)])
+                                                       (1, 8, 128, 128, 0), (16, 16, 64, 64, 0),
+                                                       (1, 16, 256, 32, 0)])
 def test_linear_in_interpreter(monkeypatch, m, n, k, group_size, outliers):
     monkeypatch.setenv("KDSL_INTERPRET", "1")
     _check_linear(m, n, k, group_size, outliers, "e0m4", seed=k)

