@@ -79,6 +79,7 @@ class Codegen:
         self.indent = 1
         self.scope = _Scope(None)
         self.names = {}
+        self.param_names = {}         # Python parameter name -> C name
         self.smem_bytes = 0
         self._home = {}
         self._var_layout = {}
@@ -99,7 +100,7 @@ class Codegen:
         if base[0].isdigit():
             base = "v" + base
         name, n = base, 0
-        while name in self.names or name in _RESERVED:
+        while name in self.names or name in _RESERVED or name.startswith(("as_", "convert_")):
             n += 1
             name = f"{base}{n}"
         self.names[name] = 1
@@ -210,7 +211,7 @@ class Codegen:
         if v.op == "const":
             return c_const(v.attrs["value"], v.dtype)
         if v.op == "arg":
-            return v.attrs["param"]
+            return self.param_names[v.attrs["param"]]
         key = (id(v), None)
         got = self.scope.get(key)
         if got is not None:
@@ -297,7 +298,7 @@ class Codegen:
         """C expression of a scalar value from its operands."""
         op = v.op
         if op == "arg":
-            return v.attrs["param"]
+            return self.param_names[v.attrs["param"]]
         if op == "program_id":
             return f"(int)get_group_id({v.attrs['axis']})"
         if op == "num_programs":
@@ -698,9 +699,10 @@ class Codegen:
         self.lane_decls = []
         params = []
         prologue = []
-        for name, v in self.k.params:
-            self.names[name] = 1
+        for py_name, v in self.k.params:
+            name = self.param_names[py_name] = self.fresh(py_name)
             if v.is_ptr:
+                self.names[f"{name}_base"] = self.names[f"{name}_offset"] = 1
                 params.append(f"__global {v.dtype.c_type}* {name}_base")
                 params.append(f"const int {name}_offset")
                 prologue.append(f"__global {v.dtype.c_type}* const {name} = "
@@ -730,12 +732,39 @@ class Codegen:
         return src
 
 
-_RESERVED = {"lid", "kdsl_smem", "int", "float", "half", "char", "uchar", "short", "ushort",
-             "uint", "long", "bool", "global", "local", "kernel", "constant", "private",
-             "if", "else", "for", "while", "do", "return", "break", "continue", "switch",
-             "case", "default", "sizeof", "struct", "union", "const", "restrict", "volatile",
-             "register", "static", "extern", "auto", "goto", "typedef", "enum", "signed",
-             "unsigned", "void", "inline", "true", "false", "exp", "log", "sqrt", "min", "max"}
+# OpenCL C keywords, types and built-in functions: a generated name (a kernel
+# variable, or the kernel itself) must not shadow or collide with any of them.
+_C_WORDS = """
+lid kdsl_smem int float half double char uchar short ushort uint long ulong bool size_t
+global local kernel constant private read_only write_only read_write image2d_t image3d_t
+sampler_t event_t if else for while do return break continue switch case default sizeof
+struct union const restrict volatile register static extern auto goto typedef enum signed
+unsigned void inline true false
+acos acosh acospi asin asinh asinpi atan atan2 atanh atanpi atan2pi cbrt ceil copysign cos
+cosh cospi erfc erf exp exp2 exp10 expm1 fabs fdim floor fma fmax fmin fmod fract frexp hypot
+ilogb ldexp lgamma lgamma_r log log2 log10 log1p logb mad maxmag minmag modf nan nextafter pow
+pown powr remainder remquo rint rootn round rsqrt sin sincos sinh sinpi sqrt tan tanh tanpi
+tgamma trunc abs abs_diff add_sat hadd rhadd clamp clz ctz mad_hi mad_sat max min mul_hi
+rotate sub_sat upsample popcount mad24 mul24 degrees mix radians step smoothstep sign cross
+dot distance length normalize isequal isnotequal isgreater isgreaterequal isless islessequal
+isfinite isinf isnan isnormal isordered isunordered signbit any all bitselect select
+vload2 vload4 vload8 vload16 vstore2 vstore4 vstore8 vstore16 vload_half vstore_half
+barrier mem_fence read_mem_fence write_mem_fence async_work_group_copy wait_group_events
+prefetch printf get_global_id get_local_id get_group_id get_num_groups get_global_size
+get_local_size get_work_dim get_global_offset atomic_add atomic_sub atomic_xchg atomic_inc
+atomic_dec atomic_cmpxchg atomic_min atomic_max atomic_and atomic_or atomic_xor
+native_exp native_log native_sqrt native_sin native_cos native_recip native_divide
+half_exp half_log half_sqrt half_sin half_cos half_recip half_divide
+"""
+_VECTOR_TYPES = {f"{base}{n}" for base in ("char", "uchar", "short", "ushort", "int", "uint",
+                                          "long", "ulong", "float", "double", "half", "bool")
+                 for n in (2, 3, 4, 8, 16)}
+_RESERVED = frozenset(_C_WORDS.split()) | _VECTOR_TYPES
+
+
+def c_kernel_name(name):
+    """The OpenCL name of a kernel: its Python name unless that collides with C."""
+    return f"kdsl_{name}" if name in _RESERVED or name.startswith(("as_", "convert_")) else name
 
 
 def _prod(shape):

@@ -140,6 +140,22 @@ class Device:
                       _CL_QUEUE_PRIORITY_KHR, QUEUE_PRIORITIES[priority]]
         return cl.CommandQueue(self.context, self.cl_device, properties=properties)
 
+    def set_queue_priority(self, priority):
+        """Make every later launch and copy on this device go to a queue of this priority.
+
+        Waits for the old queue, so nothing is reordered. Returns whether the
+        hint took effect: False where the driver lacks cl_khr_priority_hints,
+        in which case the new queue is an ordinary one.
+
+        >>> kdsl.current_device().set_queue_priority("low") in (True, False)
+        True
+        """
+        queue = self.make_queue(priority)
+        if self._queue is not None:
+            self._queue.finish()
+        self._queue = queue
+        return priority is not None and self._supports_priority_hints()
+
     def _supports_priority_hints(self):
         # Property lists need clCreateCommandQueueWithProperties, an OpenCL 2.0 call.
         match = re.match(r"OpenCL (\d+)", self.cl_device.platform.version)

@@ -10,9 +10,10 @@ import pyopencl as cl
 from . import ir
 from .cache import build_program
 from .checker import check
-from .codegen_opencl import generate
+from .codegen_opencl import c_kernel_name, generate
 from .device import current_device
 from .errors import LaunchError
+from .simplify import remove_proven_masks
 from .tensor import Tensor, tensor
 
 
@@ -82,11 +83,13 @@ def compile_kernel(jit_fn, values, num_threads=None, device=None):
     if compiled is not None:
         return compiled
     kernel_ir = check(jit_fn, values, num_threads or 1)
+    kernel_ir.name = c_kernel_name(kernel_ir.name)
     threads = num_threads or default_num_threads(kernel_ir, device)
     if threads > device.max_work_group_size:
         raise LaunchError(f"{jit_fn.__name__}: num_threads={threads} exceeds the device's "
                           f"maximum work-group size {device.max_work_group_size}")
     kernel_ir.num_threads = threads
+    remove_proven_masks(kernel_ir)
     source = generate(kernel_ir, {"is_cpu": device.is_cpu, "has_fp16": device.has_fp16})
     program = build_program(device, source, kernel_ir.name)
     compiled = CompiledKernel(jit_fn, kernel_ir, source, program, threads, device)

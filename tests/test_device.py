@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pyopencl as cl
 import pytest
 
@@ -156,3 +157,18 @@ def test_no_opencl_driver_says_how_to_install_one(tmp_path):
     assert "RuntimeError: no OpenCL device found" in result.stderr
     assert "apt-get install pocl-opencl-icd" in result.stderr
     assert "pip install pocl-binary-distribution" in result.stderr
+
+
+def test_set_queue_priority_moves_later_work_to_the_new_queue():
+    device = kdsl.current_device()
+    old = device.queue
+    try:
+        applied = device.set_queue_priority("low")
+        assert applied == device._supports_priority_hints()
+        assert device.queue is not old
+        x = kdsl.tensor(np.arange(5, dtype=np.float32))       # copies go through the new queue
+        np.testing.assert_array_equal(x.numpy(), np.arange(5))
+        with pytest.raises(ValueError, match="unknown queue priority"):
+            device.set_queue_priority("urgent")
+    finally:
+        device.set_queue_priority(None)

@@ -886,3 +886,22 @@ def test_type_promotion(interpret):
     np.testing.assert_allclose(out[2 * BLOCK:], i + f, rtol=1e-7)
     np.testing.assert_array_equal(int_out[:BLOCK], i * 2 + 1)
     np.testing.assert_array_equal(int_out[BLOCK:], 7 + np.arange(BLOCK))
+
+
+@kdsl.jit
+def fmod(x_ptr, out_ptr, n, float4, BLOCK: kl.constexpr):
+    """Named like an OpenCL builtin, with a parameter and variables named like C words."""
+    sin = kl.arange(0, BLOCK)
+    half = sin < n
+    as_float = kl.load(x_ptr + sin, mask=half)
+    kernel = kl.exp(as_float * float4)
+    kl.store(out_ptr + sin, kernel, mask=half)
+
+
+@pytest.mark.parametrize("interpret", [False, True])
+def test_names_that_collide_with_opencl_c(interpret):
+    x = np.linspace(-1, 1, 10).astype(np.float32)
+    out = kdsl.empty((10,))
+    fn = kdsl.jit(fmod.fn, interpret=True) if interpret else fmod
+    fn[(1,)](kdsl.tensor(x), out, 10, 0.5, BLOCK=16)
+    np.testing.assert_allclose(out.numpy(), np.exp(x * 0.5), rtol=1e-6)
