@@ -69,6 +69,19 @@ class JITFunction:
             return self.run(grid, args, kwargs)
         return launcher
 
+    def prepare(self, grid, *args, **kwargs):
+        """Bind arguments once for repeated launches: `kernel.prepare(grid, ...)()` enqueues.
+
+        See kdsl/prepared.py; the interpreter has no prepared form.
+        """
+        self.ast
+        values, num_threads = self.bind(args, kwargs)
+        if self.interpret:
+            raise LaunchError(f"{self.__name__}.prepare(): the interpreter runs launches one by "
+                              f"one; use {self.__name__}[grid](...)")
+        from .prepared import PreparedLaunch
+        return PreparedLaunch(self, grid, values, num_threads)
+
     def __call__(self, *args, **kwargs):
         raise RuntimeError(f"kernel '{self.__name__}' must be launched as "
                            f"{self.__name__}[grid](...) from Python; inside another kernel "

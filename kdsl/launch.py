@@ -50,6 +50,7 @@ class CompiledKernel:
         self.source = source
         self.num_threads = num_threads
         self.device = device
+        self.program = program
         self.cl_kernel = cl.Kernel(program, kernel_ir.name)
         self.params = [(name, v.is_ptr, v.dtype) for name, v in kernel_ir.params]
 

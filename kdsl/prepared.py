@@ -1,0 +1,119 @@
+"""Prepared launches: bind a kernel's arguments once, enqueue it many times.
+
+An ordinary launch `kernel[grid](...)` binds and checks its arguments,
+works out the specialisation key and sets every OpenCL argument: about
+50-100 us of Python per launch, which is most of a decode step for a small
+model (hundreds of small kernels per token). A prepared launch does that
+work once and keeps its own `cl.Kernel` object, so enqueueing it again costs
+one driver call; only the arguments that change between steps (a past
+length, a position) are set again with `set(...)`.
+
+    step = kernel.prepare((n_blocks,), x, out, n, BLOCK=256)
+    for _ in range(100):
+        step()                      # enqueue, no argument work
+    step.set(n=n2)                  # a new scalar; a new specialisation recompiles
+"""
+import numpy as np
+import pyopencl as cl
+
+from .device import current_device
+from .errors import LaunchError
+from .launch import _spec_of, compile_kernel
+from .tensor import Tensor
+
+
+class PreparedLaunch:
+    """One kernel with its grid and arguments bound; call it to enqueue."""
+
+    def __init__(self, jit_fn, grid, values, num_threads):
+        self.jit_fn = jit_fn
+        self.device = current_device()
+        self.values = values
+        self.num_threads_asked = num_threads
+        for name in jit_fn.arg_names:
+            v = values[name]
+            if isinstance(v, np.ndarray) and name not in jit_fn.constexpr_names:
+                raise LaunchError(f"{jit_fn.__name__}.prepare(): argument '{name}' is a numpy "
+                                  "array; prepared launches take device tensors "
+                                  "(kdsl.tensor(array)), which stay where the kernel writes them")
+            if isinstance(v, Tensor) and v.device.fingerprint != self.device.fingerprint:
+                raise LaunchError(f"{jit_fn.__name__}.prepare(): tensor '{name}' lives on "
+                                  f"{v.device}, the kernel runs on {self.device}")
+        self._build()
+        self.grid = grid
+
+    def _build(self):
+        compiled = compile_kernel(self.jit_fn, self.values, self.num_threads_asked, self.device)
+        self.compiled = compiled
+        self.num_threads = compiled.num_threads
+        # A kernel object of our own, so other launches of the same compiled
+        # kernel cannot overwrite the arguments set here.
+        self.cl_kernel = cl.Kernel(compiled.program, compiled.name)
+        self._slot = {}
+        index = 0
+        for name, is_ptr, dtype in compiled.params:
+            self._slot[name] = (index, is_ptr, dtype)
+            index += 2 if is_ptr else 1
+        for name in self._slot:
+            self._set_one(name, self.values[name])
+
+    @property
+    def grid(self):
+        return self._grid
+
+    @grid.setter
+    def grid(self, grid):
+        grid = self.jit_fn.grid_of(grid, self.values)
+        self._grid = grid
+        self._global = (grid[0] * self.num_threads, grid[1], grid[2])
+        self._local = (self.num_threads, 1, 1)
+
+    def set(self, grid=None, **values):
+        """Change runtime arguments (and the grid); returns self.
+
+        A scalar whose new value changes the kernel's specialisation (1, a
+        multiple of 16, ...) rebuilds the launch, as an ordinary launch would.
+        """
+        respecialise = False
+        for name, value in values.items():
+            if name not in self.values:
+                raise LaunchError(f"{self.jit_fn.__name__}.set(): no argument '{name}'; its "
+                                  f"parameters are {', '.join(self.jit_fn.arg_names)}")
+            if name in self.jit_fn.constexpr_names:
+                raise LaunchError(f"{self.jit_fn.__name__}.set(): '{name}' is a constexpr; "
+                                  "prepare another launch for another value")
+            if _spec_of(value, False) != _spec_of(self.values[name], False):
+                respecialise = True
+            self.values[name] = value
+        if respecialise:
+            self._build()
+        else:
+            for name, value in values.items():
+                if name in self._slot:          # arguments the kernel never reads are not passed
+                    self._set_one(name, value)
+        if grid is not None:
+            self.grid = grid
+        return self
+
+    def _set_one(self, name, value):
+        index, is_ptr, dtype = self._slot[name]
+        if is_ptr:
+            if not isinstance(value, Tensor):
+                raise LaunchError(f"{self.jit_fn.__name__}: argument '{name}' must be a device "
+                                  f"tensor, got {type(value).__name__}")
+            self.cl_kernel.set_arg(index, value.buffer)
+            self.cl_kernel.set_arg(index + 1, np.int32(value.offset))
+        elif dtype.is_bool:
+            self.cl_kernel.set_arg(index, np.int32(bool(value)))
+        else:
+            self.cl_kernel.set_arg(index, dtype.np.type(value))
+
+    def __call__(self, queue=None):
+        """Enqueue the kernel; returns its event (None for an empty grid)."""
+        if 0 in self._global:
+            return None
+        return cl.enqueue_nd_range_kernel(queue or self.device.queue, self.cl_kernel,
+                                          self._global, self._local)
+
+    def __repr__(self):
+        return f"<prepared launch of {self.jit_fn.__name__} grid={self._grid}>"

@@ -1,0 +1,57 @@
+"""Prepared launches give the results ordinary launches give, and follow argument changes."""
+import numpy as np
+import pytest
+
+import kdsl
+import kdsl.language as kl
+
+
+@kdsl.jit
+def axpy(x_ptr, y_ptr, out_ptr, a, n, BLOCK: kl.constexpr):
+    offs = kl.program_id(0) * BLOCK + kl.arange(0, BLOCK)
+    mask = offs < n
+    x = kl.load(x_ptr + offs, mask=mask)
+    y = kl.load(y_ptr + offs, mask=mask)
+    kl.store(out_ptr + offs, a * x + y, mask=mask)
+
+
+def test_prepared_launch_repeats_and_follows_set():
+    rng = np.random.default_rng(1)
+    x_h, y_h = rng.standard_normal(300).astype(np.float32), rng.standard_normal(300).astype(np.float32)
+    x, y, out = kdsl.tensor(x_h), kdsl.tensor(y_h), kdsl.zeros((300,))
+    step = axpy.prepare((kdsl.cdiv(300, 64),), x, y, out, 2.0, 300, BLOCK=64)
+    for _ in range(3):
+        step()
+    np.testing.assert_allclose(out.numpy(), 2 * x_h + y_h, rtol=1e-6)
+    step.set(a=-1.0)()
+    np.testing.assert_allclose(out.numpy(), -x_h + y_h, rtol=1e-6)
+    # n = 1 and n = 32 change the specialisation: the launch rebuilds itself.
+    for n in (1, 32, 77):
+        out2 = kdsl.zeros((300,))
+        step.set(n=n, out_ptr=out2, grid=(kdsl.cdiv(n, 64),))()
+        expected = np.zeros(300, np.float32)
+        expected[:n] = -x_h[:n] + y_h[:n]
+        np.testing.assert_allclose(out2.numpy(), expected, rtol=1e-6)
+
+
+def test_prepared_launch_writes_into_views():
+    base = kdsl.zeros((4, 64))
+    x = kdsl.tensor(np.ones(64, np.float32))
+    step = axpy.prepare((1,), x, x, base[2], 1.0, 64, BLOCK=64)
+    step()
+    expected = np.zeros((4, 64), np.float32)
+    expected[2] = 2
+    np.testing.assert_array_equal(base.numpy(), expected)
+
+
+def test_prepared_launch_errors_name_the_cause():
+    x = kdsl.zeros((8,))
+    with pytest.raises(kdsl.LaunchError, match="numpy array"):
+        axpy.prepare((1,), np.zeros(8, np.float32), x, x, 1.0, 8, BLOCK=8)
+    step = axpy.prepare((1,), x, x, x, 1.0, 8, BLOCK=8)
+    with pytest.raises(kdsl.LaunchError, match="no argument 'b'"):
+        step.set(b=1)
+    with pytest.raises(kdsl.LaunchError, match="constexpr"):
+        step.set(BLOCK=16)
+    with pytest.raises(kdsl.LaunchError, match="interpreter"):
+        kdsl.jit(axpy.fn, interpret=True).prepare((1,), x, x, x, 1.0, 8, BLOCK=8)
