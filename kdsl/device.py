@@ -11,6 +11,7 @@ into `devices()` or part of "platform name device name"), else `PYOPENCL_CTX`
 (pyopencl's "platform[:device]" selector), else the first GPU, else the CPU
 device with the most compute units.
 """
+import functools
 import hashlib
 import os
 import re
@@ -45,54 +46,54 @@ class Device:
         self._context = None
         self._queue = None
 
-    @property
+    @functools.cached_property
     def is_gpu(self):
         return bool(self.cl_device.type & cl.device_type.GPU)
 
-    @property
+    @functools.cached_property
     def is_cpu(self):
         return bool(self.cl_device.type & cl.device_type.CPU)
 
-    @property
+    @functools.cached_property
     def driver_version(self):
         return self.cl_device.driver_version.strip()
 
-    @property
+    @functools.cached_property
     def compute_units(self):
         return self.cl_device.max_compute_units
 
-    @property
+    @functools.cached_property
     def max_work_group_size(self):
         return self.cl_device.max_work_group_size
 
-    @property
+    @functools.cached_property
     def local_mem_size(self):
         return self.cl_device.local_mem_size
 
-    @property
+    @functools.cached_property
     def global_mem_size(self):
         return self.cl_device.global_mem_size
 
-    @property
+    @functools.cached_property
     def max_mem_alloc_size(self):
         """The largest single buffer the device allows, in bytes."""
         return self.cl_device.max_mem_alloc_size
 
-    @property
+    @functools.cached_property
     def preferred_vector_width_float(self):
         return self.cl_device.preferred_vector_width_float
 
-    @property
+    @functools.cached_property
     def extensions(self):
         """The device's OpenCL extensions, as a set of names."""
         return frozenset(self.cl_device.extensions.split())
 
-    @property
+    @functools.cached_property
     def has_fp16(self):
         """Whether fp16 arithmetic is allowed (cl_khr_fp16); fp16 storage always is."""
         return "cl_khr_fp16" in self.extensions
 
-    @property
+    @functools.cached_property
     def fingerprint(self):
         """A stable description of device and driver: a new driver means new binaries.
 
@@ -102,7 +103,7 @@ class Device:
         return " | ".join([self.platform_name, self.name, self.driver_version,
                            str(self.compute_units)])
 
-    @property
+    @functools.cached_property
     def fingerprint_hash(self):
         """The fingerprint as 16 hex digits, safe in a file name."""
         return hashlib.sha256(self.fingerprint.encode()).hexdigest()[:16]

@@ -53,20 +53,32 @@ class CompiledKernel:
         self.program = program
         self.cl_kernel = cl.Kernel(program, kernel_ir.name)
         self.params = [(name, v.is_ptr, v.dtype) for name, v in kernel_ir.params]
+        self._last = [None] * len(self.params)      # what each argument was last set to
 
     def __call__(self, grid, values, queue=None):
         """Enqueue on the device's queue; returns the OpenCL event."""
-        args = []
-        for name, is_ptr, dtype in self.params:
+        # Only arguments that differ from this kernel's previous launch are set
+        # again: a decode step relaunches the same kernels on the same buffers.
+        kernel, last = self.cl_kernel, self._last
+        index = 0
+        for slot, (name, is_ptr, dtype) in enumerate(self.params):
             v = values[name]
             if is_ptr:
-                args.append(v.buffer)
-                args.append(np.int32(v.offset))
-            elif dtype.is_bool:
-                args.append(np.int32(bool(v)))
+                key = (v.buffer.int_ptr, v.offset)
+                if last[slot] != key:
+                    kernel.set_arg(index, v.buffer)
+                    kernel.set_arg(index + 1, np.int32(v.offset))
+                    last[slot] = key
+                index += 2
+                continue
+            if dtype.is_bool:
+                v = np.int32(bool(v))
             else:
-                args.append(dtype.np.type(v))
-        self.cl_kernel.set_args(*args)
+                v = dtype.np.type(v)
+            if last[slot] is None or last[slot] != v or type(last[slot]) is not type(v):
+                kernel.set_arg(index, v)
+                last[slot] = v
+            index += 1
         local = (self.num_threads, 1, 1)
         global_size = (grid[0] * self.num_threads, grid[1], grid[2])
         if 0 in global_size:
@@ -107,7 +119,8 @@ def launch(jit_fn, grid, values, num_threads):
         if isinstance(v, np.ndarray) and name not in jit_fn.constexpr_names:
             host_arrays[name] = v
             values[name] = tensor(np.ascontiguousarray(v), dtype=v.dtype)
-        elif isinstance(v, Tensor) and v.device.fingerprint != device.fingerprint:
+        elif isinstance(v, Tensor) and v.device is not device \
+                and v.device.fingerprint != device.fingerprint:
             raise LaunchError(f"{jit_fn.__name__}(): tensor '{name}' lives on {v.device}, "
                               f"the kernel runs on {device}")
     compiled = compile_kernel(jit_fn, values, num_threads, device)
