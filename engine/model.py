@@ -1,0 +1,160 @@
+"""The Llama-family forward pass on the device, from kdsl_kernels calls.
+
+One step takes S new token ids at positions P..P+S-1 and returns logits for R
+of its rows. Per layer (as llama2.c reads):
+
+    h = rms_norm(x)                        x is the residual stream
+    q, k, v = split(h @ Wqkv.T (+ b))      one fused projection
+    q = rope(q);  cache.k[P:P+S] = rope(k);  cache.v[P:P+S] = v
+    x += attention(q, cache.k[:P+S], cache.v[:P+S]) @ Wo.T
+    h = rms_norm(x)
+    x += (silu(h @ Wgate.T) * (h @ Wup.T)) @ Wdown.T
+
+The residual add is fused into the next norm (add_rms_norm). Each step's
+reads and writes are declared next to its code, so plan.py can share arena
+memory between buffers that are never alive together.
+"""
+import numpy as np
+
+import kdsl
+import kdsl_kernels as kk
+from kdsl_kernels import fp4
+
+from .kvcache import KVCache
+from .plan import Plan, R, S, Use
+
+
+class Model:
+    """Weights on the device, the KV cache and the memory plan of one model.
+
+    >>> model = Model(config, weights, context=512, chunk=32)
+    >>> logits = model.forward(np.array([1, 2, 3], np.int32), past=0)   # [1, vocab]
+    """
+
+    def __init__(self, config, weights, *, context, chunk, device=None):
+        self.config = config
+        self.device = kdsl.device.as_device(device)
+        self.chunk = chunk
+        self.weights = {name: _upload(value, self.device) for name, value in weights.items()}
+        self.lm_head = self.weights.get("lm_head", self.weights["embed"])
+        self.cache = KVCache(config.n_layers, config.n_kv_heads, config.head_dim, context,
+                             device=self.device)
+        cfg = config
+        self._layer_steps = [
+            (Use("attn_norm", ["delta", "x"], ["x", "h"]), self._attn_norm),
+            (Use("qkv", ["h"], ["qkv"]), self._qkv),
+            (Use("rope_and_cache", ["qkv"], ["q"]), self._rope_and_cache),
+            (Use("attention", ["q"], ["attn"]), self._attention),
+            (Use("o_proj", ["attn"], ["delta"]), self._o_proj),
+            (Use("ffn_norm", ["delta", "x"], ["x", "h"]), self._ffn_norm),
+            (Use("gate_up", ["h"], ["gate_up"]), self._gate_up),
+            (Use("swiglu", ["gate_up"], ["act"]), self._swiglu),
+            (Use("down", ["act"], ["delta"]), self._down),
+        ]
+        buffers = {
+            "x": (S, cfg.hidden), "h": (S, cfg.hidden), "delta": (S, cfg.hidden),
+            "qkv": (S, cfg.q_size + 2 * cfg.kv_size), "q": (cfg.n_heads, S, cfg.head_dim),
+            "attn": (S, cfg.q_size), "gate_up": (S, 2 * cfg.ffn), "act": (S, cfg.ffn),
+            "logits": (R, cfg.vocab),
+        }
+        uses = ([Use("embed", [], ["x"])] + [use for use, _ in self._layer_steps]
+                + [Use("final_norm", ["delta", "x"], ["h"]), Use("lm_head", ["h"], ["logits"])])
+        self.plan = Plan(buffers, uses, max_tokens=chunk, pinned=["x"], device=self.device)
+
+    # ------------------------------------------------------------ one step
+    def forward(self, ids, past, *, rows="last", last=None):
+        """Run S = len(ids) tokens after `past` cached ones; returns logits [R, vocab].
+
+        rows="last": the logits of row `last` (default S-1) only, R = 1;
+        rows="all": every row's, R = S. The step's K/V land in the cache at
+        positions past..past+S-1; `cache.length` becomes past + S.
+        """
+        n = len(ids)
+        if past + n > self.cache.capacity:
+            raise ValueError(f"{past + n} positions exceed the context of {self.cache.capacity}")
+        last = n - 1 if last is None else last
+        r = n if rows == "all" else 1
+        v = self.plan.views(S=n, R=r)
+        kk.embedding(np.ascontiguousarray(ids, dtype=np.int32), self.weights["embed"], out=v["x"])
+        self._past, self._n = past, n
+        for layer in range(self.config.n_layers):
+            self._layer = layer
+            for _, step in self._layer_steps:
+                step(v)
+        first = 0 if rows == "all" else last
+        kk.add_rms_norm(v["delta"], v["x"], self.weights["norm"], self.config.rms_eps,
+                        out=v["h"])
+        self._linear(v["h"][first:first + r], self.lm_head, None, v["logits"])
+        self.cache.length = past + n
+        return v["logits"]
+
+    # ------------------------------------------------------------ the layer's steps
+    def _w(self, name):
+        return self.weights.get(f"layers.{self._layer}.{name}")
+
+    def _attn_norm(self, v):
+        eps = self.config.rms_eps
+        if self._layer == 0:
+            kk.rms_norm(v["x"], self._w("attn_norm"), eps, out=v["h"])
+        else:
+            kk.add_rms_norm(v["delta"], v["x"], self._w("attn_norm"), eps, out=v["h"])
+
+    def _qkv(self, v):
+        self._linear(v["h"], self._w("wqkv"), self._w("bqkv"), v["qkv"])
+
+    def _rope_and_cache(self, v):
+        cfg, layer, past, n = self.config, self._layer, self._past, self._n
+        q, k, val = self._split_heads(v["qkv"])
+        kk.rope(q, past, cfg.rope_base, out=v["q"])
+        kk.rope(k, past, cfg.rope_base, out=self.cache.slot(layer, "k", past=past, new=n))
+        kk.copy(val, out=self.cache.slot(layer, "v", past=past, new=n))
+
+    def _attention(self, v):
+        cfg, layer, length = self.config, self._layer, self._past + self._n
+        out = v["attn"].reshape(self._n, cfg.n_heads, cfg.head_dim).permute(1, 0, 2)
+        kk.attention(v["q"], self.cache.prefix(layer, "k", length),
+                     self.cache.prefix(layer, "v", length), causal=True,
+                     window=cfg.sliding_window, out=out)
+
+    def _o_proj(self, v):
+        self._linear(v["attn"], self._w("wo"), self._w("bo"), v["delta"])
+
+    def _ffn_norm(self, v):
+        kk.add_rms_norm(v["delta"], v["x"], self._w("ffn_norm"), self.config.rms_eps,
+                        out=v["h"])
+
+    def _gate_up(self, v):
+        self._linear(v["h"], self._w("w_gate_up"), None, v["gate_up"])
+
+    def _swiglu(self, v):
+        ffn = self.config.ffn
+        gate_up = v["gate_up"]
+        kk.swiglu(gate_up[:, :ffn], gate_up[:, ffn:], out=v["act"])
+
+    def _down(self, v):
+        self._linear(v["act"], self._w("w_down"), None, v["delta"])
+
+    # ------------------------------------------------------------ helpers
+    def _split_heads(self, qkv):
+        """Q, K, V of the fused projection as [heads, S, head_dim] views (no copy)."""
+        cfg, n = self.config, self._n
+        width, d = qkv.shape[1], cfg.head_dim
+
+        def heads(start, count):
+            return kdsl.Tensor(qkv.buffer, (count, n, d), qkv.dtype, qkv.device,
+                               qkv.offset + start, (d, width, 1))
+        return (heads(0, cfg.n_heads), heads(cfg.q_size, cfg.n_kv_heads),
+                heads(cfg.q_size + cfg.kv_size, cfg.n_kv_heads))
+
+    @staticmethod
+    def _linear(x, w, bias, out):
+        if isinstance(w, fp4.PackedWeight):
+            return fp4.linear(x, w, bias=bias, out=out)
+        return kk.matmul(x, w, trans_b=True, bias=bias, out=out)
+
+
+def _upload(value, device):
+    if isinstance(value, fp4.PackedWeight):
+        value.device_arrays(device)          # once, now, rather than at the first step
+        return value
+    return kdsl.tensor(np.ascontiguousarray(value), device=device)
