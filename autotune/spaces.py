@@ -46,12 +46,20 @@ def _work_group_sizes(device, choices):
 
 
 def _limit(configs, default, max_configs):
-    """At most `max_configs` distinct configs, the nearest to `default` first."""
-    unique = list({tuning_db.key_text(c): c for c in configs}.values())
+    """At most `max_configs` distinct configs, the nearest to `default` first.
+
+    Each config is first completed from the default and cut to its
+    parameters, so a kernel that gains a parameter is searched with its
+    default value rather than failing, and one that loses a parameter is not
+    given it.
+    """
+    projected = [{k: c.get(k, v) for k, v in default.items()} for c in configs]
+    unique = list({tuning_db.key_text(c): c for c in projected}.values())
 
     def distance(config):
-        return sum(abs(math.log2(config[k]) - math.log2(default.get(k, config[k])))
-                   for k in config)
+        return sum(abs(math.log2(config[k]) - math.log2(v))
+                   if isinstance(v, int) and v > 0 and config[k] > 0 else float(config[k] != v)
+                   for k, v in default.items())
     return sorted(unique, key=distance)[:max_configs]
 
 
@@ -92,7 +100,9 @@ def gemv_space(device, key):
     """GEMV: BN rows of W per work-group, read BK columns at a time."""
     N, K = key["N"], key["K"]
     threads = (1, 4, 16, 64) if device.is_cpu else (32, 64, 128, 256)
-    per_item = (4, 256) if device.is_cpu else (2, 32)
+    # elements per work-item: a CPU work-item's block is unrolled code, and
+    # LLVM's compile time grows fast past a hundred or so
+    per_item = (4, 128) if device.is_cpu else (2, 32)
     bks = (64, 128, 256, 512, 1024)
     configs = [{"BN": bn, "BK": bk, "num_threads": t}
                for bn, bk, t in itertools.product((1, 2, 4, 8), bks,
@@ -105,7 +115,7 @@ def softmax_space(device, key):
     """Softmax: one row per work-group, BLOCK columns at a time (one pass when N <= BLOCK)."""
     N = key["N"]
     threads = (1, 4, 16, 64) if device.is_cpu else (32, 64, 128, 256)
-    per_item = (4, 1024) if device.is_cpu else (1, 64)
+    per_item = (4, 128) if device.is_cpu else (1, 64)
     options = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
     blocks = [b for b in options if _within(b, N, options)]
     return [{"BLOCK": b, "num_threads": t}
@@ -113,13 +123,19 @@ def softmax_space(device, key):
             if t <= b and per_item[0] <= b // t <= per_item[1]]
 
 
+# FP4 dequantisation: from bit patterns, or by an int-to-float conversion.
+DEQUANTISE = ("bits", "convert")
+
+
 def fp4_gemv_space(device, key):
-    """FP4 GEMV: BN rows per work-group, one group of G codes per step."""
-    N, half = key["N"], key["G"] // 2
+    """FP4 GEMV: BN rows per work-group, BW packed 32-bit words (8 codes) per row per step."""
+    N, K, words_per_group = key["N"], key["K"], key["G"] // 8
     threads = (1, 2, 4, 8) if device.is_cpu else (32, 64, 128, 256)
-    configs = [{"BN": bn, "num_threads": t}
-               for bn, t in itertools.product((1, 2, 4, 8, 16), _work_group_sizes(device, threads))
-               if t <= bn * half]
+    widths = [w for w in (8, 16, 32, 64) if w >= words_per_group]
+    configs = [{"BN": bn, "BW": bw, "DEQ": deq, "num_threads": t}
+               for bn, bw, deq, t in itertools.product((1, 2, 4, 8, 16), widths, DEQUANTISE,
+                                                       _work_group_sizes(device, threads))
+               if t <= bn * bw and _within(bw * 8, K, [w * 8 for w in widths])]
     return _enough_programs(configs, lambda c: -(-N // c["BN"]), device)
 
 
@@ -134,8 +150,8 @@ def fp4_gemm_space(device, key):
         bms = bns = (32, 64, 128)
         tiles = [(bm, bn, t) for bm in bms for bn in bns
                  for t in _work_group_sizes(device, (64, 128, 256)) if 4 <= bm * bn // t <= 64]
-    configs = [{"BM": bm, "BN": bn, "num_threads": t} for bm, bn, t in tiles
-               if _within(bm, M, bms) and _within(bn, N, bns)]
+    configs = [{"BM": bm, "BN": bn, "DEQ": deq, "num_threads": t} for bm, bn, t in tiles
+               for deq in DEQUANTISE if _within(bm, M, bms) and _within(bn, N, bns)]
     return _enough_programs(configs, lambda c: -(-M // c["BM"]) * -(-N // c["BN"]), device)
 
 

@@ -25,10 +25,11 @@ import importlib
 import json
 import os
 import pickle
+import select
 import statistics
 import subprocess
 import sys
-import time
+import tempfile
 import traceback
 import warnings
 
@@ -36,11 +37,11 @@ import numpy as np
 import pyopencl as cl
 
 from . import tuning_db
-from .device import as_device, current_device, devices
+from .device import as_device, current_device
 from .errors import BuildError, CompileError, LaunchError
 
 # Seconds a child process may spend on one candidate's build and first launch.
-CHILD_TIMEOUT_S = 300
+CHILD_TIMEOUT_S = 120
 
 
 class Config:
@@ -205,37 +206,54 @@ def check_in_child(trials, device=None, progress=None):
 
 
 def _run_child(trials, device, notes, base, progress):
-    """One child over `trials`; returns (how many it reported, crash note or None)."""
+    """One child over `trials`; returns (how many it reported, note on the one it died on).
+
+    The child reports each trial as a line as it finishes; one that takes
+    more than CHILD_TIMEOUT_S (a build that never ends) is killed and noted.
+    """
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
                KDSL_DEVICE=str(device.index), KDSL_AUTOTUNE_CHILD=device.fingerprint)
-    payload = pickle.dumps(trials)
-    child = subprocess.Popen([sys.executable, "-m", "kdsl.autotuner"], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    try:
-        stdout, stderr = child.communicate(payload, timeout=CHILD_TIMEOUT_S * len(trials))
-    except subprocess.TimeoutExpired:
-        child.kill()
-        stdout, stderr = child.communicate()
-        stderr += b"\n(timed out)"
-    except BaseException:           # Ctrl-C: leave no child building behind
-        child.kill()
-        child.wait()
-        raise
+    with tempfile.TemporaryFile() as stderr:
+        child = subprocess.Popen([sys.executable, "-m", "kdsl.autotuner"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
+                                 env=env)
+        try:
+            done, timed_out = _read_reports(child, trials, notes, base, progress)
+        finally:                    # Ctrl-C or a timeout: leave no child building behind
+            if child.poll() is None:
+                child.kill()
+            child.wait()
+        if done == len(trials):
+            return done, None
+        if timed_out:
+            return done, (f"its build and first launch took more than {CHILD_TIMEOUT_S} s; "
+                          "stopped")
+        stderr.seek(0)
+        tail = stderr.read().decode(errors="replace").strip().splitlines()[-3:]
+    return done, (f"the driver killed the build process (exit code {child.returncode})"
+                  + (f": {' / '.join(tail)}" if tail else ""))
+
+
+def _read_reports(child, trials, notes, base, progress):
+    """Feed `trials` to the child and collect its report lines; returns (done, timed out)."""
+    child.stdin.write(pickle.dumps(trials))
+    child.stdin.close()
     done = 0
-    for line in stdout.decode(errors="replace").splitlines():
+    while done < len(trials):
+        ready, _, _ = select.select([child.stdout], [], [], CHILD_TIMEOUT_S)
+        if not ready:
+            return done, True
+        line = child.stdout.readline().decode(errors="replace")
+        if not line:                # the child exited (or died) before reporting all
+            return done, False
         if not line.startswith("{"):
-            continue
+            continue                # a driver's own chatter on stdout
         report = json.loads(line)
         notes[base + report["index"]] = report["error"]
         done = report["index"] + 1
         if progress:
             progress(1)
-    if done == len(trials):
-        return done, None
-    tail = stderr.decode(errors="replace").strip().splitlines()[-3:]
-    crash = (f"the driver killed the build process (exit code {child.returncode})"
-             + (f": {' / '.join(tail)}" if tail else ""))
-    return done, crash
+    return done, False
 
 
 def _child_main():

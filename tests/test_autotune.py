@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pyopencl
@@ -129,6 +130,13 @@ def test_a_build_that_kills_its_process_only_kills_the_child():
     assert notes[0] is None and notes[2] is None
     assert "killed the build process" in notes[1]
     assert "invalid literal" in notes[3]
+
+
+def test_a_build_that_never_ends_is_stopped(monkeypatch):
+    monkeypatch.setattr(autotuner, "CHILD_TIMEOUT_S", 2)
+    notes = autotuner.check_in_child([(abs, (-1,)), (time.sleep, (60,)), (abs, (-2,))])
+    assert notes[0] is None and notes[2] is None
+    assert "more than 2 s" in notes[1]
 
 
 def test_restore_value_keeps_in_place_kernels_right(cache):
