@@ -30,17 +30,21 @@ import kdsl  # noqa: E402
 from bench import common  # noqa: E402
 from kdsl_kernels import fp4  # noqa: E402
 from kdsl_kernels.fp4_kernels import gemm_default, gemv_default, launch_fp4  # noqa: E402
-from kdsl_kernels.matmul import matmul  # noqa: E402
+from kdsl_kernels.configs import gemv_config  # noqa: E402
+from kdsl_kernels.matmul import gemv_kernel, matmul  # noqa: E402
 
 # (N, K): SmolLM2-135M's projections (q/o, gate/up, down), then 7B-sized ones
 GEMV_SHAPES = [(576, 576), (1536, 576), (576, 1536), (4096, 4096), (11008, 4096)]
+GPU_ONLY_GEMV = [(16384, 8192)]     # 75 MB packed: larger than the H100's 50 MB L2
 GEMM_SHAPES = [(128, 576, 576), (128, 1536, 576), (128, 576, 1536), (128, 4096, 4096)]
 GROUP = 64
 
 CPU_GEMV = [{"BN": bn, "BW": bw, "DEQ": deq, "num_threads": 1}
             for bn, bw in [(4, 8), (8, 8), (4, 16), (8, 16)] for deq in ("bits", "convert")]
 GPU_GEMV = [{"BN": bn, "BW": bw, "DEQ": deq, "num_threads": t}
-            for bn, bw, t in [(2, 32, 64), (4, 32, 128), (1, 64, 64), (8, 32, 256)]
+            for bn, bw, t in [(2, 32, 64), (4, 32, 128), (8, 32, 256), (8, 128, 256),
+                              (4, 128, 128), (16, 128, 512), (4, 256, 128), (8, 256, 256),
+                              (2, 256, 64), (4, 512, 128)]
             for deq in ("bits", "convert")]
 CPU_GEMM = [{"BM": bm, "BN": bn, "DEQ": "bits", "num_threads": 1}
             for bm, bn in [(8, 32), (4, 32), (8, 16), (4, 64)]]
@@ -94,17 +98,32 @@ def gemv_rows(shapes, sweep, copy_gbps, device, reps):
         fp4_call = per_call_seconds(lambda: fp4.linear(x, packed, out=out, config=cfg), reps)
         w_dev = kdsl.tensor(w)
         fp32_call = per_call_seconds(lambda: matmul(x, w_dev, trans_b=True, out=out), reps)
+        fp32_device = fp32_gemv_device_seconds(x, w_dev, out)
         gbps = common.gbps(packed.nbytes, timing.device_s)
         rows.append({
             "N": n, "K": k, "group": GROUP, "packed_bytes": packed.nbytes, "config": cfg,
             "fp4_device_ms": timing.device_s * 1e3, "fp4_gbps": gbps,
             "of_copy_bw": gbps / copy_gbps,
             "fp4_call_ms": fp4_call * 1e3, "fp32_call_ms": fp32_call * 1e3,
-            "fp32_weights_gbps": common.gbps(w.nbytes, fp32_call),
+            "fp32_device_ms": fp32_device * 1e3,
+            "fp32_weights_gbps": common.gbps(w.nbytes, fp32_device),
+            "device_speedup_vs_fp32": fp32_device / timing.device_s,
             "speedup_vs_fp32": fp32_call / fp4_call,
         })
         print_row(rows[-1], GEMV_COLUMNS)
     return rows
+
+
+def fp32_gemv_device_seconds(x, w, out):
+    """Device time of kdsl_kernels.matmul's GEMV kernel for x @ w.T (w [N, K] fp32),
+    launched as matmul() launches it, with its default config."""
+    n, k = w.shape
+    cfg = gemv_config(n, k, True)
+    even = n % cfg["BN"] == 0 and k % cfg["BK"] == 0
+    timing = common.time_launch(lambda: gemv_kernel[(kdsl.cdiv(n, cfg["BN"]),)](
+        x, w, out, out, n, k, k, 1, HAS_BIAS=False, EVEN=even, BN=cfg["BN"], BK=cfg["BK"],
+        num_threads=cfg["num_threads"]), min_reps=5, max_reps=20, budget_s=0.3)
+    return timing.device_s
 
 
 def gemm_rows(shapes, sweep, device, reps):
@@ -164,8 +183,10 @@ def llama_cpp_decode(tokens=32):
 
 GEMV_COLUMNS = [("N", "N", "{}"), ("K", "K", "{}"), ("fp4_device_ms", "fp4 ms", "{:.3f}"),
                 ("fp4_gbps", "fp4 GB/s", "{:.2f}"), ("of_copy_bw", "of copy", "{:.0%}"),
+                ("fp32_device_ms", "fp32 ms", "{:.3f}"),
+                ("device_speedup_vs_fp32", "device speed-up", "{:.2f}"),
                 ("fp4_call_ms", "fp4 call ms", "{:.3f}"), ("fp32_call_ms", "fp32 call ms", "{:.3f}"),
-                ("speedup_vs_fp32", "fp4 speed-up", "{:.2f}"), ("config", "config", "{}")]
+                ("speedup_vs_fp32", "call speed-up", "{:.2f}"), ("config", "config", "{}")]
 GEMM_COLUMNS = [("M", "M", "{}"), ("N", "N", "{}"), ("K", "K", "{}"),
                 ("fp4_gflops", "fp4 GF/s", "{:.1f}"), ("fp32_gflops", "fp32 GF/s", "{:.1f}"),
                 ("fp4_call_ms", "fp4 call ms", "{:.3f}"), ("fp32_call_ms", "fp32 call ms", "{:.3f}"),
@@ -191,7 +212,8 @@ def main():
     copy_gbps = common.copy_bandwidth(device, n_floats=1 << (24 if args.quick else 26))
     print(f"copy bandwidth (float4 copy, read + write): {copy_gbps:.1f} GB/s")
     reps = 5 if args.quick else 20
-    gemv = gemv_rows(GEMV_SHAPES[:4] if args.quick else GEMV_SHAPES, args.sweep, copy_gbps,
+    shapes = GEMV_SHAPES[:4] if args.quick else GEMV_SHAPES
+    gemv = gemv_rows(shapes + (GPU_ONLY_GEMV if device.is_gpu else []), args.sweep, copy_gbps,
                      device, reps)
     common.print_table(gemv, GEMV_COLUMNS)
     gemm = gemm_rows(GEMM_SHAPES[:3] if args.quick else GEMM_SHAPES, args.sweep, device, reps)
