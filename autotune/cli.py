@@ -44,7 +44,9 @@ def main(argv=None):
 def _parser():
     parser = argparse.ArgumentParser(
         prog="kdsl-autotune", description="Tune kdsl's kernels for this OpenCL device and store "
-        "the best configs in its tuning database (under KDSL_CACHE_DIR).")
+        "the best configs in its tuning database (under KDSL_CACHE_DIR).",
+        epilog="With no command, `tune` runs; `kdsl-autotune tune --help` lists its options "
+        "(--model, --kernels, --budget, ...).")
     commands = parser.add_subparsers(dest="command")
     tune = commands.add_parser("tune", help="tune kernels (the default command)")
     tune.add_argument("--model", help="a Hugging Face model folder, its config.json or a .gguf "
@@ -166,7 +168,7 @@ def _show(args):
     if not entries:
         print("nothing tuned yet: run kdsl-autotune")
         return 0
-    print(f"{'kernel':30} {'key':32} {'best config':34} {'time':>10} {'default':>10} "
+    print(f"{'kernel':10} {'key':36} {'best config':40} {'time':>10} {'default':>10} "
           f"{'speedup':>8}")
     speedups = {}
     for kernel, entry in entries:
@@ -174,14 +176,14 @@ def _show(args):
         speedup = default_time / entry["time_s"] if default_time else None
         if speedup:
             speedups.setdefault(kernel, []).append(speedup)
-        print(f"{kernel:30} {_key_label(entry['key']):32} {_config_label(entry['config']):34} "
+        print(f"{kernel:10} {_key_label(entry['key']):36} {_config_label(entry['config']):40} "
               f"{entry['time_s'] * 1e6:8.1f}us "
               f"{(f'{default_time * 1e6:8.1f}us') if default_time else '-':>10} "
               f"{_speedup_label(speedup):>8}")
     print("\nper kernel (geometric mean of the speedup over the default config):")
     for kernel, values in speedups.items():
         mean = math.exp(sum(math.log(v) for v in values) / len(values))
-        print(f"  {kernel:28} {mean:5.2f}x over {len(values)} shapes "
+        print(f"  {kernel:10} {mean:5.2f}x over {len(values)} shapes "
               f"(min {min(values):.2f}x, max {max(values):.2f}x)")
     return 0
 
