@@ -90,7 +90,7 @@ def gemv_rows(shapes, sweep, copy_gbps, device, reps):
         x_np = rng.standard_normal((1, k)).astype(np.float32)
         packed = fp4.quantize(w, GROUP)
         x, out = kdsl.tensor(x_np), kdsl.empty((1, n))
-        candidates = [gemv_default(device)] + ((GPU_GEMV if device.is_gpu else CPU_GEMV)
+        candidates = [gemv_default(device, k)] + ((GPU_GEMV if device.is_gpu else CPU_GEMV)
                                                if sweep else [])
         timing, cfg = best_device_time(x, packed, out, candidates)
         np.testing.assert_allclose(out.numpy(), x_np @ fp4.dequantize(packed).T,
@@ -134,7 +134,7 @@ def gemm_rows(shapes, sweep, device, reps):
         x_np = rng.standard_normal((m, k)).astype(np.float32)
         packed = fp4.quantize(w, GROUP)
         x, out = kdsl.tensor(x_np), kdsl.empty((m, n))
-        candidates = [gemm_default(device)] + ((GPU_GEMM if device.is_gpu else CPU_GEMM)
+        candidates = [gemm_default(device, m, n)] + ((GPU_GEMM if device.is_gpu else CPU_GEMM)
                                                if sweep else [])
         timing, cfg = best_device_time(x, packed, out, candidates)
         np.testing.assert_allclose(out.numpy(), x_np @ fp4.dequantize(packed).T,

@@ -6,6 +6,7 @@ offset, dequantised inside the GEMV/GEMM kernels.
     >>> from kdsl_kernels import fp4
     >>> w = np.random.default_rng(0).standard_normal((256, 512)).astype(np.float32)
     >>> packed = fp4.quantize(w, group_size=64)          # 4.5 bits per weight
+    >>> x = np.ones((1, 512), np.float32)
     >>> y = fp4.linear(kdsl.tensor(x), packed)           # x [M, 512] -> [M, 256] = x @ W.T
     >>> np.allclose(y.numpy(), x @ fp4.dequantize(packed).T, atol=1e-3)
     True
@@ -188,7 +189,12 @@ def quantize(w, group_size=64, *, reading=DEFAULT_READING, outliers=0):
 
 
 def dequantize(packed):
-    """The float32 [N, K] weight a PackedWeight stands for (what the kernels compute with)."""
+    """The float32 [N, K] weight a PackedWeight stands for (what the kernels compute with).
+
+    >>> w = np.linspace(-1, 1, 64, dtype=np.float32)[None, :]
+    >>> float(np.abs(dequantize(quantize(w, 64)) - w).max()) < 2 / 15 / 2 + 1e-3
+    True
+    """
     if not isinstance(packed, PackedWeight):
         raise TypeError(f"fp4.dequantize(): expected a PackedWeight, got {type(packed).__name__}")
     w = _dequantize_body(packed)
@@ -201,7 +207,12 @@ def linear(x, packed, *, bias=None, out=None, config=None):
 
     M == 1 runs the fused dequantising GEMV (the decode path), M > 1 the
     fused dequantising GEMM (prefill). bias: [N]. Returns float32 [M, N],
-    written into `out` (any view with last stride 1) when given.
+    written into `out` (any view with last stride 1) when given. config:
+    {"BN", "BW", "DEQ", "num_threads"} for the GEMV, {"BM", "BN", "DEQ",
+    "num_threads"} for the GEMM; None takes the tuned or default config.
+
+    >>> out = kdsl.empty((1, packed.shape[0]))
+    >>> linear(kdsl.tensor(np.ones((1, packed.shape[1]), np.float32)), packed, out=out)
     """
     from .fp4_kernels import fp4_linear
     return fp4_linear(x, packed, bias=bias, out=out, config=config)

@@ -154,20 +154,27 @@ def fp4_gemm_kernel(a_ptr, codes_ptr, scales_ptr, offsets_ptr, c_ptr, bias_ptr,
         kl.store(c_out, acc, mask=(rm[:, None] < M) & (rn[None, :] < N))
 
 
-def gemv_default(device):
-    """The GEMV's default config: on a CPU one work-item per program holding
-    a few rows in registers (a barrier costs a pass over the work-group on
-    PoCL); on a GPU a work-group per few rows."""
+def gemv_default(device, K):
+    """The GEMV's default config, from bench/fp4.py --sweep. On a CPU one
+    work-item per program holding 8 rows x 8 words in registers (a barrier
+    costs a pass over the work-group on PoCL; larger blocks spill). On a GPU
+    4 rows over 128 work-items, 512 words (4096 weights) of each row per step
+    for long rows, 128 for short ones: the H100's best for K = 4096 and 8192,
+    and for K = 576."""
     if device.is_cpu:
-        return {"BN": 8, "BW": 8, "DEQ": "bits", "num_threads": 1}
-    return {"BN": 2, "BW": 32, "DEQ": "bits", "num_threads": 64}
+        return {"BN": 8, "BW": 8, "DEQ": "convert", "num_threads": 1}
+    return {"BN": 4, "BW": 512 if K >= 2048 else 128, "DEQ": "convert", "num_threads": 128}
 
 
-def gemm_default(device):
-    """The GEMM's default config (the matmul's CPU and GPU tile shapes)."""
+def gemm_default(device, M, N):
+    """The GEMM's default config: the matmul's CPU register tile; on a GPU
+    64 x 64 tiles over 256 work-items, or 32 x 32 over 64 where 64 x 64 tiles
+    would leave the device's compute units short of work."""
     if device.is_cpu:
         return {"BM": 8, "BN": 32, "DEQ": "bits", "num_threads": 1}
-    return {"BM": 64, "BN": 64, "DEQ": "bits", "num_threads": 64}
+    if kdsl.cdiv(M, 64) * kdsl.cdiv(N, 64) < 2 * device.compute_units:
+        return {"BM": 32, "BN": 32, "DEQ": "bits", "num_threads": 64}
+    return {"BM": 64, "BN": 64, "DEQ": "bits", "num_threads": 256}
 
 
 def _config(name, key, default):
@@ -233,7 +240,7 @@ def launch_fp4(x, packed, out, bias=None, config=None):
     n_out = len(packed.outlier_idx)
     if M == 1:
         cfg = config or _config("fp4_gemv", {"N": N, "K": K, "G": packed.group_size},
-                                gemv_default(x.device))
+                                gemv_default(x.device, K))
         # the words of a step must not straddle groups: at least G/8 of them
         words = max(cfg["BW"], packed.group_size // 8)
         even = (N % cfg["BN"] == 0 and K % packed.group_size == 0
@@ -242,7 +249,7 @@ def launch_fp4(x, packed, out, bias=None, config=None):
             x, arrays["words"], *args, N, K, packed.n_groups, n_out, **common,
             DEQ=cfg["DEQ"], EVEN=even, BN=cfg["BN"], BW=words, num_threads=cfg["num_threads"])
     cfg = config or _config("fp4_gemm", {"M": M, "N": N, "K": K, "G": packed.group_size},
-                            gemm_default(x.device))
+                            gemm_default(x.device, M, N))
     even = M % cfg["BM"] == 0 and N % cfg["BN"] == 0 and K % packed.group_size == 0
     grid = (kdsl.cdiv(M, cfg["BM"]), kdsl.cdiv(N, cfg["BN"]))
     return fp4_gemm_kernel[grid](
