@@ -154,26 +154,28 @@ def fp4_gemm_kernel(a_ptr, codes_ptr, scales_ptr, offsets_ptr, c_ptr, bias_ptr,
         kl.store(c_out, acc, mask=(rm[:, None] < M) & (rn[None, :] < N))
 
 
-def gemv_default(device, K):
+def gemv_default(device, K=None):
     """The GEMV's default config, from bench/fp4.py --sweep. On a CPU one
     work-item per program holding 8 rows x 8 words in registers (a barrier
     costs a pass over the work-group on PoCL; larger blocks spill). On a GPU
     4 rows over 128 work-items, 512 words (4096 weights) of each row per step
-    for long rows, 128 for short ones: the H100's best for K = 4096 and 8192,
-    and for K = 576."""
+    for long rows, 128 for short ones (or K not given): the H100's best for
+    K = 4096 and 8192, and for K = 576."""
     if device.is_cpu:
         return {"BN": 8, "BW": 8, "DEQ": "convert", "num_threads": 1}
-    return {"BN": 4, "BW": 512 if K >= 2048 else 128, "DEQ": "convert", "num_threads": 128}
+    long_rows = K is not None and K >= 2048
+    return {"BN": 4, "BW": 512 if long_rows else 128, "DEQ": "convert", "num_threads": 128}
 
 
-def gemm_default(device, M, N):
+def gemm_default(device, M=None, N=None):
     """The GEMM's default config: the matmul's CPU register tile; on a GPU
     64 x 64 tiles over 256 work-items, or 32 x 32 over 64 where there would
     be fewer 64 x 64 tiles than half the compute units (on the H100, M = 128:
-    32 x 32 won for N = 576 and 1536, 64 x 64 for N = 4096)."""
+    32 x 32 won for N = 576 and 1536, 64 x 64 for N = 4096; 64 x 64 when
+    M and N are not given)."""
     if device.is_cpu:
         return {"BM": 8, "BN": 32, "DEQ": "bits", "num_threads": 1}
-    if kdsl.cdiv(M, 64) * kdsl.cdiv(N, 64) < device.compute_units // 2:
+    if M is not None and kdsl.cdiv(M, 64) * kdsl.cdiv(N, 64) < device.compute_units // 2:
         return {"BM": 32, "BN": 32, "DEQ": "bits", "num_threads": 64}
     return {"BM": 64, "BN": 64, "DEQ": "bits", "num_threads": 256}
 
