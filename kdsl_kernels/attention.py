@@ -33,14 +33,25 @@ RUNNING_MAX_START = -1.0e30
 
 
 @kdsl.jit
-def attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, m_ptr, l_ptr, acc_ptr,
-                     S, T, D, window, keys_per_split,
+def attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, m_ptr, l_ptr, acc_ptr, p_scratch_ptr,
+                     S, T, window, keys_per_split,
                      stride_qh, stride_qs, stride_kh, stride_kt, stride_vh, stride_vt,
                      stride_oh, stride_os, scale_log2e,
                      GROUP: kl.constexpr, CAUSAL: kl.constexpr, HAS_WINDOW: kl.constexpr,
-                     SPLIT: kl.constexpr, BM: kl.constexpr, BN: kl.constexpr,
-                     BD: kl.constexpr):
-    """BM packed (query, head) rows of K/V head program_id(1), keys of split program_id(2)."""
+                     SPLIT: kl.constexpr, ACC_IN_MEMORY: kl.constexpr, D: kl.constexpr,
+                     BM: kl.constexpr, BN: kl.constexpr, BK: kl.constexpr, BD: kl.constexpr):
+    """BM packed (query, head) rows of K/V head program_id(1), keys of split program_id(2).
+
+    ACC_IN_MEMORY (for CPUs) keeps the [BM, D] output accumulator in its
+    destination (the output, or this split's partial result) instead of in
+    registers, updated BK columns at a time: a single work-item then runs
+    small register-blocked products whose unrolled code stays short, and the
+    accumulator round trip per key block hits the cache. The probabilities p
+    go through a per-program scratch block too: read back by a load, they
+    feed kl.dot straight from registers, where the block itself would be
+    recomputed (exp2 included) in every head-dimension slice
+    (/tmp/kdsl-bugs/kernels-2.py).
+    """
     kv_head = kl.program_id(1)
     split = kl.program_id(2)
     first_row = kl.program_id(0) * BM
@@ -51,8 +62,12 @@ def attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, m_ptr, l_ptr, acc_ptr,
     pos = T - S + query
     d = kl.arange(0, BD)
     d_ok = d < D
-    q = kl.load(q_ptr + head[:, None] * stride_qh + query[:, None] * stride_qs + d[None, :],
-                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    part = (split * kl.num_programs(1) * GROUP + head) * S + query
+    if SPLIT:
+        acc_rows = acc_ptr + part[:, None] * D
+    else:
+        acc_rows = o_ptr + head[:, None] * stride_oh + query[:, None] * stride_os
+    q_rows = q_ptr + head[:, None] * stride_qh + query[:, None] * stride_qs
     # the keys any row of this block can see, then this split's share of them
     lo = split * keys_per_split
     hi = min(T, lo + keys_per_split)
@@ -66,12 +81,26 @@ def attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, m_ptr, l_ptr, acc_ptr,
     running_max = kl.full((BM,), RUNNING_MAX_START, kl.float32)
     running_sum = kl.zeros((BM,), dtype=kl.float32)
     acc = kl.zeros((BM, BD), dtype=kl.float32)
+    if ACC_IN_MEMORY:
+        for d0 in range(0, D, BK):
+            dv = d0 + kl.arange(0, BK)
+            kl.store(acc_rows + dv[None, :], kl.zeros((BM, BK), dtype=kl.float32),
+                     mask=row_ok[:, None] & (dv[None, :] < D))
     for start in range(lo, hi, BN):
         keys = start + kl.arange(0, BN)
         key_ok = keys < hi
-        k_t = kl.load(k_base + keys[None, :] * stride_kt + d[:, None],
-                      mask=key_ok[None, :] & d_ok[:, None], other=0.0)
-        scores = kl.dot(q, k_t) * scale_log2e
+        # q k^T over BK-wide slices of the head dimension: each kl.dot is a
+        # register-blocked BM x BN x BK product (its code is unrolled, so the
+        # slice bounds the kernel's size), q re-read from cache per key block
+        scores = kl.zeros((BM, BN), dtype=kl.float32)
+        for k0 in range(0, D, BK):
+            dk = k0 + kl.arange(0, BK)
+            q = kl.load(q_rows + dk[None, :], mask=row_ok[:, None] & (dk[None, :] < D),
+                        other=0.0)
+            k_t = kl.load(k_base + keys[None, :] * stride_kt + dk[:, None],
+                          mask=key_ok[None, :] & (dk[:, None] < D), other=0.0)
+            scores = kl.dot(q, k_t, scores)
+        scores = scores * scale_log2e
         visible = key_ok[None, :] & row_ok[:, None]
         if CAUSAL:
             visible = visible & (keys[None, :] <= pos[:, None])
@@ -82,21 +111,41 @@ def attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, m_ptr, l_ptr, acc_ptr,
         p = kl.exp2(scores - new_max[:, None])
         alpha = kl.exp2(running_max - new_max)
         running_sum = running_sum * alpha + kl.sum(p, axis=1)
-        v = kl.load(v_base + keys[:, None] * stride_vt + d[None, :],
-                    mask=key_ok[:, None] & d_ok[None, :], other=0.0)
-        acc = acc * alpha[:, None] + kl.dot(p, v)
+        if ACC_IN_MEMORY:
+            program = (split * kl.num_programs(1) + kv_head) * kl.num_programs(0) + kl.program_id(0)
+            p_tile = p_scratch_ptr + program * BM * BN + kl.arange(0, BM)[:, None] * BN + \
+                kl.arange(0, BN)[None, :]
+            kl.store(p_tile, p)
+            for d0 in range(0, D, BK):
+                dv = d0 + kl.arange(0, BK)
+                v = kl.load(v_base + keys[:, None] * stride_vt + dv[None, :],
+                            mask=key_ok[:, None] & (dv[None, :] < D), other=0.0)
+                mask = row_ok[:, None] & (dv[None, :] < D)
+                acc_part = kl.load(acc_rows + dv[None, :], mask=mask, other=0.0)
+                kl.store(acc_rows + dv[None, :],
+                         kl.dot(kl.load(p_tile), v, acc_part * alpha[:, None]), mask=mask)
+        else:
+            v = kl.load(v_base + keys[:, None] * stride_vt + d[None, :],
+                        mask=key_ok[:, None] & d_ok[None, :], other=0.0)
+            acc = acc * alpha[:, None] + kl.dot(p, v)
         running_max = new_max
     if SPLIT:
         # partial results [splits, H, S] and [splits, H, S, D], combined by reduce_kernel
-        part = (split * kl.num_programs(1) * GROUP + head) * S + query
         kl.store(m_ptr + part, running_max, mask=row_ok)
         kl.store(l_ptr + part, running_sum, mask=row_ok)
-        kl.store(acc_ptr + part[:, None] * D + d[None, :], acc,
-                 mask=row_ok[:, None] & d_ok[None, :])
+    inv_sum = 1.0 / running_sum
+    if ACC_IN_MEMORY:
+        if not SPLIT:
+            for d0 in range(0, D, BK):
+                dv = d0 + kl.arange(0, BK)
+                mask = row_ok[:, None] & (dv[None, :] < D)
+                acc_part = kl.load(acc_rows + dv[None, :], mask=mask, other=0.0)
+                kl.store(acc_rows + dv[None, :], acc_part * inv_sum[:, None], mask=mask)
+    elif SPLIT:
+        kl.store(acc_rows + d[None, :], acc, mask=row_ok[:, None] & d_ok[None, :])
     else:
-        out = acc / running_sum[:, None]
-        kl.store(o_ptr + head[:, None] * stride_oh + query[:, None] * stride_os + d[None, :],
-                 out, mask=row_ok[:, None] & d_ok[None, :])
+        kl.store(acc_rows + d[None, :], acc * inv_sum[:, None],
+                 mask=row_ok[:, None] & d_ok[None, :])
 
 
 @kdsl.jit
@@ -119,21 +168,45 @@ def reduce_kernel(m_ptr, l_ptr, acc_ptr, o_ptr, S, D, rows_total, splits, stride
     kl.store(o_ptr + head * stride_oh + query * stride_os + d, out, mask=d_ok)
 
 
-def attention_config(S, T, D, group, device=None):
-    """Block sizes and splits for one call; CPUs get few work-items per program
-    (PoCL runs a work-group as a loop, every barrier a pass over it), GPUs more."""
+def attention_config(S, T, D, group, kv_heads, device=None):
+    """Block sizes and key splits for one call.
+
+    On a CPU (PoCL) every slot of a work-item is unrolled in the generated
+    code, so blocks are spread over 16-32 work-items to keep the kernel small
+    (one work-item with a [BM, D] accumulator compiled for minutes); a GPU
+    gets 64 work-items. Keys are split (flash-decoding) when too few programs
+    would otherwise run: about 2 per compute unit on a CPU, 4 on a GPU, with
+    at least 256 keys per split so the reduce stays cheap.
+    """
     device = device or kdsl.current_device()
     bd = 1 << max(D - 1, 0).bit_length()
-    rows = S * group
-    bm = min(16, 1 << max(rows - 1, 0).bit_length())
+    rows = 1 << max(S * group - 1, 0).bit_length()
     if device.is_cpu:
-        cfg = {"BM": bm, "BN": 16, "BD": bd, "num_threads": 1}
+        bm = min(rows, 32)
+        cfg = {"BM": bm, "BN": 16, "BK": 16, "BD": bd, "num_threads": 32 if bm >= 32 else 16,
+               "acc_in_memory": False}
         target_programs = 2 * device.compute_units
     else:
-        cfg = {"BM": max(bm, 16), "BN": 32, "BD": bd, "num_threads": 64}
+        bm = min(max(rows, 16), 32)
+        cfg = {"BM": bm, "BN": 32, "BK": 16, "BD": bd, "num_threads": 64,
+               "acc_in_memory": False}
         target_programs = 4 * device.compute_units
-    cfg["splits"] = 1
+    programs = kdsl.cdiv(S * group, cfg["BM"]) * kv_heads
+    cfg["splits"] = max(1, min(kdsl.cdiv(target_programs, programs), T // 256))
     return cfg
+
+
+_scratch_buffers = {}
+
+
+def _scratch(size, device):
+    """A float32 scratch tensor of at least `size` elements, kept per device (kernels on one
+    in-order queue never use it at the same time)."""
+    have = _scratch_buffers.get(device.fingerprint)
+    if have is None or have.size < size:
+        have = kdsl.empty((max(size, 1),), np.float32, device=device)
+        _scratch_buffers[device.fingerprint] = have
+    return have
 
 
 def _check(t, name, ndim=3):
@@ -181,29 +254,33 @@ def attention(q, k, v, *, causal=True, window=None, scale=None, out=None, config
     if H * S * D == 0:
         return out
     group = H // KVH
-    cfg = dict(attention_config(S, T, D, group, q.device))
+    cfg = dict(attention_config(S, T, D, group, KVH, q.device))
     cfg.update(config or {})
     splits = max(1, min(int(cfg.pop("splits")), T))
     keys_per_split = kdsl.cdiv(kdsl.cdiv(T, splits), cfg["BN"]) * cfg["BN"]
     splits = kdsl.cdiv(T, keys_per_split)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     grid = (kdsl.cdiv(S * group, cfg["BM"]), KVH, splits)
-    common = dict(GROUP=group, CAUSAL=bool(causal), HAS_WINDOW=window is not None,
-                  BM=cfg["BM"], BN=cfg["BN"], BD=cfg["BD"], num_threads=cfg["num_threads"])
+    common = dict(GROUP=group, CAUSAL=bool(causal), HAS_WINDOW=window is not None, D=D,
+                  ACC_IN_MEMORY=bool(cfg["acc_in_memory"]),
+                  BM=cfg["BM"], BN=cfg["BN"], BK=min(cfg["BK"], cfg["BD"]), BD=cfg["BD"],
+                  num_threads=cfg["num_threads"])
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                out.stride(0), out.stride(1))
     window_arg = int(window) if window is not None else 0
-    if splits == 1:
-        attention_kernel[grid](q, k, v, out, out, out, out, S, T, D, window_arg, keys_per_split,
-                               *strides, scale * LOG2E, SPLIT=False, **common)
-        return out
+    p_scratch = _scratch(grid[0] * grid[1] * splits * cfg["BM"] * cfg["BN"]
+                         if cfg["acc_in_memory"] else 1, q.device)
     rows_total = H * S
-    m = kdsl.empty((splits, rows_total), np.float32, device=q.device)
-    l = kdsl.empty((splits, rows_total), np.float32, device=q.device)
-    acc = kdsl.empty((splits, rows_total, D), np.float32, device=q.device)
-    attention_kernel[grid](q, k, v, out, m, l, acc, S, T, D, window_arg, keys_per_split,
-                           *strides, scale * LOG2E, SPLIT=True, **common)
-    reduce_kernel[(rows_total,)](m, l, acc, out, S, D, rows_total, splits, out.stride(0),
-                                 out.stride(1), SPLITS_BLOCK=1 << (splits - 1).bit_length(),
-                                 BD=cfg["BD"], num_threads=min(cfg["BD"], 64))
+    if splits == 1:
+        partials = (out, out, out)           # unused: the kernel writes out directly
+    else:
+        partials = (kdsl.empty((splits, rows_total), np.float32, device=q.device),
+                    kdsl.empty((splits, rows_total), np.float32, device=q.device),
+                    kdsl.empty((splits, rows_total, D), np.float32, device=q.device))
+    attention_kernel[grid](q, k, v, out, *partials, p_scratch, S, T, window_arg, keys_per_split,
+                           *strides, scale * LOG2E, SPLIT=splits > 1, **common)
+    if splits > 1:
+        reduce_kernel[(rows_total,)](*partials, out, S, D, rows_total, splits, out.stride(0),
+                                     out.stride(1), SPLITS_BLOCK=1 << (splits - 1).bit_length(),
+                                     BD=cfg["BD"], num_threads=min(cfg["BD"], 64))
     return out

@@ -22,21 +22,23 @@ from .elementwise import as_tensor, check_out
 
 
 @kdsl.jit
-def rope_kernel(x_ptr, pos_ptr, inv_freq_ptr, out_ptr, p0, n_pairs, D,
+def rope_kernel(x_ptr, pos_ptr, inv_freq_ptr, out_ptr, p0, n_pairs, S, D,
                 stride_xh, stride_xs, stride_oh, stride_os,
-                POS_FROM_PTR: kl.constexpr, INTERLEAVED: kl.constexpr,
+                POS_FROM_PTR: kl.constexpr, INTERLEAVED: kl.constexpr, BS: kl.constexpr,
                 HALF_BLOCK: kl.constexpr, PASS_BLOCK: kl.constexpr):
-    """One (head, token) row of `n_pairs` rotated pairs per program; the rest of
-    the row (rotary_dim..D) is copied when PASS_BLOCK > 0."""
-    s = kl.program_id(0)
+    """BS tokens x `n_pairs` rotated pairs of one head per program; the rest of
+    each row (rotary_dim..D) is copied when PASS_BLOCK > 0."""
+    tokens = kl.program_id(0) * BS + kl.arange(0, BS)
     h = kl.program_id(1)
+    token_ok = tokens < S
     if POS_FROM_PTR:
-        pos = kl.load(pos_ptr + s)
+        pos = kl.load(pos_ptr + tokens, mask=token_ok, other=0)
     else:
-        pos = p0 + s
+        pos = p0 + tokens
     i = kl.arange(0, HALF_BLOCK)
-    mask = i < n_pairs
-    angle = float(pos) * kl.load(inv_freq_ptr + i, mask=mask, other=0.0)
+    pair_ok = i < n_pairs
+    freqs = kl.load(inv_freq_ptr + i, mask=pair_ok, other=0.0)
+    angle = pos[:, None].to(kl.float32) * freqs[None, :]
     cos = kl.cos(angle)
     sin = kl.sin(angle)
     if INTERLEAVED:
@@ -45,17 +47,19 @@ def rope_kernel(x_ptr, pos_ptr, inv_freq_ptr, out_ptr, p0, n_pairs, D,
     else:
         first = i
         second = i + n_pairs
-    x_row = x_ptr + h * stride_xh + s * stride_xs
-    out_row = out_ptr + h * stride_oh + s * stride_os
-    x1 = kl.load(x_row + first, mask=mask, other=0.0)
-    x2 = kl.load(x_row + second, mask=mask, other=0.0)
-    kl.store(out_row + first, x1 * cos - x2 * sin, mask=mask)
-    kl.store(out_row + second, x2 * cos + x1 * sin, mask=mask)
+    x_rows = x_ptr + h * stride_xh + tokens[:, None] * stride_xs
+    out_rows = out_ptr + h * stride_oh + tokens[:, None] * stride_os
+    mask = token_ok[:, None] & pair_ok[None, :]
+    x1 = kl.load(x_rows + first[None, :], mask=mask, other=0.0)
+    x2 = kl.load(x_rows + second[None, :], mask=mask, other=0.0)
+    kl.store(out_rows + first[None, :], x1 * cos - x2 * sin, mask=mask)
+    kl.store(out_rows + second[None, :], x2 * cos + x1 * sin, mask=mask)
     if PASS_BLOCK > 0:
         for start in range(2 * n_pairs, D, PASS_BLOCK):
             cols = start + kl.arange(0, PASS_BLOCK)
-            keep = cols < D
-            kl.store(out_row + cols, kl.load(x_row + cols, mask=keep, other=0.0), mask=keep)
+            keep = token_ok[:, None] & (cols[None, :] < D)
+            kl.store(out_rows + cols[None, :], kl.load(x_rows + cols[None, :], mask=keep,
+                                                       other=0.0), mask=keep)
 
 
 _inv_freq_cache = {}
@@ -67,7 +71,7 @@ def inv_freq(base, rotary_dim):
     >>> inv_freq(10000.0, 4)
     array([1.  , 0.01], dtype=float32)
     """
-    exponent = np.arange(0, rotary_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(rotary_dim)
+    exponent = np.arange(0, rotary_dim, 2).astype(np.float32) / np.float32(rotary_dim)
     return (np.float32(1.0) / (np.float32(base) ** exponent)).astype(np.float32)
 
 
@@ -133,11 +137,15 @@ def rope(x, positions, base=10000.0, *, rotary_dim=None, interleaved=False, inv_
     n_pairs = rotary_dim // 2
     pass_dims = D - rotary_dim
     cfg = config or {}
-    half_block = cfg.get("HALF_BLOCK", 1 << max(n_pairs - 1, 0).bit_length())
+    half_block = 1 << max(n_pairs - 1, 0).bit_length()
     pass_block = 0 if pass_dims == 0 else 1 << max(pass_dims - 1, 0).bit_length()
-    rope_kernel[(S, H)](x, pos if pos is not None else freqs, freqs, out, p0, n_pairs, D,
-                        x.stride(0), x.stride(1), out.stride(0), out.stride(1),
-                        POS_FROM_PTR=from_ptr, INTERLEAVED=bool(interleaved),
-                        HALF_BLOCK=half_block, PASS_BLOCK=pass_block,
-                        num_threads=cfg.get("num_threads", min(half_block, 64)))
+    # a few tokens per program (about 1024 elements), so short rows do not
+    # each pay a work-group's start-up
+    tokens = cfg.get("BS", min(1 << max(S - 1, 0).bit_length(), max(1, 512 // half_block)))
+    rope_kernel[(kdsl.cdiv(S, tokens), H)](
+        x, pos if pos is not None else freqs, freqs, out, p0, n_pairs, S, D,
+        x.stride(0), x.stride(1), out.stride(0), out.stride(1),
+        POS_FROM_PTR=from_ptr, INTERLEAVED=bool(interleaved), BS=tokens,
+        HALF_BLOCK=half_block, PASS_BLOCK=pass_block,
+        num_threads=cfg.get("num_threads", min(tokens * half_block, 64)))
     return out

@@ -8,7 +8,9 @@ from hypothesis import given, settings, strategies as st
 import kdsl
 from kdsl_kernels import attention
 
-SMALL = {"BM": 4, "BN": 8, "num_threads": 1}      # quick to compile, many blocks per row
+SMALL = {"BM": 4, "BN": 8, "BK": 8, "num_threads": 4}   # quick to compile, many blocks per row
+# the CPU form: one work-item, the output accumulator kept in memory
+SMALL_IN_MEMORY = {"BM": 4, "BN": 8, "BK": 8, "num_threads": 1, "acc_in_memory": True}
 
 
 def _run(interpret, fn):
@@ -45,10 +47,11 @@ def _inputs(rng, H, KVH, S, T, D, dtype=np.float32):
 cases = dict(kvh=st.integers(1, 3), group=st.sampled_from([1, 2, 4]), s=st.integers(1, 40),
              past=st.integers(0, 60), d=st.sampled_from([8, 24, 64]), causal=st.booleans(),
              window=st.sampled_from([None, 1, 5, 30]), splits=st.sampled_from([1, 3]),
-             seed=st.integers(0, 2**16))
+             in_memory=st.booleans(), seed=st.integers(0, 2**16))
 
 
-def _check_case(interpret, kvh, group, s, past, d, causal, window, splits, seed, config):
+def _check_case(interpret, kvh, group, s, past, d, causal, window, splits, in_memory, seed):
+    config = SMALL_IN_MEMORY if in_memory else SMALL
     rng = np.random.default_rng(seed)
     q, k, v = _inputs(rng, kvh * group, kvh, s, s + past, d)
     if window is not None:
@@ -59,18 +62,19 @@ def _check_case(interpret, kvh, group, s, past, d, causal, window, splits, seed,
 
 
 @given(**cases)
-def test_attention_in_interpreter(kvh, group, s, past, d, causal, window, splits, seed):
-    _check_case(True, kvh, group, s, past, d, causal, window, splits, seed, SMALL)
+def test_attention_in_interpreter(kvh, group, s, past, d, causal, window, splits, in_memory,
+                                  seed):
+    _check_case(True, kvh, group, s, past, d, causal, window, splits, in_memory, seed)
 
 
-@settings(max_examples=10)
+@settings(max_examples=6)     # each example compiles a kernel or two on PoCL
 @given(**cases)
-def test_attention_on_device(kvh, group, s, past, d, causal, window, splits, seed):
-    _check_case(False, kvh, group, s, past, d, causal, window, splits, seed, SMALL)
+def test_attention_on_device(kvh, group, s, past, d, causal, window, splits, in_memory, seed):
+    _check_case(False, kvh, group, s, past, d, causal, window, splits, in_memory, seed)
 
 
 @pytest.mark.parametrize("interpret", [False, True], ids=["device", "interpreter"])
-@pytest.mark.parametrize("d", [64, 128, 256])
+@pytest.mark.parametrize("d", [64, 128, pytest.param(256, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("s,t", [(37, 37), (1, 300), (20, 150)])
 def test_head_dims_with_default_config(interpret, d, s, t):
     rng = np.random.default_rng(d + s)
@@ -94,7 +98,7 @@ def test_views_of_a_kv_cache_and_a_strided_out(interpret):
     out = out_proj.reshape(S, H, D).permute(1, 0, 2)
     T = past + S
     _run(interpret, lambda: attention(q, kc[:, :T], vc[:, :T], window=6, out=out,
-                                      config=dict(SMALL, splits=2)))
+                                      config=dict(SMALL_IN_MEMORY, splits=2)))
     expected = attention_ref(q_proj.reshape(S, H, D).transpose(1, 0, 2),
                              k_cache[:, :T].astype(np.float32), v_cache[:, :T].astype(np.float32),
                              window=6)

@@ -30,7 +30,8 @@ def test_add_and_gated_activations(interpret, shape, seed):
     silu = a / (1 + np.exp(-a.astype(np.float64)))
     np.testing.assert_allclose(_run(interpret, lambda: swiglu(a, b).numpy()), silu * b,
                                rtol=1e-5, atol=1e-6)
-    gelu = 0.5 * a * (1 + np.tanh(math.sqrt(2 / math.pi) * (a + 0.044715 * a.astype(np.float64) ** 3)))
+    a64 = a.astype(np.float64)
+    gelu = 0.5 * a64 * (1 + np.tanh(math.sqrt(2 / math.pi) * (a64 + 0.044715 * a64 ** 3)))
     np.testing.assert_allclose(_run(interpret, lambda: gelu_tanh_mul(a, b).numpy()), gelu * b,
                                rtol=1e-5, atol=1e-6)
 
