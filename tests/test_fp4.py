@@ -152,6 +152,16 @@ def test_int_conversion_dequant_on_device(m):
     _check_linear(m, 24, 96, 32, 0, "e0m4", seed=m, deq="convert")
 
 
+@settings(max_examples=10, deadline=None)
+@given(m=st.sampled_from([1, 3]), n=st.integers(1, 20), k=st.integers(1, 90),
+       group_size=st.sampled_from([16, 32, 64]), outliers=st.sampled_from([0, 2]),
+       seed=st.integers(0, 2**16))
+def test_linear_matches_reference_in_interpreter(m, n, k, group_size, outliers, seed):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KDSL_INTERPRET", "1")
+        _check_linear(m, n, k, group_size, min(outliers, k), "e0m4", seed)
+
+
 @pytest.mark.parametrize("m,n,k,group_size,outliers", [(1, 13, 70, 32, 2), (6, 9, 33, 16, 17),
                                                        (1, 8, 128, 128, 0), (16, 16, 64, 64, 0),
                                                        (1, 16, 256, 32, 0)])
