@@ -91,7 +91,54 @@ class Codegen:
         # memory, no barriers). On a GPU the tiles are staged in local memory.
         staging = self.device.get("dot_staging") or ("registers" if self.device.get("is_cpu")
                                                        else "local")
-        self._operand_home = _dot_operand_loads(kernel, self.T) if staging == "registers" else {}
+        uses = _uses(kernel)
+        self._operand_home = _dot_operand_loads(uses, self.T) if staging == "registers" else {}
+        self._operand_home.update(self._broadcast_loads(uses))
+
+    def _broadcast_loads(self, uses):
+        """Loads used only through `x[:, None]`-style expands -> the consumer's slice layout.
+
+        A per-row scale loaded as [BN] and used as s[:, None] against a
+        [BN, K] block is loaded straight into the slots the [BN, K] layout
+        needs (work-items sharing a row load the same address), instead of
+        being loaded once and exchanged through local memory with two
+        barriers, which inside a loop costs more than the loads.
+        """
+        out = {}
+        for v, users in uses.items():
+            if v.op != "load" or not v.shape or v in self._operand_home:
+                continue
+            wanted = set()
+            for user, _ in users:
+                if isinstance(user, ir.Eval):          # where the source computed it
+                    continue
+                if not isinstance(user, ir.Value) or user.op != "expand":
+                    wanted = None
+                    break
+                consumers = self._consumer_layouts(user, uses)
+                if consumers is None:
+                    wanted = None
+                    break
+                wanted.update(remove_dim(c, user.attrs["axis"]) for c in consumers)
+            if wanted and len(wanted) == 1:
+                out[v] = wanted.pop()
+        return out
+
+    def _consumer_layouts(self, v, uses):
+        """The layouts v's elementwise users compute in (looking through broadcasts), or None."""
+        layouts = set()
+        for user, _ in uses.get(v, []):
+            if not isinstance(user, ir.Value) or user.op not in ir.ELEMENTWISE \
+                    or len(user.shape) != len(v.shape):
+                return None
+            if user.op == "broadcast":
+                inner = self._consumer_layouts(user, uses)
+                if inner is None:
+                    return None
+                layouts |= inner
+            else:
+                layouts.add(self.layout_for(user))
+        return layouts
 
     # ------------------------------------------------------------- naming
     def fresh(self, base):
@@ -179,7 +226,12 @@ class Codegen:
         if name is None:
             name = self.fresh(f"lane_t{key[1]}_d{key[2]}")
             self._lane_names[key] = name
-            expr = f"(lid / {key[2]}) % {key[1]}" if key[2] > 1 else f"lid % {key[1]}"
+            # lid < T, so the modulo is dropped when tdiv * tpd covers T: PoCL
+            # vectorises across work-items only when lanes are plainly lid.
+            if key[1] * key[2] >= self.T:
+                expr = f"lid / {key[2]}" if key[2] > 1 else "lid"
+            else:
+                expr = f"(lid / {key[2]}) % {key[1]}" if key[2] > 1 else f"lid % {key[1]}"
             if key[0] > 1:
                 expr = f"({expr}) * {key[0]}"
             if key[0] * key[1] > key[3]:
@@ -784,8 +836,8 @@ def _collect_setvars(stmts, out=None):
     return out
 
 
-def _dot_operand_loads(kernel, num_threads):
-    """Loads used only as operands of kl.dot -> the register layout the dot reads."""
+def _uses(kernel):
+    """{Value: [(user Value or statement, operand index or None)]}."""
     uses = {}
     for v in ir.walk_values(kernel.body):
         for i, a in enumerate(v.args):
@@ -796,6 +848,11 @@ def _dot_operand_loads(kernel, num_threads):
             a = getattr(s, attr, None)
             if isinstance(a, ir.Value):
                 uses.setdefault(a, []).append((s, None))
+    return uses
+
+
+def _dot_operand_loads(uses, num_threads):
+    """Loads used only as operands of kl.dot -> the register layout the dot reads."""
     out = {}
     for v, users in uses.items():
         if v.op != "load" or not v.shape:
