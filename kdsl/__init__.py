@@ -12,6 +12,7 @@
 """
 from . import language
 from .autotuner import Config, autotune
+from .capture import LaunchRecord, capture_launches
 from .device import Device, current_device, devices, set_device
 from .errors import BuildError, CompileError, LaunchError, OutOfBoundsError
 from .jit import JITFunction, jit
@@ -21,4 +22,4 @@ from .tensor import Tensor, empty, empty_like, full, ones, tensor, zeros, zeros_
 __all__ = ["language", "jit", "JITFunction", "cdiv", "devices", "current_device", "set_device",
            "Device", "tensor", "empty", "empty_like", "zeros", "zeros_like", "ones", "full",
            "Tensor", "CompileError", "LaunchError", "BuildError", "OutOfBoundsError",
-           "autotune", "Config"]
+           "autotune", "Config", "capture_launches", "LaunchRecord"]

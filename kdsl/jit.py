@@ -10,6 +10,7 @@ import os
 import numpy as np
 
 from . import language as kl
+from . import capture
 from .errors import LaunchError
 from .parser import parse_function
 
@@ -161,9 +162,12 @@ class JITFunction:
         grid = self.grid_of(grid, values)
         if self.interpret:
             from .interpreter import interpret
-            return interpret(self, grid, values, num_threads)
-        from .launch import launch
-        return launch(self, grid, values, num_threads)
+            event = interpret(self, grid, values, num_threads)
+        else:
+            from . import launch
+            event = launch.launch(self, grid, values, num_threads)
+        capture.record(self, grid, values, num_threads, event)
+        return event
 
 
 def _is_constexpr_annotation(annotation, fn):

@@ -55,3 +55,28 @@ def test_prepared_launch_errors_name_the_cause():
         step.set(BLOCK=16)
     with pytest.raises(kdsl.LaunchError, match="interpreter"):
         kdsl.jit(axpy.fn, interpret=True).prepare((1,), x, x, x, 1.0, 8, BLOCK=8)
+
+
+def test_capture_launches_records_what_a_wrapper_launches_and_replays_it():
+    x, y = kdsl.tensor(np.arange(100, dtype=np.float32)), kdsl.zeros((100,))
+
+    def wrapper(a, out):          # a library function hiding its launch
+        axpy[(kdsl.cdiv(a.shape[0], 32),)](a, a, out, 3.0, a.shape[0], BLOCK=32)
+
+    with kdsl.capture_launches() as outer:
+        with kdsl.capture_launches() as launches:
+            wrapper(x, y)
+    assert len(launches) == 1 and outer == launches
+    rec = launches[0]
+    assert rec.jit_fn is axpy and rec.grid == (4, 1, 1) and rec.values["n"] == 100
+    rec.event.wait()
+    assert rec.event.profile.end >= rec.event.profile.start
+    np.testing.assert_allclose(y.numpy(), 4 * np.arange(100))
+    y2 = kdsl.zeros((100,))
+    replay = rec.jit_fn.prepare(rec.grid, **{**rec.values, "out_ptr": y2},
+                                num_threads=rec.num_threads)
+    replay()
+    np.testing.assert_allclose(y2.numpy(), 4 * np.arange(100))
+    with kdsl.capture_launches() as none:
+        pass
+    assert none == []
