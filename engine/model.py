@@ -20,8 +20,16 @@ import kdsl
 import kdsl_kernels as kk
 from kdsl_kernels import fp4
 
+from .graph import StepGraph
 from .kvcache import KVCache
 from .plan import Plan, R, S, Use
+
+# How each step's launches change from one decode step to the next (graph.py):
+# attention's split of the keys changes in steps with the length, so it always
+# runs through its wrapper; RoPE's position and the cache slot move by a fixed
+# amount per token; everything else repeats exactly.
+_EAGER = frozenset({"attention"})
+_AFFINE_IN_PAST = frozenset({"rope_and_cache"})
 
 
 class Model:
@@ -31,10 +39,13 @@ class Model:
     >>> logits = model.forward(np.array([1, 2, 3], np.int32), past=0)   # [1, vocab]
     """
 
-    def __init__(self, config, weights, *, context, chunk, device=None):
+    def __init__(self, config, weights, *, context, chunk, device=None, replay=True):
         self.config = config
         self.device = kdsl.device.as_device(device)
         self.chunk = chunk
+        # decode steps replay prepared launches (graph.py); replay=False runs every wrapper
+        self.graph = StepGraph() if replay else None
+        self.ids = kdsl.empty((chunk,), np.int32, device=self.device)
         self.weights = {name: _upload(value, self.device) for name, value in weights.items()}
         self.lm_head = self.weights.get("lm_head", self.weights["embed"])
         self.cache = KVCache(config.n_layers, config.n_kv_heads, config.head_dim, context,
@@ -75,16 +86,26 @@ class Model:
         last = n - 1 if last is None else last
         r = n if rows == "all" else 1
         v = self.plan.views(S=n, R=r)
-        kk.embedding(np.ascontiguousarray(ids, dtype=np.int32), self.weights["embed"], out=v["x"])
+        self.ids[:n].copy_from(np.asarray(ids, dtype=np.int32))
         self._past, self._n = past, n
+        first = 0 if rows == "all" else last
+        # a one-token step is the same launches every time, but for the past length
+        graph = self.graph if n == 1 and r == 1 else None
+        run = graph.run if graph is not None else (lambda key, step: step())
+        run("embed", lambda: kk.embedding(self.ids[:n], self.weights["embed"], out=v["x"]))
         for layer in range(self.config.n_layers):
             self._layer = layer
-            for _, step in self._layer_steps:
-                step(v)
-        first = 0 if rows == "all" else last
-        kk.add_rms_norm(v["delta"], v["x"], self.weights["norm"], self.config.rms_eps,
-                        out=v["h"])
-        self._linear(v["h"][first:first + r], self.lm_head, None, v["logits"])
+            for use, step in self._layer_steps:
+                if use.name in _EAGER or (graph is None and use.name in _AFFINE_IN_PAST):
+                    step(v)
+                elif use.name in _AFFINE_IN_PAST:
+                    graph.run_affine((layer, use.name), lambda: step(v), past)
+                else:
+                    run((layer, use.name), lambda: step(v))
+        run("final_norm", lambda: kk.add_rms_norm(v["delta"], v["x"], self.weights["norm"],
+                                                  self.config.rms_eps, out=v["h"]))
+        run("lm_head", lambda: self._linear(v["h"][first:first + r], self.lm_head, None,
+                                            v["logits"]))
         self.cache.length = past + n
         return v["logits"]
 

@@ -1,0 +1,216 @@
+"""Prefill and decode tok/s of the engine on SmolLM2-135M, beside its peers in the same run.
+
+    flock /tmp/kdsl-bench.lock python3 bench/llm.py            # pp512, tg128, 2 threads
+    python3 bench/llm.py --quick                               # pp64, tg16
+
+The engine runs the GGUF in each quant (m0e4, fp16, fp32) on the kdsl
+device. Peers, measured in the same process: llama.cpp through
+llama-cpp-python on the same GGUF file with the same thread count (where it
+is importable), and transformers on torch (CPU, or CUDA where torch sees a
+GPU) in fp32 with the same weights. Prefill runs a random prompt of
+--prompt-tokens ids from an empty cache; decode makes --gen-tokens tokens
+after it, one at a time, never stopping early. The best of --repeat runs
+is kept. Ratios are engine / peer.
+"""
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import common  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="pp64 and tg16, one run each")
+    parser.add_argument("--prompt-tokens", type=int, default=512)
+    parser.add_argument("--gen-tokens", type=int, default=128)
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads of the peers")
+    parser.add_argument("--quants", default="m0e4,fp16,fp32")
+    parser.add_argument("--peers", default="llama.cpp,transformers")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--no-plot", action="store_true")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.prompt_tokens, args.gen_tokens, args.repeat = 64, 16, 1
+    return args
+
+
+def best_of(repeat, run):
+    """The (prefill tok/s, decode tok/s) of the fastest of `repeat` runs of `run()`."""
+    results = [run() for _ in range(repeat)]
+    return max(r[0] for r in results), max(r[1] for r in results)
+
+
+def bench_engine(path, quant, args):
+    from engine import LLM
+    from engine.generate import bench_ids
+    context = args.prompt_tokens + args.gen_tokens + 1
+    llm = LLM.load(path, quant=quant, context=context)
+    bench_ids(llm.generator, min(args.prompt_tokens, llm.model.chunk + 1), 2,
+              vocab=llm.config.vocab)                 # compiles prefill and decode kernels
+
+    def run():
+        t = bench_ids(llm.generator, args.prompt_tokens, args.gen_tokens, vocab=llm.config.vocab)
+        return t.prefill_tok_s, t.decode_tok_s
+    return best_of(args.repeat, run)
+
+
+def random_ids(n, vocab, seed=0):
+    return np.random.default_rng(seed).integers(0, vocab, n).tolist()
+
+
+def bench_llama_cpp(path, args):
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    llm = llama_cpp.Llama(model_path=path, n_ctx=args.prompt_tokens + args.gen_tokens + 8,
+                          n_batch=args.prompt_tokens, n_threads=args.threads,
+                          n_threads_batch=args.threads, verbose=False)
+    vocab = llm.n_vocab()
+
+    def run():
+        llm.reset()
+        ids = random_ids(args.prompt_tokens, vocab)
+        start = time.perf_counter()
+        llm.eval(ids)
+        prefill = time.perf_counter() - start
+        start = time.perf_counter()
+        for token in random_ids(args.gen_tokens, vocab, seed=1):
+            llm.eval([token])
+        decode = time.perf_counter() - start
+        return args.prompt_tokens / prefill, args.gen_tokens / decode
+    run()
+    return best_of(args.repeat, run)
+
+
+def bench_transformers(path, args):
+    try:
+        import torch
+        import transformers
+        from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+    except ImportError:
+        return None, None
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.set_num_threads(args.threads)
+    parsed = load_gguf_checkpoint(path, return_tensors=False)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**parsed["config"]))
+    state = load_gguf_checkpoint(path, return_tensors=True, model_to_load=model)["tensors"]
+    state = {k: torch.as_tensor(np.asarray(v)) for k, v in state.items()}
+    state.setdefault("lm_head.weight", state["model.embed_tokens.weight"])
+    model.load_state_dict(state, strict=False)
+    model = model.eval().to(device)
+    vocab = model.config.vocab_size
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    @torch.no_grad()
+    def run():
+        ids = torch.tensor([random_ids(args.prompt_tokens, vocab)], device=device)
+        start = time.perf_counter()
+        out = model(ids, use_cache=True)
+        sync()
+        prefill = time.perf_counter() - start
+        past = out.past_key_values
+        start = time.perf_counter()
+        for token in random_ids(args.gen_tokens, vocab, seed=1):
+            past = model(torch.tensor([[token]], device=device), past_key_values=past,
+                         use_cache=True).past_key_values
+        sync()
+        decode = time.perf_counter() - start
+        return args.prompt_tokens / prefill, args.gen_tokens / decode
+    run()
+    return best_of(args.repeat, run), device
+
+
+def plot(rows, path, title):
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+    figure, axes = pyplot.subplots(1, 2, figsize=(9, 4))
+    labels = [r["name"] for r in rows]
+    for ax, key, phase in ((axes[0], "prefill_tok_s", "prefill"), (axes[1], "decode_tok_s",
+                                                                    "decode")):
+        ax.barh(labels, [r[key] for r in rows], color=["tab:blue" if r["name"].startswith("kdsl")
+                                                      else "tab:grey" for r in rows])
+        ax.set_xlabel(f"{phase} tok/s")
+        ax.grid(True, axis="x", alpha=0.3)
+    figure.suptitle(title, fontsize="medium")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    pyplot.close(figure)
+    return path
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import kdsl
+    from engine.llm import default_model_path
+    path = default_model_path()
+    device = kdsl.current_device()
+    load_before = os.getloadavg()[0]
+    common.warn_if_busy()
+    rows = []
+    for quant in args.quants.split(","):
+        prefill, decode = bench_engine(path, quant, args)
+        rows.append({"name": f"kdsl {quant}", "prefill_tok_s": prefill, "decode_tok_s": decode})
+        print(f"kdsl {quant}: pp{args.prompt_tokens} {prefill:.1f} tok/s, "
+              f"tg{args.gen_tokens} {decode:.1f} tok/s", flush=True)
+    peers = args.peers.split(",")
+    if "llama.cpp" in peers:
+        result = bench_llama_cpp(path, args)
+        if result is None:
+            print("llama.cpp: llama-cpp-python is not importable; not measured")
+        else:
+            rows.append({"name": f"llama.cpp Q4_1 ({args.threads} threads)",
+                         "prefill_tok_s": result[0], "decode_tok_s": result[1]})
+    if "transformers" in peers:
+        result, where = bench_transformers(path, args)
+        if result is None:
+            print("transformers: not importable; not measured")
+        else:
+            threads = f"{args.threads} threads" if where == "cpu" else "CUDA"
+            rows.append({"name": f"transformers fp32 ({threads})",
+                         "prefill_tok_s": result[0], "decode_tok_s": result[1]})
+    for row in rows:
+        for peer in rows:
+            if not peer["name"].startswith("kdsl") and row["name"].startswith("kdsl"):
+                tag = peer["name"].split()[0]
+                row[f"prefill_vs_{tag}"] = row["prefill_tok_s"] / peer["prefill_tok_s"]
+                row[f"decode_vs_{tag}"] = row["decode_tok_s"] / peer["decode_tok_s"]
+    columns = [("name", "engine", "{}"), ("prefill_tok_s", f"pp{args.prompt_tokens} tok/s",
+                                          "{:.1f}"),
+               ("decode_tok_s", f"tg{args.gen_tokens} tok/s", "{:.1f}")]
+    ratio_keys = sorted({k for r in rows for k in r if "_vs_" in k})
+    columns += [(k, k.replace("_tok_s", ""), "{:.2f}") for k in ratio_keys]
+    for row in rows:
+        for key in ratio_keys:
+            row.setdefault(key, float("nan"))
+    print(f"load average: {load_before:.2f} at start, {os.getloadavg()[0]:.2f} at end")
+    common.print_table(rows, columns)
+    extra = {"model": os.path.basename(path), "prompt_tokens": args.prompt_tokens,
+             "gen_tokens": args.gen_tokens, "threads": args.threads,
+             "load_average_at_start": load_before}
+    out = common.write_results("llm", device, rows, extra=extra, path=args.json)
+    print(f"wrote {out}")
+    if not args.no_plot:
+        png = plot(rows, out.with_suffix(".png"),
+                   f"SmolLM2-135M on {device.name}: pp{args.prompt_tokens}, tg{args.gen_tokens}")
+        if png:
+            print(f"wrote {png}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""Replaying a decode step's launches without re-running the library wrappers.
+
+A decode step (one token) calls the same wrappers on the same tensors every
+time, except where the past length enters (RoPE's position, the KV-cache
+slot, attention's prefix length). Those steps run as usual; every other
+step is recorded once, as the kernel launches its wrappers made, and turned
+into prepared launches (`kernel.prepare`), which enqueue with one driver
+call and no argument work. On PoCL a launch through a wrapper costs tens of
+microseconds of Python; a decode step of a 30-layer model makes hundreds.
+"""
+import contextlib
+
+
+@contextlib.contextmanager
+def captured_launches():
+    """Collect (jit_fn, grid, values, num_threads) of every kdsl launch in the block.
+
+    The launches still run. This wraps kdsl.launch.launch, as kdsl's own
+    autotuner does to time wrappers; kdsl has no public hook for it yet
+    (asked for in /tmp/kdsl-bugs/engine-needs-2.md).
+    """
+    from kdsl import launch as launch_module
+    original = launch_module.launch
+    records = []
+
+    def recording(jit_fn, grid, values, num_threads):
+        records.append((jit_fn, grid, dict(values), num_threads))
+        return original(jit_fn, grid, values, num_threads)
+    launch_module.launch = recording
+    try:
+        yield records
+    finally:
+        launch_module.launch = original
+
+
+def _differences(old, new):
+    """Per launch, the arguments that changed between two recordings as (name, old, new);
+    None when the launches differ in more than runtime ints and tensor offsets."""
+    import kdsl
+    if len(old) != len(new):
+        return None
+    changes = []
+    for (fn_a, grid_a, values_a, threads_a), (fn_b, grid_b, values_b, threads_b) in zip(old, new):
+        if fn_a is not fn_b or grid_a != grid_b or threads_a != threads_b:
+            return None
+        changed = []
+        for name, a in values_a.items():
+            b = values_b[name]
+            if isinstance(a, kdsl.Tensor):
+                if not isinstance(b, kdsl.Tensor) or a.buffer is not b.buffer:
+                    return None
+                if a.offset != b.offset:
+                    changed.append((name, a, b))
+            elif type(a) is not type(b) or (name in fn_a.constexpr_names and a != b):
+                return None
+            elif a != b:
+                if not isinstance(a, int):
+                    return None
+                changed.append((name, a, b))
+        changes.append(changed)
+    return changes
+
+
+def _shifted(value, step, count):
+    """An int or a tensor's offset moved by `count` steps of `step` (the change per token)."""
+    import kdsl
+    if isinstance(value, kdsl.Tensor):
+        return kdsl.Tensor(value.buffer, value.shape, value.dtype, value.device,
+                           value.offset + step * count, value.strides)
+    return value + step * count
+
+
+class AffineStep:
+    """A step whose launches change with the past length P only through ints and tensor
+    offsets that move by a fixed amount per token (RoPE's position, the KV-cache slot).
+
+    Two eager steps at P and P+1 give each changing argument's step per token;
+    a third eager step at P+2 must equal the prediction, else the step stays
+    eager for good. From then on it is replayed with prepared launches whose
+    changing arguments are set per step.
+    """
+
+    def __init__(self):
+        self.seen = []                # (past, records) of the eager steps so far
+        self.launches = None          # prepared launches, once verified
+        self.eager = False
+
+    def run(self, past, step):
+        if self.launches is not None:
+            base_past, changes = self.base
+            for launch, changed in zip(self.launches, changes):
+                if changed:
+                    launch.set(**{name: _shifted(a, _step_of(a, b), past - base_past)
+                                  for name, a, b in changed})
+                launch()
+            return
+        with captured_launches() as records:
+            step()
+        if self.eager:
+            return
+        if self.seen and self.seen[-1][0] != past - 1:
+            self.seen = []            # not consecutive steps (a new prompt): start again
+        self.seen.append((past, records))
+        if len(self.seen) == 3:
+            self._verify()
+
+    def _verify(self):
+        (p0, first), (_, second), (_, third) = self.seen
+        changes = _differences(first, second)
+        later = _differences(first, third)
+        if changes is None or later is None or not _predicts(changes, later):
+            self.eager = True
+            return
+        self.base = (p0, changes)
+        self.launches = [jit_fn.prepare(grid, **values, num_threads=num_threads)
+                         for jit_fn, grid, values, num_threads in first]
+
+
+def _step_of(a, b):
+    import kdsl
+    return b.offset - a.offset if isinstance(a, kdsl.Tensor) else b - a
+
+
+def _predicts(changes, later):
+    """Whether the one-token changes, doubled, are exactly the two-token changes."""
+    for one, two in zip(changes, later):
+        if [name for name, _, _ in one] != [name for name, _, _ in two]:
+            return False
+        for (_, a, b), (_, _, c) in zip(one, two):
+            if _step_of(a, c) != 2 * _step_of(a, b):
+                return False
+    return True
+
+
+class StepGraph:
+    """Per step key, the prepared launches that replay it; filled by `record`.
+
+    >>> graph = StepGraph()
+    >>> graph.run(("layer", 0, "qkv"), lambda: model._qkv(views))   # records (and runs)
+    >>> graph.run(("layer", 0, "qkv"), lambda: model._qkv(views))   # replays
+    """
+
+    def __init__(self):
+        self.prepared = {}
+        self.affine = {}
+
+    def run_affine(self, key, step, past):
+        """Run a step whose launches move with the past length (see AffineStep)."""
+        self.affine.setdefault(key, AffineStep()).run(past, step)
+
+    def run(self, key, step):
+        launches = self.prepared.get(key)
+        if launches is None:
+            with captured_launches() as records:
+                step()
+            self.prepared[key] = [jit_fn.prepare(grid, **values, num_threads=num_threads)
+                                  for jit_fn, grid, values, num_threads in records]
+            return
+        for launch in launches:
+            launch()
+
+    @property
+    def n_launches(self):
+        return sum(len(launches) for launches in self.prepared.values())
