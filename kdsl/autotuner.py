@@ -20,7 +20,6 @@ first built and launched once in a child process, because some drivers
 `tune()` is the same machinery for any callable that launches kernels; the
 `kdsl-autotune` command uses it on the library's wrappers.
 """
-import contextlib
 import importlib
 import json
 import os
@@ -37,6 +36,7 @@ import numpy as np
 import pyopencl as cl
 
 from . import tuning_db
+from .capture import capture_launches
 from .device import as_device, current_device
 from .errors import BuildError, CompileError, LaunchError
 
@@ -139,10 +139,11 @@ def _measure(fn, queue):
 
 
 def _enqueue_timed(fn, queue):
-    with _recorded_launches() as events:
+    with capture_launches() as launches:
         start = cl.enqueue_marker(queue)
         fn()
         end = cl.enqueue_marker(queue)
+    events = [launch.event for launch in launches if launch.event is not None]
     return events if events else (start, end)
 
 
@@ -153,29 +154,6 @@ def _elapsed(pending):
     # The start marker completes when everything queued before it has; the
     # end marker when the call's own commands have.
     return max(0, end.profile.end - start.profile.end) * 1e-9
-
-
-@contextlib.contextmanager
-def _recorded_launches():
-    """Collect the OpenCL event of every kdsl kernel launched inside the block.
-
-    JITFunction.run looks up kdsl.launch.launch at each launch, so wrapping
-    that function sees every launch, including those inside library wrappers.
-    """
-    from . import launch as launch_module
-    original = launch_module.launch
-    events = []
-
-    def recording(*args, **kwargs):
-        event = original(*args, **kwargs)
-        if event is not None:
-            events.append(event)
-        return event
-    launch_module.launch = recording
-    try:
-        yield events
-    finally:
-        launch_module.launch = original
 
 
 # ------------------------------------------------------- child build checks

@@ -180,11 +180,6 @@ def test_time_call_measures_device_time():
 
     def launch(n):
         scale_kernel.fn[(kdsl.cdiv(n, 1024),)](x, out, n, 2.0, BLOCK=1024, num_threads=64)
-    # every kdsl launch is seen (else timing falls back to markers, which count host time)
-    with autotuner._recorded_launches() as events:
-        launch(1024)
-        launch(2048)
-    assert len(events) == 2 and all(isinstance(e, pyopencl.Event) for e in events)
     small_time = autotuner.time_call(lambda: launch(1024), warmup=1, rep=3)
     big_time = autotuner.time_call(lambda: launch(big), warmup=1, rep=3)
     assert 0 < small_time < big_time
