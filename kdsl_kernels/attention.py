@@ -24,6 +24,7 @@ import numpy as np
 import kdsl
 import kdsl.language as kl
 
+from .configs import tuned
 from .elementwise import as_tensor, check_out
 
 LOG2E = 1.4426950408889634
@@ -171,12 +172,13 @@ def reduce_kernel(m_ptr, l_ptr, acc_ptr, o_ptr, S, D, rows_total, splits, stride
 
 
 def attention_config(S, T, D, group, kv_heads, device=None):
-    """Block sizes and key splits for one call.
+    """Block sizes and key splits for one call: the tuned config, else these defaults.
 
     On a CPU (PoCL) every slot of a work-item is unrolled in the generated
-    code, so blocks are spread over 16-32 work-items to keep the kernel small
-    (one work-item with a [BM, D] accumulator compiled for minutes); a GPU
-    gets 64 work-items. Keys are split (flash-decoding) when too few programs
+    code, so prefill blocks are spread over 16-32 work-items to keep the
+    kernel small (one work-item with a [16, 128] accumulator in registers
+    compiled for ten minutes); decode's few rows use the one-work-item form
+    with the accumulator in memory. A GPU gets 64 work-items. Keys are split (flash-decoding) when too few programs
     would otherwise run: about 2 per compute unit on a CPU, 4 on a GPU, with
     at least 256 keys per split so the reduce stays cheap.
     """
@@ -201,7 +203,8 @@ def attention_config(S, T, D, group, kv_heads, device=None):
         target_programs = 4 * device.compute_units
     programs = kdsl.cdiv(S * group, cfg["BM"]) * kv_heads
     cfg["splits"] = max(1, min(kdsl.cdiv(target_programs, programs), T // 256))
-    return cfg
+    key = {"S": S, "T": T, "D": D, "group": group, "kv_heads": kv_heads}
+    return tuned("attention", key, cfg, device)
 
 
 _scratch_buffers = {}

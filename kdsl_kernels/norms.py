@@ -10,6 +10,7 @@ import numpy as np
 import kdsl
 import kdsl.language as kl
 
+from .configs import tuned
 from .elementwise import as_tensor, check_out, new_out
 
 
@@ -76,14 +77,14 @@ def layer_norm_kernel(x_ptr, w_ptr, b_ptr, out_ptr, N, stride_x, stride_o, eps,
         kl.store(out_row + cols, y, mask=mask)
 
 
-def norm_config(N):
-    """BLOCK and num_threads for a row of N: on a CPU few work-items (each
-    reduction level is a barrier, a full pass over the work-group on PoCL);
-    on a GPU up to 256 work-items, one element each per pass."""
-    block = min(1024 if kdsl.current_device().is_cpu else 256,
-                1 << max(N - 1, 0).bit_length())
-    threads = min(block, 64 if kdsl.current_device().is_cpu else 256)
-    return {"BLOCK": block, "num_threads": threads}
+def norm_config(kernel_name, N):
+    """BLOCK and num_threads for a row of N, tuned or by default: on a CPU few
+    work-items (each reduction level is a barrier, a full pass over the
+    work-group on PoCL); on a GPU up to 256 work-items, one element each per pass."""
+    cpu = kdsl.current_device().is_cpu
+    block = min(1024 if cpu else 256, 1 << max(N - 1, 0).bit_length())
+    default = {"BLOCK": block, "num_threads": min(block, 64 if cpu else 256)}
+    return tuned(kernel_name, {"N": N}, default)
 
 
 def _rows(t, fn, name, N=None):
@@ -140,7 +141,7 @@ def _rms_norm(x, residual, w, eps, add_one, out, config, fn):
     _rows(out, fn, "out")
     if M * N == 0:
         return out
-    cfg = config or norm_config(N)
+    cfg = config or norm_config("rms_norm", N)
     res = residual if residual is not None else x
     rms_norm_kernel[(M,)](x, res, w, out, N, x.stride(0), res.stride(0), out.stride(0),
                           float(eps), ADD_ONE=bool(add_one), HAS_RESIDUAL=residual is not None,
@@ -161,7 +162,7 @@ def layer_norm(x, w, b, eps, *, out=None, config=None):
     _rows(out, "layer_norm", "out")
     if M * N == 0:
         return out
-    cfg = config or norm_config(N)
+    cfg = config or norm_config("layer_norm", N)
     layer_norm_kernel[(M,)](x, w, b if b is not None else w, out, N, x.stride(0), out.stride(0),
                             float(eps), HAS_BIAS=b is not None, BLOCK=cfg["BLOCK"],
                             num_threads=cfg["num_threads"])

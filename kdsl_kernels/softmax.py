@@ -14,6 +14,7 @@ import numpy as np
 import kdsl
 import kdsl.language as kl
 
+from .configs import tuned
 from .elementwise import as_tensor, check_out, new_out
 
 LOG2E = 1.4426950408889634
@@ -65,11 +66,12 @@ def softmax_kernel(x_ptr, out_ptr, N, S, stride_x, stride_o, scale_log2e,
 
 
 def softmax_config(N):
-    """One block up to 1024 (4096 on a GPU) columns, else streamed in blocks of that size."""
-    largest = 1024 if kdsl.current_device().is_cpu else 4096
-    block = min(largest, 1 << max(N - 1, 0).bit_length())
-    threads = min(block, 64 if kdsl.current_device().is_cpu else 256)
-    return {"BLOCK": block, "num_threads": threads}
+    """Tuned, else one block up to 1024 (4096 on a GPU) columns, streamed in blocks of that
+    size beyond."""
+    cpu = kdsl.current_device().is_cpu
+    block = min(1024 if cpu else 4096, 1 << max(N - 1, 0).bit_length())
+    default = {"BLOCK": block, "num_threads": min(block, 64 if cpu else 256)}
+    return tuned("softmax", {"N": N}, default)
 
 
 def softmax(x, *, scale=None, causal=False, out=None, config=None):
