@@ -185,11 +185,13 @@ GEMV_COLUMNS = [("N", "N", "{}"), ("K", "K", "{}"), ("fp4_device_ms", "fp4 ms", 
                 ("fp4_gbps", "fp4 GB/s", "{:.2f}"), ("of_copy_bw", "of copy", "{:.0%}"),
                 ("fp32_device_ms", "fp32 ms", "{:.3f}"),
                 ("device_speedup_vs_fp32", "device speed-up", "{:.2f}"),
-                ("fp4_call_ms", "fp4 call ms", "{:.3f}"), ("fp32_call_ms", "fp32 call ms", "{:.3f}"),
+                ("fp4_call_ms", "fp4 call ms", "{:.3f}"),
+                ("fp32_call_ms", "fp32 call ms", "{:.3f}"),
                 ("speedup_vs_fp32", "call speed-up", "{:.2f}"), ("config", "config", "{}")]
 GEMM_COLUMNS = [("M", "M", "{}"), ("N", "N", "{}"), ("K", "K", "{}"),
                 ("fp4_gflops", "fp4 GF/s", "{:.1f}"), ("fp32_gflops", "fp32 GF/s", "{:.1f}"),
-                ("fp4_call_ms", "fp4 call ms", "{:.3f}"), ("fp32_call_ms", "fp32 call ms", "{:.3f}"),
+                ("fp4_call_ms", "fp4 call ms", "{:.3f}"),
+                ("fp32_call_ms", "fp32 call ms", "{:.3f}"),
                 ("time_vs_fp32", "time / fp32", "{:.2f}"), ("config", "config", "{}")]
 
 

@@ -36,7 +36,7 @@ NF4_LEVELS = np.array([-1.0, -0.6961928009986877, -0.5250730514526367, -0.394917
 
 
 def q4_0(w, group_size):
-    """llama.cpp's Q4_0 (scale only): d = x_absmax_signed / -8, q = x/d + 8 rounded, w = (q - 8) d."""
+    """llama.cpp's Q4_0 (scale only): d = x_absmax_signed / -8, w = (q - 8) d."""
     g = fp4._to_groups(w, group_size)
     pick = np.take_along_axis(g, np.abs(g).argmax(-1)[..., None], -1)
     d = (pick / -8.0).astype(np.float16).astype(np.float32)
@@ -189,7 +189,8 @@ def main():
     print_markdown(errors, keys)
     print_markdown(outliers, [("weights", "weights", "{}"),
                               ("outlier_fraction", "outlier channels", "{:.1%}"),
-                              ("bits", "bits/weight", "{:.2f}"), ("rmse", "RMSE / rms(w)", "{:.4f}"),
+                              ("bits", "bits/weight", "{:.2f}"),
+                              ("rmse", "RMSE / rms(w)", "{:.4f}"),
                               ("max", "max err / rms(w)", "{:.3f}")])
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"command": " ".join(["python3"] + sys.argv),

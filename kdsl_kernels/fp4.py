@@ -340,6 +340,7 @@ def _dequantize_body(packed):
     """The FP4 body alone (no outliers) as float32 [N, K]."""
     codes = _unpack(packed.codes, packed.group_size)
     m = mantissa_value(codes, packed.reading)
-    w = m * packed.scales.astype(np.float32)[..., None] + packed.offsets.astype(np.float32)[..., None]
+    scales = packed.scales.astype(np.float32)[..., None]
+    w = m * scales + packed.offsets.astype(np.float32)[..., None]
     n, k = packed.shape
     return np.ascontiguousarray(w.reshape(n, -1)[:, :k])
