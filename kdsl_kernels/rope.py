@@ -22,12 +22,14 @@ from .elementwise import as_tensor, check_out
 
 
 @kdsl.jit
-def rope_kernel(x_ptr, pos_ptr, inv_freq_ptr, out_ptr, p0, n_pairs, S, D,
+def rope_kernel(x_ptr, pos_ptr, inv_freq_ptr, cos_ptr, sin_ptr, out_ptr, p0, n_pairs, S, D,
                 stride_xh, stride_xs, stride_oh, stride_os,
-                POS_FROM_PTR: kl.constexpr, INTERLEAVED: kl.constexpr, BS: kl.constexpr,
-                HALF_BLOCK: kl.constexpr, PASS_BLOCK: kl.constexpr):
+                POS_FROM_PTR: kl.constexpr, FROM_TABLE: kl.constexpr, INTERLEAVED: kl.constexpr,
+                BS: kl.constexpr, HALF_BLOCK: kl.constexpr, PASS_BLOCK: kl.constexpr):
     """BS tokens x `n_pairs` rotated pairs of one head per program; the rest of
-    each row (rotary_dim..D) is copied when PASS_BLOCK > 0."""
+    each row (rotary_dim..D) is copied when PASS_BLOCK > 0. With FROM_TABLE,
+    cos and sin are read from [positions, n_pairs] tables (sin and cos of
+    angles in the thousands cost more than the memory traffic of the kernel)."""
     tokens = kl.program_id(0) * BS + kl.arange(0, BS)
     h = kl.program_id(1)
     token_ok = tokens < S
@@ -37,10 +39,15 @@ def rope_kernel(x_ptr, pos_ptr, inv_freq_ptr, out_ptr, p0, n_pairs, S, D,
         pos = p0 + tokens
     i = kl.arange(0, HALF_BLOCK)
     pair_ok = i < n_pairs
-    freqs = kl.load(inv_freq_ptr + i, mask=pair_ok, other=0.0)
-    angle = pos[:, None].to(kl.float32) * freqs[None, :]
-    cos = kl.cos(angle)
-    sin = kl.sin(angle)
+    mask = token_ok[:, None] & pair_ok[None, :]
+    if FROM_TABLE:
+        cos = kl.load(cos_ptr + pos[:, None] * n_pairs + i[None, :], mask=mask, other=0.0)
+        sin = kl.load(sin_ptr + pos[:, None] * n_pairs + i[None, :], mask=mask, other=0.0)
+    else:
+        freqs = kl.load(inv_freq_ptr + i, mask=pair_ok, other=0.0)
+        angle = pos[:, None].to(kl.float32) * freqs[None, :]
+        cos = kl.cos(angle)
+        sin = kl.sin(angle)
     if INTERLEAVED:
         first = 2 * i
         second = 2 * i + 1
@@ -49,7 +56,6 @@ def rope_kernel(x_ptr, pos_ptr, inv_freq_ptr, out_ptr, p0, n_pairs, S, D,
         second = i + n_pairs
     x_rows = x_ptr + h * stride_xh + tokens[:, None] * stride_xs
     out_rows = out_ptr + h * stride_oh + tokens[:, None] * stride_os
-    mask = token_ok[:, None] & pair_ok[None, :]
     x1 = kl.load(x_rows + first[None, :], mask=mask, other=0.0)
     x2 = kl.load(x_rows + second[None, :], mask=mask, other=0.0)
     kl.store(out_rows + first[None, :], x1 * cos - x2 * sin, mask=mask)
@@ -63,6 +69,7 @@ def rope_kernel(x_ptr, pos_ptr, inv_freq_ptr, out_ptr, p0, n_pairs, S, D,
 
 
 _inv_freq_cache = {}
+_tables = {}
 
 
 def inv_freq(base, rotary_dim):
@@ -73,6 +80,9 @@ def inv_freq(base, rotary_dim):
     """
     exponent = np.arange(0, rotary_dim, 2).astype(np.float32) / np.float32(rotary_dim)
     return (np.float32(1.0) / (np.float32(base) ** exponent)).astype(np.float32)
+
+
+_default_inv_freq = inv_freq     # rope()'s inv_freq argument hides the name there
 
 
 def _device_inv_freq(base, rotary_dim, device, given):
@@ -87,6 +97,21 @@ def _device_inv_freq(base, rotary_dim, device, given):
     if key not in _inv_freq_cache:
         _inv_freq_cache[key] = kdsl.tensor(inv_freq(base, rotary_dim), device=device)
     return _inv_freq_cache[key]
+
+
+def _cos_sin_tables(freqs, positions_needed, device):
+    """Device tables cos, sin [P, n_pairs] of float32(p) * freqs for p < P >= positions_needed,
+    computed on the host as transformers computes them, kept per (device, freqs) and grown to
+    the next power of two when a later position needs more."""
+    key = (device.fingerprint, freqs.tobytes())
+    have = _tables.get(key)
+    if have is None or have[0].shape[0] < positions_needed:
+        count = 1 << max(positions_needed - 1, 255).bit_length()
+        angle = np.arange(count, dtype=np.float32)[:, None] * freqs[None, :]
+        have = (kdsl.tensor(np.cos(angle), device=device),
+                kdsl.tensor(np.sin(angle), device=device))
+        _tables[key] = have
+    return have
 
 
 def _check_view(t, name):
@@ -119,13 +144,20 @@ def rope(x, positions, base=10000.0, *, rotary_dim=None, interleaved=False, inv_
         out = kdsl.empty(x.shape, np.float32, device=x.device)
     check_out(out, x.shape, "rope", (np.float32, np.float16))
     _check_view(out, "out")
+    last_position = None                 # the largest position, where known without a sync
     if isinstance(positions, (int, np.integer)):
         p0, pos, from_ptr = int(positions), None, False
+        if p0 < 0:
+            raise ValueError(f"rope(): positions must be >= 0, got {p0}")
+        last_position = p0 + S - 1
     else:
         if not isinstance(positions, kdsl.Tensor):
             positions = np.asarray(positions)
             if positions.dtype.kind not in "iu":
                 raise ValueError(f"rope(): positions must be integers, got {positions.dtype}")
+            if positions.size and positions.min() < 0:
+                raise ValueError(f"rope(): positions must be >= 0, got {positions.min()}")
+            last_position = int(positions.max()) if positions.size else 0
             positions = kdsl.tensor(positions.astype(np.int32), device=x.device)
         if positions.shape != (S,) or positions.dtype != np.int32:
             raise ValueError(f"rope(): positions must be an int or int32 of shape ({S},), got "
@@ -134,6 +166,13 @@ def rope(x, positions, base=10000.0, *, rotary_dim=None, interleaved=False, inv_
     freqs = _device_inv_freq(base, rotary_dim, x.device, inv_freq)
     if H * S * D == 0:
         return out
+    # host-known frequencies and positions read cos/sin from tables; a device
+    # inv_freq or device positions (unknown maximum) compute them in the kernel
+    host_freqs = (inv_freq if inv_freq is not None and not isinstance(inv_freq, kdsl.Tensor)
+                  else None if inv_freq is not None else _default_inv_freq(base, rotary_dim))
+    from_table = host_freqs is not None and last_position is not None
+    cos, sin = (_cos_sin_tables(np.asarray(host_freqs, np.float32), last_position + 1, x.device)
+                if from_table else (freqs, freqs))
     n_pairs = rotary_dim // 2
     pass_dims = D - rotary_dim
     cfg = config or {}
@@ -143,9 +182,9 @@ def rope(x, positions, base=10000.0, *, rotary_dim=None, interleaved=False, inv_
     # each pay a work-group's start-up
     tokens = cfg.get("BS", min(1 << max(S - 1, 0).bit_length(), max(1, 512 // half_block)))
     rope_kernel[(kdsl.cdiv(S, tokens), H)](
-        x, pos if pos is not None else freqs, freqs, out, p0, n_pairs, S, D,
+        x, pos if pos is not None else freqs, freqs, cos, sin, out, p0, n_pairs, S, D,
         x.stride(0), x.stride(1), out.stride(0), out.stride(1),
-        POS_FROM_PTR=from_ptr, INTERLEAVED=bool(interleaved), BS=tokens,
+        POS_FROM_PTR=from_ptr, FROM_TABLE=from_table, INTERLEAVED=bool(interleaved), BS=tokens,
         HALF_BLOCK=half_block, PASS_BLOCK=pass_block,
         num_threads=cfg.get("num_threads", min(tokens * half_block, 64)))
     return out

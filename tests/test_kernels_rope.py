@@ -86,6 +86,21 @@ def test_rope_in_place_with_custom_inv_freq(interpret):
     np.testing.assert_allclose(t.numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
+@MODES
+def test_rope_with_device_positions_computes_cos_sin_in_the_kernel(interpret):
+    """Positions on the device (maximum unknown to the host) and a device inv_freq take the
+    path that computes cos/sin per element instead of reading the tables."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 6, 16)).astype(np.float32)
+    positions = np.array([4000, 7, 0, 123, 2047, 9], np.int32)
+    out = _run(interpret, lambda: rope(x, kdsl.tensor(positions), 1e4).numpy())
+    np.testing.assert_allclose(out, rope_ref(x, positions, 1e4, 16, False), rtol=1e-4, atol=1e-4)
+    freqs = kdsl.tensor(inv_freq(1e4, 16))
+    out = _run(interpret, lambda: rope(x, 50, inv_freq=freqs, interleaved=True).numpy())
+    np.testing.assert_allclose(out, rope_ref(x, 50 + np.arange(6), 1e4, 16, True), rtol=1e-4,
+                               atol=1e-4)
+
+
 @pytest.mark.slow
 def test_rope_matches_transformers_llama():
     torch = pytest.importorskip("torch")
