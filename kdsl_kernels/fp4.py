@@ -326,13 +326,13 @@ def _pack(codes, group_size):
     """[N, ng, G] codes -> [N, ng*G/2] bytes: low nibble element j, high j + G/2."""
     half = group_size // 2
     packed = codes[..., :half] | (codes[..., half:] << 4)
-    return packed.reshape(codes.shape[0], -1)
+    return packed.reshape(codes.shape[0], codes.shape[1] * half)
 
 
 def _unpack(packed_codes, group_size):
     """Inverse of _pack: [N, ng*G/2] bytes -> [N, ng, G] codes."""
     half = group_size // 2
-    b = packed_codes.reshape(packed_codes.shape[0], -1, half)
+    b = packed_codes.reshape(packed_codes.shape[0], packed_codes.shape[1] // half, half)
     return np.concatenate([b & 15, b >> 4], axis=-1)
 
 
@@ -343,4 +343,4 @@ def _dequantize_body(packed):
     scales = packed.scales.astype(np.float32)[..., None]
     w = m * scales + packed.offsets.astype(np.float32)[..., None]
     n, k = packed.shape
-    return np.ascontiguousarray(w.reshape(n, -1)[:, :k])
+    return np.ascontiguousarray(w.reshape(n, packed.n_groups * packed.group_size)[:, :k])

@@ -199,6 +199,12 @@ def test_out_view_and_strided_x():
 def test_empty_and_upload_once():
     packed = fp4.quantize(np.ones((4, 64), np.float32))
     assert fp4.linear(np.zeros((0, 64), np.float32), packed).shape == (0, 4)
+    no_rows = fp4.quantize(np.zeros((0, 64), np.float32))
+    assert fp4.dequantize(no_rows).shape == (0, 64)
+    assert fp4.linear(np.ones((2, 64), np.float32), no_rows).shape == (2, 0)
+    no_inputs = fp4.quantize(np.zeros((3, 0), np.float32))
+    out = fp4.linear(np.ones((2, 0), np.float32), no_inputs, bias=np.arange(3, dtype=np.float32))
+    np.testing.assert_array_equal(out.numpy(), [[0, 1, 2], [0, 1, 2]])
     fp4.linear(np.ones((1, 64), np.float32), packed)
     first = packed.device_arrays(kdsl.current_device())["codes"]
     fp4.linear(np.ones((1, 64), np.float32), packed)
