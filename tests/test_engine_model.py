@@ -197,9 +197,9 @@ def smollm2_reference():
 
 def text_of_512_tokens(tokenizer):
     """English prose from standard-library docstrings: fixed for a Python version."""
-    import argparse, json, textwrap, unittest, logging, pathlib
+    import argparse, json, logging, pathlib, textwrap, unittest
     text = "\n\n".join(inspect.getdoc(m) for m in (argparse, json, unittest, logging, textwrap,
-                                                    pathlib.Path, pathlib))
+                                                    pathlib.PurePath))
     ids = tokenizer.encode(text)
     assert len(ids) >= 512
     return ids[:512]
