@@ -27,9 +27,8 @@ import kdsl.language as kl
 from .configs import tuned
 from .elementwise import as_tensor, check_out
 
-LOG2E = 1.4426950408889634
 # finite start for the running maximum: a row that has seen only masked
-# (-inf) scores keeps exp2(-inf - start) = 0 weight instead of nan
+# (-inf) scores keeps exp(-inf - start) = 0 weight instead of nan
 RUNNING_MAX_START = -1.0e30
 
 
@@ -37,7 +36,7 @@ RUNNING_MAX_START = -1.0e30
 def attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, m_ptr, l_ptr, acc_ptr, p_scratch_ptr,
                      S, T, window, keys_per_split,
                      stride_qh, stride_qs, stride_kh, stride_kt, stride_vh, stride_vt,
-                     stride_oh, stride_os, scale_log2e,
+                     stride_oh, stride_os, scale,
                      GROUP: kl.constexpr, CAUSAL: kl.constexpr, HAS_WINDOW: kl.constexpr,
                      SPLIT: kl.constexpr, ACC_IN_MEMORY: kl.constexpr, D: kl.constexpr,
                      BM: kl.constexpr, BN: kl.constexpr, BK: kl.constexpr, BD: kl.constexpr):
@@ -50,7 +49,7 @@ def attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, m_ptr, l_ptr, acc_ptr, p_scratc
     accumulator round trip per key block hits the cache. The probabilities p
     go through a per-program scratch block too: read back by a load, they
     feed kl.dot straight from registers, where the block itself would be
-    recomputed (exp2 included) in every head-dimension slice
+    recomputed (exp included) in every head-dimension slice
     (/tmp/kdsl-bugs/kernels-2.py).
     """
     kv_head = kl.program_id(1)
@@ -103,7 +102,7 @@ def attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, m_ptr, l_ptr, acc_ptr, p_scratc
             k_t = kl.load(k_base + keys_in[None, :] * stride_kt + dk[:, None],
                           mask=dk[:, None] < D, other=0.0)
             scores = kl.dot(q, k_t, scores)
-        scores = scores * scale_log2e
+        scores = scores * scale
         visible = key_ok[None, :] & row_ok[:, None]
         if CAUSAL:
             visible = visible & (keys[None, :] <= pos[:, None])
@@ -111,8 +110,8 @@ def attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, m_ptr, l_ptr, acc_ptr, p_scratc
             visible = visible & (keys[None, :] > pos[:, None] - window)
         scores = kl.where(visible, scores, -float("inf"))
         new_max = kl.maximum(running_max, kl.max(scores, axis=1))
-        p = kl.exp2(scores - new_max[:, None])
-        alpha = kl.exp2(running_max - new_max)
+        p = kl.exp(scores - new_max[:, None])
+        alpha = kl.exp(running_max - new_max)
         running_sum = running_sum * alpha + kl.sum(p, axis=1)
         if ACC_IN_MEMORY:
             program = (split * kl.num_programs(1) + kv_head) * kl.num_programs(0) + kl.program_id(0)
@@ -154,14 +153,14 @@ def attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, m_ptr, l_ptr, acc_ptr, p_scratc
 @kdsl.jit
 def reduce_kernel(m_ptr, l_ptr, acc_ptr, o_ptr, S, D, rows_total, splits, stride_oh, stride_os,
                   SPLITS_BLOCK: kl.constexpr, BD: kl.constexpr):
-    """Combine the splits' (m, l, acc) of one (head, query) row: weights exp2(m_i - max m)."""
+    """Combine the splits' (m, l, acc) of one (head, query) row: weights exp(m_i - max m)."""
     row = kl.program_id(0)
     head = row // S
     query = row % S
     i = kl.arange(0, SPLITS_BLOCK)
     i_ok = i < splits
     m = kl.load(m_ptr + i * rows_total + row, mask=i_ok, other=RUNNING_MAX_START)
-    weight = kl.exp2(m - kl.max(m, axis=0))
+    weight = kl.exp(m - kl.max(m, axis=0))
     total = kl.sum(weight * kl.load(l_ptr + i * rows_total + row, mask=i_ok, other=0.0), axis=0)
     d = kl.arange(0, BD)
     d_ok = d < D
@@ -289,7 +288,7 @@ def attention(q, k, v, *, causal=True, window=None, scale=None, out=None, config
                     kdsl.empty((splits, rows_total), np.float32, device=q.device),
                     kdsl.empty((splits, rows_total, D), np.float32, device=q.device))
     attention_kernel[grid](q, k, v, out, *partials, p_scratch, S, T, window_arg, keys_per_split,
-                           *strides, scale * LOG2E, SPLIT=splits > 1, **common)
+                           *strides, scale, SPLIT=splits > 1, **common)
     if splits > 1:
         reduce_kernel[(rows_total,)](*partials, out, S, D, rows_total, splits, out.stride(0),
                                      out.stride(1), SPLITS_BLOCK=1 << (splits - 1).bit_length(),
