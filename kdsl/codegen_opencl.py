@@ -58,6 +58,12 @@ class _Scope:
     def __init__(self, parent):
         self.parent = parent
         self.memo = {}
+        self.layouts = {}       # id(value) -> the block layouts it is held in here
+
+    def remember(self, key, exprs):
+        """Memoise a block value's slots, key = (id(value), layout, shape)."""
+        self.memo[key] = exprs
+        self.layouts.setdefault(key[0], []).append(key)
 
     def get(self, key):
         s = self
@@ -144,10 +150,10 @@ class Codegen:
     def fresh(self, base):
         """A C name not used yet, derived from a kernel variable's name."""
         base = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in (base or "t"))
-        if base[0].isdigit():
+        if base[0].isdigit() or base.startswith(("as_", "convert_")):    # C's conversion builtins
             base = "v" + base
         name, n = base, 0
-        while name in self.names or name in _RESERVED or name.startswith(("as_", "convert_")):
+        while name in self.names or name in _RESERVED:
             n += 1
             name = f"{base}{n}"
         self.names[name] = 1
@@ -292,22 +298,52 @@ class Codegen:
         if got is not None:
             return got
         if v.op in ir.ELEMENTWISE:
-            exprs = self._elementwise(v, layout)
+            exprs = self._held_elsewhere(v, layout)
+            if exprs is None:
+                exprs = self._elementwise(v, layout)
         else:
             home = self.home(v)
             own = self.scope.get((id(v), home, v.shape))
             if own is None:
                 own = self._materialise(v, home)
-                self.scope.memo[(id(v), home, v.shape)] = own
+                self.scope.remember((id(v), home, v.shape), own)
                 self._keep.append(v)
             if home == layout:
                 return own
             m = slot_map(home, v.shape, layout)
             exprs = [own[i] for i in m] if m is not None else \
                 self._through_local(v, home, own, layout)
-        self.scope.memo[key] = exprs
+        self.scope.remember(key, exprs)
         self._keep.append(v)
         return exprs
+
+    def _held_elsewhere(self, v, layout):
+        """v's slots for `layout` from registers that already hold v in another layout.
+
+        Elementwise values are computed where they are used, in the user's
+        layout; a value used again in another layout (a softmax numerator
+        summed, then fed to kl.dot inside a loop) would be computed again.
+        Where every work-item already holds the elements the new layout gives
+        it, the computed registers are reused instead.
+        """
+        if v.op in _TRIVIAL:
+            return None
+        scope = self.scope
+        while scope is not None:
+            for key in scope.layouts.get(id(v), ()):
+                held, exprs = key[1], scope.memo[key]
+                if held == layout:
+                    continue
+                if held.shape == v.shape:
+                    m = slot_map(held, v.shape, layout)
+                elif held.shape == layout.shape:
+                    m = slot_map(held, held.shape, layout)
+                else:
+                    continue
+                if m is not None:
+                    return [exprs[i] for i in m]
+            scope = scope.parent
+        return None
 
     def _define(self, v, exprs, ctype=None):
         """Bind per-slot expressions to fresh private variables."""
@@ -812,6 +848,10 @@ _VECTOR_TYPES = {f"{base}{n}" for base in ("char", "uchar", "short", "ushort", "
                                           "long", "ulong", "float", "double", "half", "bool")
                  for n in (2, 3, 4, 8, 16)}
 _RESERVED = frozenset(_C_WORDS.split()) | _VECTOR_TYPES
+
+
+# Elementwise ops as cheap to recompute as to look up.
+_TRIVIAL = {"const", "arg", "program_id", "num_programs", "arange", "splat", "broadcast", "expand"}
 
 
 def c_kernel_name(name):
