@@ -465,6 +465,31 @@ class Codegen:
             return read
         return f"{m} ? {read} : {other or c_const(0, out_dtype)}"
 
+    def _vector_half_loads(self, v, layout, p, exprs):
+        """Replace runs of a work-item's fp16 slots at consecutive addresses by one vload_halfN.
+
+        Scalar vload_half converts one value at a time (2-3 GB/s on PoCL);
+        vload_half8/16 converts a run at once. fp32 loads gain nothing from
+        the same treatment (measured), so they stay scalar. No 16-wide
+        vectors: PyPI's PoCL aborts the process on them, and on AVX2 they
+        change the ABI (a build warning).
+        """
+        last = layout.rank - 1
+        for width in (8, 4):
+            if layout.slot_dims[last] % width == 0 and \
+                    (layout.tpd[last] == 1 or layout.spt[last] % width == 0):
+                break
+        else:
+            return
+        for r in range(0, layout.nslots, width):
+            offs = [layout.slot_offset(r + i, last) for i in range(width)]
+            if offs != list(range(offs[0], offs[0] + width)):
+                continue
+            name = self.fresh(f"{v.name or 'load'}_v")
+            self.line(f"const float{width} {name} = vload_half{width}(0, {p[r]});")
+            for i in range(width):
+                exprs[r + i] = f"{name}.s{i:x}"
+
     def _materialise(self, v, layout):
         op = v.op
         if op == "load":
@@ -474,6 +499,8 @@ class Codegen:
             o = self.val(other, layout) if other is not None else None
             exprs = [self._load_expr(ptr.dtype, p[r], m and m[r], o and o[r], v.dtype)
                      for r in range(layout.nslots)]
+            if mask is None and ptr.dtype == kl.float16 and _last_dim_stride(ptr) == 1:
+                self._vector_half_loads(v, layout, p, exprs)
             return self._define(v, exprs)
         if op == "readvar":
             var = v.attrs["var"]
@@ -874,6 +901,47 @@ def _collect_setvars(stmts, out=None):
         for attr in ("then", "orelse", "body", "cond_body"):
             _collect_setvars(getattr(s, attr, []) or [], out)
     return out
+
+
+def _last_dim_stride(v):
+    """Elements between neighbours along a block's last dimension, if known; else None.
+
+    Pointer and offset blocks are sums and constant multiples of aranges,
+    broadcasts and uniform scalars; anything else is unknown.
+    """
+    if not v.shape:
+        return 0
+    op = v.op
+    if op == "arange":
+        return 1
+    if op == "splat":
+        return 0
+    if op == "broadcast":
+        inner = v.args[0]
+        return 0 if inner.shape[-1] == 1 else _last_dim_stride(inner)
+    if op == "expand":
+        return 0 if v.attrs["axis"] == len(v.shape) - 1 else _last_dim_stride(v.args[0])
+    if op == "binop" and v.attrs["op"] in ("+", "-"):
+        a, b = (_last_dim_stride(x) for x in v.args)
+        if a is None or b is None:
+            return None
+        return a + b if v.attrs["op"] == "+" else a - b
+    if op == "binop" and v.attrs["op"] == "*":
+        for x, y in (v.args, v.args[::-1]):
+            c = _uniform_int(x)
+            if c is not None:
+                s = _last_dim_stride(y)
+                return None if s is None else c * s
+    return None
+
+
+def _uniform_int(v):
+    """The value of an integer constant (scalar, or splat/broadcast of one), else None."""
+    while v.op in ("splat", "broadcast"):
+        v = v.args[0]
+    if v.op == "const" and not v.shape and v.dtype.is_int:
+        return int(v.attrs["value"])
+    return None
 
 
 def _uses(kernel):

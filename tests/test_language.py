@@ -905,3 +905,26 @@ def test_names_that_collide_with_opencl_c(interpret):
     fn = kdsl.jit(fmod.fn, interpret=True) if interpret else fmod
     fn[(1,)](kdsl.tensor(x), out, 10, 0.5, BLOCK=16)
     np.testing.assert_allclose(out.numpy(), np.exp(x * 0.5), rtol=1e-6)
+
+
+@kdsl.jit
+def half_rows_sum(x_ptr, out_ptr, stride, BLOCK: kl.constexpr):
+    """Sum of an fp16 row read with a runtime stride (1: contiguous, vector loads)."""
+    row = kl.program_id(0)
+    offs = kl.arange(0, BLOCK)
+    x = kl.load(x_ptr + row * BLOCK * stride + offs * stride)
+    kl.store(out_ptr + row, kl.sum(x, axis=0))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_contiguous_fp16_loads_become_vector_loads(stride):
+    from kdsl.launch import compile_kernel
+    x = np.random.default_rng(0).standard_normal((3, 32 * stride)).astype(np.float16)
+    out = kdsl.empty((3,))
+    args = (kdsl.tensor(x), out, stride)
+    half_rows_sum[(3,)](*args, BLOCK=32, num_threads=1)
+    np.testing.assert_allclose(out.numpy(), x[:, ::stride].astype(np.float32).sum(1), rtol=1e-3,
+                               atol=1e-3)
+    values, threads = half_rows_sum.bind(args, {"BLOCK": 32, "num_threads": 1})
+    source = compile_kernel(half_rows_sum, values, threads).source
+    assert ("vload_half8" in source) == (stride == 1)
