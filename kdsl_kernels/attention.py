@@ -33,7 +33,7 @@ RUNNING_MAX_START = -1.0e30
 
 
 @kdsl.jit
-def attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, m_ptr, l_ptr, acc_ptr, p_scratch_ptr,
+def attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, m_ptr, l_ptr, acc_ptr,
                      S, T, window, keys_per_split,
                      stride_qh, stride_qs, stride_kh, stride_kt, stride_vh, stride_vt,
                      stride_oh, stride_os, scale,
@@ -46,11 +46,7 @@ def attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, m_ptr, l_ptr, acc_ptr, p_scratc
     destination (the output, or this split's partial result) instead of in
     registers, updated BK columns at a time: a single work-item then runs
     small register-blocked products whose unrolled code stays short, and the
-    accumulator round trip per key block hits the cache. The probabilities p
-    go through a per-program scratch block too: read back by a load, they
-    feed kl.dot straight from registers, where the block itself would be
-    recomputed (exp included) in every head-dimension slice
-    (/tmp/kdsl-bugs/kernels-2.py).
+    accumulator round trip per key block hits the cache.
     """
     kv_head = kl.program_id(1)
     split = kl.program_id(2)
@@ -114,10 +110,6 @@ def attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, m_ptr, l_ptr, acc_ptr, p_scratc
         alpha = kl.exp(running_max - new_max)
         running_sum = running_sum * alpha + kl.sum(p, axis=1)
         if ACC_IN_MEMORY:
-            program = (split * kl.num_programs(1) + kv_head) * kl.num_programs(0) + kl.program_id(0)
-            p_tile = p_scratch_ptr + program * BM * BN + kl.arange(0, BM)[:, None] * BN + \
-                kl.arange(0, BN)[None, :]
-            kl.store(p_tile, p)
             for d0 in range(0, D, BK):
                 dv = d0 + kl.arange(0, BK)
                 v = kl.load(v_base + keys_in[:, None] * stride_vt + dv[None, :],
@@ -125,7 +117,7 @@ def attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, m_ptr, l_ptr, acc_ptr, p_scratc
                 mask = row_ok[:, None] & (dv[None, :] < D)
                 acc_part = kl.load(acc_rows + dv[None, :], mask=mask, other=0.0)
                 kl.store(acc_rows + dv[None, :],
-                         kl.dot(kl.load(p_tile), v, acc_part * alpha[:, None]), mask=mask)
+                         kl.dot(p, v, acc_part * alpha[:, None]), mask=mask)
         else:
             v = kl.load(v_base + keys_in[:, None] * stride_vt + d[None, :],
                         mask=d_ok[None, :], other=0.0)
@@ -206,19 +198,6 @@ def attention_config(S, T, D, group, kv_heads, device=None):
     return tuned("attention", key, cfg, device)
 
 
-_scratch_buffers = {}
-
-
-def _scratch(size, device):
-    """A float32 scratch tensor of at least `size` elements, kept per device (kernels on one
-    in-order queue never use it at the same time)."""
-    have = _scratch_buffers.get(device.fingerprint)
-    if have is None or have.size < size:
-        have = kdsl.empty((max(size, 1),), np.float32, device=device)
-        _scratch_buffers[device.fingerprint] = have
-    return have
-
-
 def _check(t, name, ndim=3):
     if t.ndim != ndim:
         raise ValueError(f"attention(): {name} must be 3-D [heads, tokens, head_dim], got shape "
@@ -278,8 +257,6 @@ def attention(q, k, v, *, causal=True, window=None, scale=None, out=None, config
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                out.stride(0), out.stride(1))
     window_arg = int(window) if window is not None else 0
-    p_scratch = _scratch(grid[0] * grid[1] * splits * cfg["BM"] * cfg["BN"]
-                         if cfg["acc_in_memory"] else 1, q.device)
     rows_total = H * S
     if splits == 1:
         partials = (out, out, out)           # unused: the kernel writes out directly
@@ -287,7 +264,7 @@ def attention(q, k, v, *, causal=True, window=None, scale=None, out=None, config
         partials = (kdsl.empty((splits, rows_total), np.float32, device=q.device),
                     kdsl.empty((splits, rows_total), np.float32, device=q.device),
                     kdsl.empty((splits, rows_total, D), np.float32, device=q.device))
-    attention_kernel[grid](q, k, v, out, *partials, p_scratch, S, T, window_arg, keys_per_split,
+    attention_kernel[grid](q, k, v, out, *partials, S, T, window_arg, keys_per_split,
                            *strides, scale, SPLIT=splits > 1, **common)
     if splits > 1:
         reduce_kernel[(rows_total,)](*partials, out, S, D, rows_total, splits, out.stride(0),
