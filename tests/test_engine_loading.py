@@ -34,7 +34,7 @@ def llama_cpp_permute(w, n_heads):
 
 
 def write_tiny_gguf(path, rng, *, n_layers=2, hidden=64, n_heads=4, n_kv_heads=2, ffn=96,
-                    vocab=300, qtype=gguf.GGMLQuantizationType.Q4_1):
+                    vocab=300, qtype=gguf.GGMLQuantizationType.Q4_1, chat_template=None):
     """A small llama GGUF: linear weights in `qtype`, embedding Q8_0, norms F32.
 
     Returns the float32 weights (engine names, Hugging Face row order) the file stands for.
@@ -56,6 +56,8 @@ def write_tiny_gguf(path, rng, *, n_layers=2, hidden=64, n_heads=4, n_kv_heads=2
     writer.add_token_types([3 if t.startswith("<|") else 1 for t in tokens])
     writer.add_token_merges(["t o"])
     writer.add_eos_token_id(tokens.index("<|im_end|>"))
+    if chat_template:
+        writer.add_chat_template(chat_template)
     truth = {}
 
     def put(gguf_name, engine_name, w, kind):
