@@ -58,8 +58,8 @@ class Generator:
     """Runs a Model over token ids: prefill in chunks, then decode.
 
     >>> gen = Generator(model, context=2048)
-    >>> list(gen.stream_ids([1, 2, 3], max_new_tokens=4, params=SamplingParams(), stop_ids=()))
-    [17, 5, 9, 12]
+    >>> ids = list(gen.stream_ids([1, 2, 3], max_new_tokens=4, params=SamplingParams(),
+    ...                           stop_ids=()))          # 4 greedy token ids
     """
 
     def __init__(self, model, *, context):
@@ -143,8 +143,8 @@ def bench_ids(generator, prompt_tokens, new_tokens, *, vocab, seed=0):
     """Timings of one run over a random prompt of `prompt_tokens` ids and exactly
     `new_tokens` greedy tokens (no stop ids), from an empty cache.
 
-    >>> bench_ids(generator, 512, 128, vocab=49152).decode_tok_s
-    51.3
+    >>> timings = bench_ids(generator, 512, 128, vocab=49152)
+    >>> timings.prefill_tok_s, timings.decode_tok_s
     """
     from .sampling import SamplingParams
     ids = np.random.default_rng(seed).integers(0, vocab, prompt_tokens).tolist()

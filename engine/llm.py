@@ -4,8 +4,7 @@
     >>> llm = LLM.load()                        # the embedded SmolLM2-135M-Instruct
     >>> llm.chat([{"role": "user", "content": "What is the capital of France?"}])
     'The capital of France is Paris.'
-    >>> llm.timings.decode_tok_s
-    48.2
+    >>> print(llm.timings.summary())          # prefill/decode tok/s, time to first token
 """
 import importlib.util
 import os
