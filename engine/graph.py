@@ -15,22 +15,15 @@ import contextlib
 def captured_launches():
     """Collect (jit_fn, grid, values, num_threads) of every kdsl launch in the block.
 
-    The launches still run. This wraps kdsl.launch.launch, as kdsl's own
-    autotuner does to time wrappers; kdsl has no public hook for it yet
-    (asked for in /tmp/kdsl-bugs/engine-needs-2.md).
+    The launches still run; the list is filled when the block ends.
     """
-    from kdsl import launch as launch_module
-    original = launch_module.launch
+    import kdsl
     records = []
-
-    def recording(jit_fn, grid, values, num_threads):
-        records.append((jit_fn, grid, dict(values), num_threads))
-        return original(jit_fn, grid, values, num_threads)
-    launch_module.launch = recording
-    try:
-        yield records
-    finally:
-        launch_module.launch = original
+    with kdsl.capture_launches() as launches:
+        try:
+            yield records
+        finally:
+            records.extend((r.jit_fn, r.grid, r.values, r.num_threads) for r in launches)
 
 
 def _differences(old, new):
