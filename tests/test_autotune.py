@@ -65,7 +65,13 @@ def test_tunes_once_and_computes_right(cache, n):
     result = scale_kernel.last_result
     assert {c for c, _ in result.times} == set(CONFIGS)
     assert all(t > 0 for _, t in result.times)
-    assert result.best_time == min(t for _, t in result.times)
+    # The sweep's fastest config is re-timed against the default, alternately, and the
+    # faster of the two kept; its time can then exceed a third config's sweep time.
+    times = dict(result.times)
+    if result.default in times:
+        assert result.best_time <= times[result.default]
+    else:
+        assert result.best_time == min(times.values())
     np.testing.assert_allclose(out.numpy(), 3 * x_np, rtol=1e-6)
     entry = tuning_db.database().lookup(scale_kernel.kernel_name, {"n": n})
     assert entry["config"] == result.best.as_dict()
