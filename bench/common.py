@@ -92,6 +92,23 @@ def gbps(nbytes, seconds):
     return nbytes / seconds / 1e9
 
 
+def speed_fields(nbytes, timing, numpy_s):
+    """The timing columns every row of a kdsl-vs-numpy table has."""
+    return {"kdsl_ms": timing.device_s * 1e3, "kdsl_gbps": gbps(nbytes, timing.device_s),
+            "wall_ms": timing.wall_s * 1e3, "reps": timing.reps,
+            "numpy_ms": numpy_s * 1e3, "numpy_gbps": gbps(nbytes, numpy_s)}
+
+
+def rank_rows(rows, copy_gbps):
+    """Mark the fastest row and add each row's ratios to numpy and to the copy bandwidth."""
+    best = min(rows, key=lambda r: r["kdsl_ms"])
+    for row in rows:
+        row["best"] = row is best
+        row["vs_numpy"] = row["numpy_ms"] / row["kdsl_ms"]
+        row["of_copy"] = row["kdsl_gbps"] / copy_gbps
+    return rows
+
+
 def copy_bandwidth(device, n_floats=1 << 26, reps=10):
     """GB/s of the device's best plain float4 copy of `n_floats` floats.
 

@@ -67,16 +67,9 @@ def measure_size(n, configs, device, copy_gbps, rng):
                                  "disagrees with numpy")
         rows.append({
             "n": n, "bytes": nbytes, "BLOCK": block, "num_threads": threads,
-            "kdsl_ms": timing.device_s * 1e3, "kdsl_gbps": common.gbps(nbytes, timing.device_s),
-            "wall_ms": timing.wall_s * 1e3, "reps": timing.reps,
-            "numpy_ms": numpy_s * 1e3, "numpy_gbps": common.gbps(nbytes, numpy_s),
+            **common.speed_fields(nbytes, timing, numpy_s),
         })
-    best = min(rows, key=lambda r: r["kdsl_ms"])
-    for row in rows:
-        row["best"] = row is best
-        row["vs_numpy"] = row["numpy_ms"] / row["kdsl_ms"]
-        row["of_copy"] = row["kdsl_gbps"] / copy_gbps
-    return rows
+    return common.rank_rows(rows, copy_gbps)
 
 
 def main(argv=None):
