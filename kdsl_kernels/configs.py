@@ -18,9 +18,10 @@ def tuned(kernel_name, key, default, device=None):
     A config whose parameter names differ from the default's (tuned by an
     older version of the kernel) is ignored. Returns a new dict each call.
 
-    >>> tuned("gemv", {"N": 4096, "K": 4096, "trans_b": True},
-    ...       {"BN": 4, "BK": 256, "num_threads": 16})
-    {'BN': 2, 'BK': 512, 'num_threads': 32}
+    >>> config = tuned("gemv", {"N": 4096, "K": 4096, "trans_b": True},
+    ...                {"BN": 1, "BK": 64, "num_threads": 1})
+    >>> sorted(config)                  # the tuned values where the database has some
+    ['BK', 'BN', 'num_threads']
     """
     config = tuning_db.database(device).best_config(kernel_name, key)
     if config is None or set(config) != set(default):
