@@ -19,17 +19,18 @@ import numpy as np
 import kdsl
 import kdsl_kernels as kk
 from kdsl_kernels import fp4
+from kdsl_kernels.attention import launch_signature
 
 from .graph import StepGraph
 from .kvcache import KVCache
 from .plan import Plan, R, S, Use
 
 # How each step's launches change from one decode step to the next (graph.py):
-# attention's split of the keys changes in steps with the length, so it always
-# runs through its wrapper; RoPE's position and the cache slot move by a fixed
-# amount per token; everything else repeats exactly.
-_EAGER = frozenset({"attention"})
-_AFFINE_IN_PAST = frozenset({"rope_and_cache"})
+# RoPE's position, the cache slot and attention's key count move by a fixed
+# amount per token; everything else repeats exactly. Attention's config and
+# split of the keys change in steps with the length, so its recordings are
+# kept per launch signature.
+_AFFINE_IN_PAST = frozenset({"rope_and_cache", "attention"})
 
 
 class Model:
@@ -93,11 +94,17 @@ class Model:
         graph = self.graph if n == 1 and r == 1 else None
         run = graph.run if graph is not None else (lambda key, step: step())
         run("embed", lambda: kk.embedding(self.ids[:n], self.weights["embed"], out=v["x"]))
+        if graph is not None:
+            cfg = self.config
+            signature = launch_signature((cfg.n_heads, 1, cfg.head_dim),
+                                         (cfg.n_kv_heads, past + 1, cfg.head_dim), self.device)
         for layer in range(self.config.n_layers):
             self._layer = layer
             for use, step in self._layer_steps:
-                if use.name in _EAGER or (graph is None and use.name in _AFFINE_IN_PAST):
+                if graph is None:
                     step(v)
+                elif use.name == "attention":
+                    graph.run_affine((layer, use.name, signature), lambda: step(v), past)
                 elif use.name in _AFFINE_IN_PAST:
                     graph.run_affine((layer, use.name), lambda: step(v), past)
                 else:

@@ -39,21 +39,26 @@ class PreparedLaunch:
             if isinstance(v, Tensor) and v.device.fingerprint != self.device.fingerprint:
                 raise LaunchError(f"{jit_fn.__name__}.prepare(): tensor '{name}' lives on "
                                   f"{v.device}, the kernel runs on {self.device}")
+        # Per specialisation, the kernel object built for it: a position that
+        # crosses a multiple of 16 switches back and forth between two.
+        self._built = {}
         self._build()
         self.grid = grid
 
     def _build(self):
         compiled = compile_kernel(self.jit_fn, self.values, self.num_threads_asked, self.device)
-        self.compiled = compiled
+        built = self._built.get(id(compiled))
+        if built is None:
+            slot, index = {}, 0
+            for name, is_ptr, dtype in compiled.params:
+                slot[name] = (index, is_ptr, dtype)
+                index += 2 if is_ptr else 1
+            # A kernel object of our own, so other launches of the same compiled
+            # kernel cannot overwrite the arguments set here.
+            built = self._built[id(compiled)] = (compiled, cl.Kernel(compiled.program,
+                                                                     compiled.name), slot)
+        self.compiled, self.cl_kernel, self._slot = built
         self.num_threads = compiled.num_threads
-        # A kernel object of our own, so other launches of the same compiled
-        # kernel cannot overwrite the arguments set here.
-        self.cl_kernel = cl.Kernel(compiled.program, compiled.name)
-        self._slot = {}
-        index = 0
-        for name, is_ptr, dtype in compiled.params:
-            self._slot[name] = (index, is_ptr, dtype)
-            index += 2 if is_ptr else 1
         for name in self._slot:
             self._set_one(name, self.values[name])
 
@@ -75,6 +80,7 @@ class PreparedLaunch:
         multiple of 16, ...) rebuilds the launch, as an ordinary launch would.
         """
         respecialise = False
+        changed = []
         for name, value in values.items():
             if name not in self.values:
                 raise LaunchError(f"{self.jit_fn.__name__}.set(): no argument '{name}'; its "
@@ -82,26 +88,32 @@ class PreparedLaunch:
             if name in self.jit_fn.constexpr_names:
                 raise LaunchError(f"{self.jit_fn.__name__}.set(): '{name}' is a constexpr; "
                                   "prepare another launch for another value")
-            if _spec_of(value, False) != _spec_of(self.values[name], False):
+            old = self.values[name]
+            if isinstance(value, Tensor) and isinstance(old, Tensor):
+                # a tensor's specialisation is its dtype (no str() of it per step)
+                respecialise |= value.dtype != old.dtype
+            elif _spec_of(value, False) != _spec_of(old, False):
                 respecialise = True
             self.values[name] = value
+            changed.append((name, old))
         if respecialise:
             self._build()
         else:
-            for name, value in values.items():
+            for name, old in changed:
                 if name in self._slot:          # arguments the kernel never reads are not passed
-                    self._set_one(name, value)
+                    self._set_one(name, self.values[name], old)
         if grid is not None:
             self.grid = grid
         return self
 
-    def _set_one(self, name, value):
+    def _set_one(self, name, value, old=None):
         index, is_ptr, dtype = self._slot[name]
         if is_ptr:
             if not isinstance(value, Tensor):
                 raise LaunchError(f"{self.jit_fn.__name__}: argument '{name}' must be a device "
                                   f"tensor, got {type(value).__name__}")
-            self.cl_kernel.set_arg(index, value.buffer)
+            if not isinstance(old, Tensor) or old.buffer is not value.buffer:
+                self.cl_kernel.set_arg(index, value.buffer)
             self.cl_kernel.set_arg(index + 1, np.int32(value.offset))
         elif dtype.is_bool:
             self.cl_kernel.set_arg(index, np.int32(bool(value)))

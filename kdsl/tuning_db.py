@@ -332,7 +332,7 @@ class TuningDB:
         return sum(len(by_key) for by_key in data["entries"].values())
 
 
-_databases = {}             # (fingerprint, path) -> TuningDB
+_databases = {}             # (fingerprint, $KDSL_CACHE_DIR, $HOME) -> TuningDB
 
 
 def database(device=None):
@@ -342,8 +342,10 @@ def database(device=None):
     'b89eefd7f1ce322f.json'
     """
     device = as_device(device)
-    path = db_path(device)
-    db = _databases.get((device.fingerprint, path))
+    # keyed by what the path derives from, so a lookup (every library launch)
+    # builds no Path; a changed $KDSL_CACHE_DIR or $HOME opens another file
+    memo = (device.fingerprint, os.environ.get("KDSL_CACHE_DIR"), os.environ.get("HOME"))
+    db = _databases.get(memo)
     if db is None:
-        db = _databases[(device.fingerprint, path)] = TuningDB(device, path)
+        db = _databases[memo] = TuningDB(device, db_path(device))
     return db

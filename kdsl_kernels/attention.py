@@ -34,7 +34,7 @@ RUNNING_MAX_START = -1.0e30
 
 @kdsl.jit
 def attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, m_ptr, l_ptr, acc_ptr,
-                     S, T, window, keys_per_split,
+                     S, T, window,
                      stride_qh, stride_qs, stride_kh, stride_kt, stride_vh, stride_vt,
                      stride_oh, stride_os, scale,
                      GROUP: kl.constexpr, CAUSAL: kl.constexpr, HAS_WINDOW: kl.constexpr,
@@ -66,7 +66,10 @@ def attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, m_ptr, l_ptr, acc_ptr,
     # padding rows and keys past the end read the last real ones (in bounds, no
     # masked loads in the inner loops); the `visible` mask gives them weight 0
     q_rows = q_ptr + head[:, None] * stride_qh + kl.minimum(query, S - 1)[:, None] * stride_qs
-    # the keys any row of this block can see, then this split's share of them
+    # the keys any row of this block can see, then this split's share of them,
+    # worked out here from T so a decode step's launch differs from the last
+    # one only in T (the engine replays it); a split may be empty
+    keys_per_split = kl.cdiv(kl.cdiv(T, kl.num_programs(2)), BN) * BN
     lo = split * keys_per_split
     hi = min(T, lo + keys_per_split)
     if CAUSAL:
@@ -198,6 +201,47 @@ def attention_config(S, T, D, group, kv_heads, device=None):
     return tuned("attention", key, cfg, device)
 
 
+def _launch_config(S, T, D, group, kv_heads, device, config=None):
+    """(config without "splits", the number of key splits) of one call."""
+    cfg = dict(attention_config(S, T, D, group, kv_heads, device))
+    cfg.update(config or {})
+    splits = max(1, min(int(cfg.pop("splits")), T))
+    return cfg, min(splits, kdsl.cdiv(T, cfg["BN"]))     # at least a key block per split
+
+
+def launch_signature(q_shape, k_shape, device=None, config=None):
+    """What attention()'s launches for these shapes depend on besides T, S and
+    the tensors' offsets: its config and number of key splits.
+
+    Two calls with equal signatures on the same buffers make the same launches
+    but for those ints, so a caller can record one and replay it (the engine's
+    decode step does).
+
+    >>> launch_signature((9, 1, 64), (3, 300, 64))
+    (('BD', 64), ('BK', 16), ('BM', 4), ('BN', 16), ('acc_in_memory', True), ('num_threads', 1), 1)
+    """
+    H, S, D = q_shape
+    KVH, T, _ = k_shape
+    cfg, splits = _launch_config(S, T, D, H // KVH, KVH, device or kdsl.current_device(), config)
+    return tuple(sorted(cfg.items())) + (splits,)
+
+
+_scratch = {}       # (device, splits, rows, D) -> the split partials' buffers
+
+
+def _split_scratch(device, splits, rows_total, D):
+    """The partial results of a split launch: the running max, sum and output of
+    each split's rows. Kept per shape and reused by later calls, which run after
+    this one on the device's in-order queue, so a decode step reads and writes
+    the same buffers every time and the engine can replay its launches."""
+    key = (id(device.context), splits, rows_total, D)
+    if key not in _scratch:
+        _scratch[key] = (kdsl.empty((splits, rows_total), np.float32, device=device),
+                         kdsl.empty((splits, rows_total), np.float32, device=device),
+                         kdsl.empty((splits, rows_total, D), np.float32, device=device))
+    return _scratch[key]
+
+
 def _check(t, name, ndim=3):
     if t.ndim != ndim:
         raise ValueError(f"attention(): {name} must be 3-D [heads, tokens, head_dim], got shape "
@@ -243,11 +287,7 @@ def attention(q, k, v, *, causal=True, window=None, scale=None, out=None, config
     if H * S * D == 0:
         return out
     group = H // KVH
-    cfg = dict(attention_config(S, T, D, group, KVH, q.device))
-    cfg.update(config or {})
-    splits = max(1, min(int(cfg.pop("splits")), T))
-    keys_per_split = kdsl.cdiv(kdsl.cdiv(T, splits), cfg["BN"]) * cfg["BN"]
-    splits = kdsl.cdiv(T, keys_per_split)
+    cfg, splits = _launch_config(S, T, D, group, KVH, q.device, config)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     grid = (kdsl.cdiv(S * group, cfg["BM"]), KVH, splits)
     common = dict(GROUP=group, CAUSAL=bool(causal), HAS_WINDOW=window is not None, D=D,
@@ -261,10 +301,8 @@ def attention(q, k, v, *, causal=True, window=None, scale=None, out=None, config
     if splits == 1:
         partials = (out, out, out)           # unused: the kernel writes out directly
     else:
-        partials = (kdsl.empty((splits, rows_total), np.float32, device=q.device),
-                    kdsl.empty((splits, rows_total), np.float32, device=q.device),
-                    kdsl.empty((splits, rows_total, D), np.float32, device=q.device))
-    attention_kernel[grid](q, k, v, out, *partials, S, T, window_arg, keys_per_split,
+        partials = _split_scratch(q.device, splits, rows_total, D)
+    attention_kernel[grid](q, k, v, out, *partials, S, T, window_arg,
                            *strides, scale, SPLIT=splits > 1, **common)
     if splits > 1:
         reduce_kernel[(rows_total,)](*partials, out, S, D, rows_total, splits, out.stride(0),

@@ -131,6 +131,36 @@ def test_replayed_decode_steps_equal_eager_ones(tiny):
     np.testing.assert_array_equal(replayed, eager)
 
 
+def test_replayed_attention_follows_a_change_of_key_splits(tiny, monkeypatch):
+    """Attention is replayed per launch signature: when the split of the keys
+    changes with the length, new launches are recorded rather than stale ones
+    replayed."""
+    import sys
+    from engine.graph import StepGraph
+    attention_module = sys.modules["kdsl_kernels.attention"]   # the package exports the function
+    default_config = attention_module.attention_config
+
+    def config(S, T, *args, **kwargs):
+        return dict(default_config(S, T, *args, **kwargs), splits=1 + (T >= 20) + (T >= 34))
+    monkeypatch.setattr(attention_module, "attention_config", config)
+    _, llm = tiny
+    ids = np.random.default_rng(11).integers(0, VOCAB, 41).tolist()
+
+    def decode_logits(graph):
+        llm.model.graph = graph
+        llm.generator.cached_ids = []
+        score(llm.generator, ids[:3])
+        return np.concatenate([llm.model.forward(np.array([token], np.int32), 3 + i).numpy()
+                               for i, token in enumerate(ids[3:])])
+    eager = decode_logits(None)
+    graph = StepGraph()
+    replayed = decode_logits(graph)
+    llm.model.graph = StepGraph()
+    signatures = {key[2] for key in graph.affine if key[1] == "attention"}
+    assert len(signatures) == 3
+    np.testing.assert_allclose(replayed, eager, rtol=1e-5, atol=1e-5)
+
+
 def test_greedy_generation_matches_transformers(tiny):
     model, llm = tiny
     prompt = np.random.default_rng(3).integers(0, VOCAB, 10).tolist()

@@ -34,6 +34,22 @@ def test_prepared_launch_repeats_and_follows_set():
         np.testing.assert_allclose(out2.numpy(), expected, rtol=1e-6)
 
 
+def test_prepared_launch_keeps_a_kernel_per_specialisation():
+    """A scalar crossing a multiple of 16 and back switches between two built
+    kernels (no rebuild each time), each with the current arguments."""
+    x_h = np.arange(64, dtype=np.float32)
+    x, out = kdsl.tensor(x_h), kdsl.zeros((64,))
+    step = axpy.prepare((1,), x, x, out, 1.0, 15, BLOCK=64)
+    kernels = []
+    for n, a in ((15, 1.0), (16, 2.0), (17, 3.0), (32, 4.0), (33, 5.0)):
+        step.set(n=n, a=a)()
+        kernels.append(step.cl_kernel)
+        expected = np.where(np.arange(64) < n, (a + 1) * x_h, 0)
+        np.testing.assert_allclose(out.numpy()[:n], expected[:n], rtol=1e-6)
+    assert kernels[0] is kernels[2] is kernels[4] and kernels[1] is kernels[3]
+    assert kernels[0] is not kernels[1]
+
+
 def test_prepared_launch_writes_into_views():
     base = kdsl.zeros((4, 64))
     x = kdsl.tensor(np.ones(64, np.float32))
