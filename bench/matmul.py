@@ -1,6 +1,6 @@
 """GEMM / GEMV throughput of kdsl_kernels.matmul beside the peers measured in the same run.
 
-    python3 bench/matmul.py [--quick] [--sweep] [--json PATH]
+    python3 bench/matmul.py [--quick] [--sweep] [--json PATH] [--no-plot]
 
 Peers: numpy (OpenBLAS, on the host CPU), CLBlast on the same OpenCL device
 through pyclblast (where it installs), torch (CUDA with TF32 off where a GPU
@@ -109,6 +109,7 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--sweep", action="store_true", help="try several tile configs")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--no-plot", action="store_true", help="do not draw the bar chart")
     args = ap.parse_args()
     dev = kdsl.current_device()
     print(f"device: {dev}")
@@ -167,6 +168,8 @@ def main():
         json.dump({"device": str(dev), "date": time.strftime("%Y-%m-%d %H:%M"), "rows": rows},
                   f, indent=1)
     print(f"wrote {path}")
+    if args.no_plot:
+        return
     try:
         import matplotlib
         matplotlib.use("Agg")
