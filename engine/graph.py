@@ -54,26 +54,29 @@ def _differences(old, new):
     return changes
 
 
-def _shifted(value, step, count):
-    """An int or a tensor's offset moved by `count` steps of `step` (the change per token)."""
+def _shifted(value, per_token, tokens):
+    """An int or a tensor's offset moved by `per_token` for each of `tokens` tokens."""
     import kdsl
     if isinstance(value, kdsl.Tensor):
         return kdsl.Tensor(value.buffer, value.shape, value.dtype, value.device,
-                           value.offset + step * count, value.strides)
-    return value + step * count
+                           value.offset + per_token * tokens, value.strides)
+    return value + per_token * tokens
 
 
 class AffineStep:
     """A step whose launches change with the past length P only through ints and tensor
-    offsets that move by a fixed amount per token (RoPE's position, the KV-cache slot).
+    offsets that move by a fixed amount per token (RoPE's position, the KV-cache slot,
+    attention's key count).
 
-    Two eager steps at P and P+1 give each changing argument's step per token;
-    a third eager step at P+2 must equal the prediction, else the step stays
-    eager for good. From then on it is replayed with prepared launches whose
-    changing arguments are set per step.
+    The step runs `unit` new tokens (1 for decode, the chunk for prefill), so
+    it is seen at P, P + unit, P + 2 unit, ... Two eager steps give each
+    changing argument's change per token; a third must equal the prediction,
+    else the step stays eager for good. From then on it is replayed with
+    prepared launches whose changing arguments are set per step, at any P.
     """
 
-    def __init__(self):
+    def __init__(self, unit=1):
+        self.unit = unit
         self.seen = []                # (past, records) of the eager steps so far
         self.launches = None          # prepared launches, once verified
         self.eager = False
@@ -83,15 +86,15 @@ class AffineStep:
             base_past, changes = self.base
             for launch, changed in zip(self.launches, changes):
                 if changed:
-                    launch.set(**{name: _shifted(a, _step_of(a, b), past - base_past)
-                                  for name, a, b in changed})
+                    launch.set(**{name: _shifted(a, per_token, past - base_past)
+                                  for name, a, per_token in changed})
                 launch()
             return
         with captured_launches() as records:
             step()
         if self.eager:
             return
-        if self.seen and self.seen[-1][0] != past - 1:
+        if self.seen and self.seen[-1][0] != past - self.unit:
             self.seen = []            # not consecutive steps (a new prompt): start again
         self.seen.append((past, records))
         if len(self.seen) == 3:
@@ -99,9 +102,9 @@ class AffineStep:
 
     def _verify(self):
         (p0, first), (_, second), (_, third) = self.seen
-        changes = _differences(first, second)
-        later = _differences(first, third)
-        if changes is None or later is None or not _predicts(changes, later):
+        changes = _per_token(_differences(first, second), self.unit)
+        later = _per_token(_differences(first, third), 2 * self.unit)
+        if changes is None or later is None or changes != later:
             self.eager = True
             return
         self.base = (p0, changes)
@@ -109,20 +112,26 @@ class AffineStep:
                          for jit_fn, grid, values, num_threads in first]
 
 
+def _per_token(changes, tokens):
+    """Per launch, (name, first value, change per token) of each changing argument;
+    None where a change is not a whole number per token."""
+    if changes is None:
+        return None
+    out = []
+    for changed in changes:
+        rows = []
+        for name, a, b in changed:
+            delta = _step_of(a, b)
+            if delta % tokens:
+                return None
+            rows.append((name, a, delta // tokens))
+        out.append(rows)
+    return out
+
+
 def _step_of(a, b):
     import kdsl
     return b.offset - a.offset if isinstance(a, kdsl.Tensor) else b - a
-
-
-def _predicts(changes, later):
-    """Whether the one-token changes, doubled, are exactly the two-token changes."""
-    for one, two in zip(changes, later):
-        if [name for name, _, _ in one] != [name for name, _, _ in two]:
-            return False
-        for (_, a, b), (_, _, c) in zip(one, two):
-            if _step_of(a, c) != 2 * _step_of(a, b):
-                return False
-    return True
 
 
 class StepGraph:
@@ -137,9 +146,12 @@ class StepGraph:
         self.prepared = {}
         self.affine = {}
 
-    def run_affine(self, key, step, past):
-        """Run a step whose launches move with the past length (see AffineStep)."""
-        self.affine.setdefault(key, AffineStep()).run(past, step)
+    def run_affine(self, key, step, past, unit=1):
+        """Run a step of `unit` new tokens whose launches move with the past length
+        (see AffineStep)."""
+        if key not in self.affine:
+            self.affine[key] = AffineStep(unit)
+        self.affine[key].run(past, step)
 
     def run(self, key, step):
         launches = self.prepared.get(key)

@@ -25,7 +25,8 @@ from .graph import StepGraph
 from .kvcache import KVCache
 from .plan import Plan, R, S, Use
 
-# How each step's launches change from one decode step to the next (graph.py):
+# How a step's launches change from one decode step (or prefill chunk) to the
+# next (graph.py):
 # RoPE's position, the cache slot and attention's key count move by a fixed
 # amount per token; everything else repeats exactly. Attention's config and
 # split of the keys change in steps with the length, so its recordings are
@@ -44,7 +45,8 @@ class Model:
         self.config = config
         self.device = kdsl.device.as_device(device)
         self.chunk = chunk
-        # decode steps replay prepared launches (graph.py); replay=False runs every wrapper
+        # decode steps and prefill chunks replay prepared launches (graph.py);
+        # replay=False runs every wrapper
         self.graph = StepGraph() if replay else None
         self.ids = kdsl.empty((chunk,), np.int32, device=self.device)
         self.weights = {name: _upload(value, self.device) for name, value in weights.items()}
@@ -90,29 +92,34 @@ class Model:
         self.ids[:n].copy_from(np.asarray(ids, dtype=np.int32))
         self._past, self._n = past, n
         first = 0 if rows == "all" else last
-        # a one-token step is the same launches every time, but for the past length
-        graph = self.graph if n == 1 and r == 1 else None
-        run = graph.run if graph is not None else (lambda key, step: step())
-        run("embed", lambda: kk.embedding(self.ids[:n], self.weights["embed"], out=v["x"]))
+        # A step of n tokens that returns one row's logits (a decode step, a
+        # prefill chunk) makes the same launches every time but for the past
+        # length: replayed, keyed by (n, last)
+        graph = self.graph if r == 1 else None
+        shape = (n, last)
+        run = ((lambda key, step: graph.run(shape + key, step)) if graph is not None
+               else (lambda key, step: step()))
+        run(("embed",), lambda: kk.embedding(self.ids[:n], self.weights["embed"], out=v["x"]))
         if graph is not None:
             cfg = self.config
-            signature = launch_signature((cfg.n_heads, 1, cfg.head_dim),
-                                         (cfg.n_kv_heads, past + 1, cfg.head_dim), self.device)
+            signature = launch_signature((cfg.n_heads, n, cfg.head_dim),
+                                         (cfg.n_kv_heads, past + n, cfg.head_dim), self.device)
         for layer in range(self.config.n_layers):
             self._layer = layer
             for use, step in self._layer_steps:
                 if graph is None:
                     step(v)
                 elif use.name == "attention":
-                    graph.run_affine((layer, use.name, signature), lambda: step(v), past)
+                    graph.run_affine(shape + (layer, use.name, signature), lambda: step(v),
+                                     past, unit=n)
                 elif use.name in _AFFINE_IN_PAST:
-                    graph.run_affine((layer, use.name), lambda: step(v), past)
+                    graph.run_affine(shape + (layer, use.name), lambda: step(v), past, unit=n)
                 else:
                     run((layer, use.name), lambda: step(v))
-        run("final_norm", lambda: kk.add_rms_norm(v["delta"], v["x"], self.weights["norm"],
-                                                  self.config.rms_eps, out=v["h"]))
-        run("lm_head", lambda: self._linear(v["h"][first:first + r], self.lm_head, None,
-                                            v["logits"]))
+        run(("final_norm",), lambda: kk.add_rms_norm(v["delta"], v["x"], self.weights["norm"],
+                                                     self.config.rms_eps, out=v["h"]))
+        run(("lm_head",), lambda: self._linear(v["h"][first:first + r], self.lm_head, None,
+                                               v["logits"]))
         self.cache.length = past + n
         return v["logits"]
 

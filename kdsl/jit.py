@@ -13,6 +13,7 @@ from . import language as kl
 from . import capture
 from .errors import LaunchError
 from .parser import parse_function
+from .tensor import Tensor
 
 _MISSING = inspect.Parameter.empty
 
@@ -39,6 +40,13 @@ class JITFunction:
         self.arg_names = list(self.signature.parameters)
         self.constexpr_names = [n for n, p in self.signature.parameters.items()
                                 if _is_constexpr_annotation(p.annotation, fn)]
+        # per parameter (name, is_constexpr), and the defaults: what every
+        # launch walks, worked out once (a launch's Python time is the cost
+        # of a small kernel)
+        constexprs = set(self.constexpr_names)
+        self._params = [(n, n in constexprs) for n in self.arg_names]
+        self._defaults = {n: p.default for n, p in self.signature.parameters.items()
+                          if p.default is not _MISSING}
         self._ast = None
         self._compiled = {}          # specialisation key -> compiled kernel
 
@@ -98,8 +106,7 @@ class JITFunction:
         Constexpr parameters may be given by keyword or position; a missing
         argument, an unknown keyword or a wrong type raises LaunchError.
         """
-        kwargs = dict(kwargs)
-        num_threads = kwargs.pop("num_threads", None)
+        num_threads = kwargs.get("num_threads")
         if num_threads is not None:
             if not isinstance(num_threads, (int, np.integer)) or num_threads < 1 \
                     or num_threads & (num_threads - 1):
@@ -111,32 +118,36 @@ class JITFunction:
                               f"({', '.join(self.arg_names)}) but {len(args)} were given")
         values = dict(zip(self.arg_names, args))
         for name, value in kwargs.items():
+            if name == "num_threads":
+                continue
             if name not in self.signature.parameters:
                 raise LaunchError(f"{self.__name__}() got an unexpected argument '{name}'; "
                                   f"its parameters are {', '.join(self.arg_names)}")
             if name in values:
                 raise LaunchError(f"{self.__name__}() got two values for argument '{name}'")
             values[name] = value
-        missing = []
-        for name, p in self.signature.parameters.items():
-            if name not in values:
-                if p.default is not _MISSING:
-                    values[name] = p.default
-                else:
-                    missing.append(name)
-        if missing:
-            raise LaunchError(f"{self.__name__}() is missing argument(s): {', '.join(missing)}")
-        for name in self.constexpr_names:
+        if len(values) < len(self._params):
+            missing = []
+            for name, _ in self._params:
+                if name not in values:
+                    if name in self._defaults:
+                        values[name] = self._defaults[name]
+                    else:
+                        missing.append(name)
+            if missing:
+                raise LaunchError(f"{self.__name__}() is missing argument(s): "
+                                  f"{', '.join(missing)}")
+        for name, is_constexpr in self._params:
             v = values[name]
-            if isinstance(v, kl.constexpr):
-                v = values[name] = v.value
-            if not isinstance(v, (int, float, bool, str, np.integer, np.floating, kl.dtype,
-                                  type(None), tuple)):
-                raise LaunchError(f"{self.__name__}(): constexpr '{name}' must be a Python "
-                                  f"int, float, bool, str or dtype, got {type(v).__name__}")
-        for name in self.arg_names:
-            if name not in self.constexpr_names:
-                _check_runtime_arg(self.__name__, name, values[name])
+            if is_constexpr:
+                if isinstance(v, kl.constexpr):
+                    v = values[name] = v.value
+                if not isinstance(v, _CONSTEXPR_TYPES):
+                    raise LaunchError(f"{self.__name__}(): constexpr '{name}' must be a Python "
+                                      f"int, float, bool, str or dtype, got {type(v).__name__}")
+            elif type(v) not in _PLAIN_SCALARS and not (type(v) is Tensor
+                                                        and _KERNEL_DTYPES.get(v.dtype)):
+                _check_runtime_arg(self.__name__, name, v)
         return values, num_threads
 
     def grid_of(self, grid, values):
@@ -178,10 +189,17 @@ def _is_constexpr_annotation(annotation, fn):
     return False
 
 
+_CONSTEXPR_TYPES = (int, float, bool, str, np.integer, np.floating, kl.dtype, type(None), tuple)
+_PLAIN_SCALARS = frozenset({int, float, bool})       # runtime arguments with nothing to check
+_KERNEL_DTYPES = {}                                   # numpy dtype -> whether kernels take it
+
+
 def _check_runtime_arg(kernel, name, value):
-    from .tensor import Tensor
     if isinstance(value, (Tensor, np.ndarray)):
-        if kl.from_numpy(value.dtype) is None:
+        usable = _KERNEL_DTYPES.get(value.dtype)
+        if usable is None:
+            usable = _KERNEL_DTYPES[value.dtype] = kl.from_numpy(value.dtype) is not None
+        if not usable:
             raise LaunchError(f"{kernel}(): argument '{name}' has dtype {value.dtype}, which "
                               "kernels cannot use (use float32, float16, int32, uint32, int8, "
                               "uint8, int16, uint16 or bool)")

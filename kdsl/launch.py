@@ -21,8 +21,10 @@ def _spec_of(value, is_constexpr):
     """The part of the specialisation key one argument contributes."""
     if is_constexpr:
         return ("c", repr(value))
+    if type(value) is int:              # the common cases first: this runs per argument per launch
+        return ("i", value == 1, value % 16 == 0, -2**31 <= value < 2**31)
     if isinstance(value, (Tensor, np.ndarray)):
-        return ("p", str(value.dtype))
+        return ("p", value.dtype)
     if isinstance(value, (bool, np.bool_)):
         return ("b",)
     if isinstance(value, (int, np.integer)):
@@ -53,6 +55,14 @@ class CompiledKernel:
         self.program = program
         self.cl_kernel = cl.Kernel(program, kernel_ir.name)
         self.params = [(name, v.is_ptr, v.dtype) for name, v in kernel_ir.params]
+        # per parameter: its name, OpenCL argument index, pointer or not, bool or
+        # not, and the numpy scalar type a number is passed as
+        self._slots = []
+        index = 0
+        for name, is_ptr, dtype in self.params:
+            self._slots.append((name, index, is_ptr, not is_ptr and dtype.is_bool,
+                                None if is_ptr or dtype.is_bool else dtype.np.type))
+            index += 2 if is_ptr else 1
         self._last = [None] * len(self.params)      # what each argument was last set to
 
     def __call__(self, grid, values, queue=None):
@@ -60,8 +70,7 @@ class CompiledKernel:
         # Only arguments that differ from this kernel's previous launch are set
         # again: a decode step relaunches the same kernels on the same buffers.
         kernel, last = self.cl_kernel, self._last
-        index = 0
-        for slot, (name, is_ptr, dtype) in enumerate(self.params):
+        for slot, (name, index, is_ptr, is_bool, to_np) in enumerate(self._slots):
             v = values[name]
             if is_ptr:
                 key = (v.buffer.int_ptr, v.offset)
@@ -69,16 +78,12 @@ class CompiledKernel:
                     kernel.set_arg(index, v.buffer)
                     kernel.set_arg(index + 1, np.int32(v.offset))
                     last[slot] = key
-                index += 2
                 continue
-            if dtype.is_bool:
-                v = np.int32(bool(v))
-            else:
-                v = dtype.np.type(v)
-            if last[slot] is None or last[slot] != v or type(last[slot]) is not type(v):
-                kernel.set_arg(index, v)
-                last[slot] = v
-            index += 1
+            # compared as given (with its type: 1 and 1.0 and True differ), set as numpy
+            key = (type(v), v)
+            if last[slot] != key:
+                kernel.set_arg(index, np.int32(bool(v)) if is_bool else to_np(v))
+                last[slot] = key
         local = (self.num_threads, 1, 1)
         global_size = (grid[0] * self.num_threads, grid[1], grid[2])
         if 0 in global_size:
@@ -91,7 +96,7 @@ def compile_kernel(jit_fn, values, num_threads=None, device=None):
     """Check, generate and build `jit_fn` for these argument values."""
     device = device or current_device()
     key = (device.fingerprint, num_threads) + tuple(
-        _spec_of(values[n], n in jit_fn.constexpr_names) for n in jit_fn.arg_names)
+        [_spec_of(values[n], is_constexpr) for n, is_constexpr in jit_fn._params])
     compiled = jit_fn._compiled.get(key)
     if compiled is not None:
         return compiled
@@ -114,9 +119,11 @@ def launch(jit_fn, grid, values, num_threads):
     """Run a kernel launch: numpy arrays are copied in and, after the kernel, back."""
     device = current_device()
     host_arrays = {}
-    for name in jit_fn.arg_names:
+    for name, is_constexpr in jit_fn._params:
         v = values[name]
-        if isinstance(v, np.ndarray) and name not in jit_fn.constexpr_names:
+        if type(v) is Tensor and v.device is device:
+            continue
+        if isinstance(v, np.ndarray) and not is_constexpr:
             host_arrays[name] = v
             values[name] = tensor(np.ascontiguousarray(v), dtype=v.dtype)
         elif isinstance(v, Tensor) and v.device is not device \

@@ -131,6 +131,33 @@ def test_replayed_decode_steps_equal_eager_ones(tiny):
     np.testing.assert_array_equal(replayed, eager)
 
 
+def test_replayed_prefill_chunks_equal_eager_ones(tiny):
+    """Prefill chunks (8 tokens, the last row's logits) replayed from prepared
+    launches give the eager chunks' logits, the last partial chunk included,
+    and fill the KV cache the same way (the decode step after them agrees)."""
+    from engine.graph import StepGraph
+    _, llm = tiny
+    ids = np.random.default_rng(13).integers(0, VOCAB, 45).tolist()
+
+    def prefill_logits(graph):
+        llm.model.graph = graph
+        llm.generator.cached_ids = []
+        rows = []
+        for start in range(0, 45, 8):
+            part = ids[start:start + 8]
+            padded = np.zeros(8, np.int32)
+            padded[:len(part)] = part
+            rows.append(llm.model.forward(padded, start, last=len(part) - 1).numpy())
+        rows.append(llm.model.forward(np.array([7], np.int32), 45).numpy())
+        return np.concatenate(rows)
+    eager = prefill_logits(None)
+    graph = StepGraph()
+    replayed = prefill_logits(graph)
+    llm.model.graph = StepGraph()
+    assert any(step.launches for key, step in graph.affine.items() if key[0] == 8)
+    np.testing.assert_allclose(replayed, eager, rtol=1e-5, atol=1e-5)
+
+
 def test_replayed_attention_follows_a_change_of_key_splits(tiny, monkeypatch):
     """Attention is replayed per launch signature: when the split of the keys
     changes with the length, new launches are recorded rather than stale ones
@@ -156,7 +183,7 @@ def test_replayed_attention_follows_a_change_of_key_splits(tiny, monkeypatch):
     graph = StepGraph()
     replayed = decode_logits(graph)
     llm.model.graph = StepGraph()
-    signatures = {key[2] for key in graph.affine if key[1] == "attention"}
+    signatures = {key[4] for key in graph.affine if key[3] == "attention"}
     assert len(signatures) == 3
     np.testing.assert_allclose(replayed, eager, rtol=1e-5, atol=1e-5)
 
