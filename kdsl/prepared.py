@@ -22,6 +22,9 @@ from .launch import _spec_of, compile_kernel
 from .tensor import Tensor
 
 
+_UNSET = object()
+
+
 class PreparedLaunch:
     """One kernel with its grid and arguments bound; call it to enqueue."""
 
@@ -56,11 +59,16 @@ class PreparedLaunch:
             # A kernel object of our own, so other launches of the same compiled
             # kernel cannot overwrite the arguments set here.
             built = self._built[id(compiled)] = (compiled, cl.Kernel(compiled.program,
-                                                                     compiled.name), slot)
-        self.compiled, self.cl_kernel, self._slot = built
+                                                                     compiled.name), slot, {})
+        self.compiled, self.cl_kernel, self._slot, self._set_values = built
         self.num_threads = compiled.num_threads
+        # a kernel object switched back to keeps the arguments it had: set the
+        # ones that changed since (a position, an offset), not all of them
         for name in self._slot:
-            self._set_one(name, self.values[name])
+            value, old = self.values[name], self._set_values.get(name, _UNSET)
+            if old is not value and not (type(old) is type(value) and type(value) is not Tensor
+                                         and old == value):
+                self._set_one(name, value, None if old is _UNSET else old)
 
     @property
     def grid(self):
@@ -108,6 +116,7 @@ class PreparedLaunch:
 
     def _set_one(self, name, value, old=None):
         index, is_ptr, dtype = self._slot[name]
+        self._set_values[name] = value
         if is_ptr:
             if not isinstance(value, Tensor):
                 raise LaunchError(f"{self.jit_fn.__name__}: argument '{name}' must be a device "
