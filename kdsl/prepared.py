@@ -18,7 +18,7 @@ import pyopencl as cl
 
 from .device import current_device
 from .errors import LaunchError
-from .launch import _spec_of, compile_kernel
+from .launch import _spec_of, compile_kernel, scalar_setter, set_offset
 from .tensor import Tensor
 
 
@@ -45,6 +45,7 @@ class PreparedLaunch:
         # Per specialisation, the kernel object built for it: a position that
         # crosses a multiple of 16 switches back and forth between two.
         self._built = {}
+        self._setters = {}            # scalar argument -> how to pass it (kdsl.launch)
         self._build()
         self.grid = grid
 
@@ -56,6 +57,8 @@ class PreparedLaunch:
             for name, is_ptr, dtype in compiled.params:
                 slot[name] = (index, is_ptr, dtype)
                 index += 2 if is_ptr else 1
+                if not is_ptr and name not in self._setters:
+                    self._setters[name] = scalar_setter(np.int32 if dtype.is_bool else dtype.np)
             # A kernel object of our own, so other launches of the same compiled
             # kernel cannot overwrite the arguments set here.
             built = self._built[id(compiled)] = (compiled, cl.Kernel(compiled.program,
@@ -123,11 +126,9 @@ class PreparedLaunch:
                                   f"tensor, got {type(value).__name__}")
             if not isinstance(old, Tensor) or old.buffer is not value.buffer:
                 self.cl_kernel.set_arg(index, value.buffer)
-            self.cl_kernel.set_arg(index + 1, np.int32(value.offset))
-        elif dtype.is_bool:
-            self.cl_kernel.set_arg(index, np.int32(bool(value)))
+            set_offset(self.cl_kernel, index + 1, value.offset)
         else:
-            self.cl_kernel.set_arg(index, dtype.np.type(value))
+            self._setters[name](self.cl_kernel, index, bool(value) if dtype.is_bool else value)
 
     def __call__(self, queue=None):
         """Enqueue the kernel; returns its event (None for an empty grid)."""

@@ -96,3 +96,27 @@ def test_capture_launches_records_what_a_wrapper_launches_and_replays_it():
     with kdsl.capture_launches() as none:
         pass
     assert none == []
+
+
+@kdsl.jit
+def echo_scalars(out_ptr, a, b, flag, n):
+    i = kl.arange(0, 4)
+    kl.store(out_ptr + i, kl.where(i == 0, a, kl.where(i == 1, b * 1.0,
+                                                       kl.where(i == 2, flag * 1.0, n * 1.0))))
+
+
+@pytest.mark.parametrize("args", [(1.5, 3, True, -7), (1e40, -2**31, False, 2**31 - 1),
+                                  (float("-inf"), 0, 1, 5)])
+def test_scalar_arguments_reach_the_kernel_as_numpy_would_pass_them(args):
+    """Scalars are packed to bytes for the driver (kdsl.launch.scalar_setter): the
+    kernel sees what numpy's conversion gives, in ordinary and prepared launches."""
+    a, b, flag, n = args
+    expected = np.array([np.float32(a) if abs(a) < 1e39 else np.copysign(np.inf, a),
+                         b, bool(flag), n], np.float32)
+    out = kdsl.zeros((4,))
+    echo_scalars[(1,)](out, *args)
+    np.testing.assert_array_equal(out.numpy(), expected)
+    out2 = kdsl.zeros((4,))
+    step = echo_scalars.prepare((1,), out2, 0.0, 0, False, 0)
+    step.set(a=a, b=b, flag=flag, n=n)()
+    np.testing.assert_array_equal(out2.numpy(), expected)
