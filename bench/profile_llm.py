@@ -97,7 +97,10 @@ def main(argv=None):
     print(f"replayed prefill chunk of {chunk}: {chunk_s * 1e3:.2f} ms = "
           f"{chunk / chunk_s:.1f} tok/s")
 
-    graph, model.graph = model.graph, None             # eager steps, every launch captured
+    # eager steps, every launch captured, on a queue whose events carry times
+    # (the engine's own queue has profiling off)
+    model.device.set_queue_priority(model.device.queue_priority, profiling=True)
+    graph, model.graph = model.graph, None
     decode = kernel_times(lambda: model.forward(token, past))
     prefill = kernel_times(lambda: model.forward(ids, past + 1))
     model.graph = graph

@@ -45,3 +45,14 @@ def _has_gpu():
         return any(device.is_gpu for device in devices())
     except RuntimeError:     # no OpenCL device at all
         return False
+
+
+@pytest.fixture(autouse=True)
+def _profiling_queue():
+    """Each test starts on a profiling queue: loading an LLM switches the device to
+    a faster queue without profiling, for the rest of the process."""
+    import kdsl
+    device = kdsl.current_device()
+    if device._queue is not None and not device.queue_profiling:
+        device.set_queue_priority(None)
+    yield

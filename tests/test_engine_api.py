@@ -155,3 +155,19 @@ def test_default_model_answers_the_capital_of_france():
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert out.returncode == 0, out.stderr
     assert "Paris" in out.stdout
+
+
+def test_generation_queue_has_no_profiling_and_the_autotuner_still_times(tiny_path):
+    """The engine's queue enqueues faster without profiling; timing a call
+    (kdsl.autotune's measurement) switches profiling on for itself and back off."""
+    import kdsl
+    import kdsl_kernels as kk
+    from kdsl.autotuner import time_call
+    llm = LLM.load(tiny_path, quant="fp32", chunk=8, context=48, use_cache=False,
+                   progress=False)
+    device = llm.model.device
+    assert not device.queue_profiling
+    x = kdsl.tensor(np.ones((4, 64), np.float32))
+    assert time_call(lambda: kk.rms_norm(x, kdsl.tensor(np.ones(64, np.float32)), 1e-5),
+                     warmup=1, rep=2, device=device) > 0
+    assert not device.queue_profiling
