@@ -6,9 +6,24 @@ Each kernel runs at a prefill size (a few MB to a few tens of MB moved,
 where bandwidth decides) and at a decode size (one token, where the launch
 decides). GB/s counts the bytes a kernel must move: every tensor read once
 and written once. The yardstick is a plain OpenCL float4 copy (read + write)
-on the same device; torch (CPU here, CUDA on a GPU machine) runs the same
-operation on the same data in the same run. Times are per call with calls
-queued back to back and one host sync per batch, as a model's layers run.
+on the same device.
+
+Columns:
+  kdsl ms    device time per call: the kdsl wrapper call runs under
+             kdsl.capture_launches(), and the start-to-end profiling times of
+             every kernel it launched are summed; median over the calls.
+             kdsl GB/s and 'of copy bw' come from this time.
+  wall ms    host wall time per call with the calls queued back to back and
+             one queue.finish() per batch (median of 3 batches), as a model's
+             layers run: the Python launch path is included, so on a fast GPU
+             a small kernel shows its launch cost here, not its speed.
+  torch ms   torch doing the same operation on the same data, per call. On
+             CUDA where torch sees a GPU (inputs on 'cuda'): calls back to
+             back with torch.cuda.synchronize() around each batch, median of
+             3 batches. On the CPU otherwise: median of single calls. Its
+             device is in the header and in each JSON row ("torch_device").
+  vs torch   torch ms / kdsl ms (device time); vs torch (wall) is
+             torch ms / wall ms. > 1 means kdsl is faster.
 """
 import statistics
 import sys
@@ -22,7 +37,6 @@ import numpy as np
 import kdsl
 import kdsl_kernels as kk
 from bench import common
-from bench.attention import batch_time
 from kdsl_kernels.rope import inv_freq
 
 F32 = 4
@@ -55,13 +69,26 @@ def _torch():
     return torch
 
 
+def torch_device():
+    """'cuda' where torch sees a CUDA GPU, 'cpu' where it does not, None without torch."""
+    torch = _torch()
+    if torch is None:
+        return None
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _t(array):
+    """A numpy array as a torch tensor on torch_device()."""
+    return _torch().from_numpy(array).to(torch_device())
+
+
 def _add(rng, m, n):
     a, b = rng.standard_normal((2, m, n), dtype=np.float32)
     ta, tb, out = kdsl.tensor(a), kdsl.tensor(b), kdsl.empty((m, n))
     torch = _torch()
     peer = None
     if torch:
-        xa, xb, xo = torch.from_numpy(a), torch.from_numpy(b), torch.empty(m, n)
+        xa, xb, xo = _t(a), _t(b), torch.empty(m, n, device=torch_device())
         peer = lambda: torch.add(xa, xb, out=xo)                      # noqa: E731
     return lambda: kk.add(ta, tb, out=out), peer, 3 * m * n * F32
 
@@ -72,7 +99,7 @@ def _rms_norm(rng, m, n):
     torch = _torch()
     peer = None
     if torch:
-        xx, xw = torch.from_numpy(x), torch.from_numpy(w)
+        xx, xw = _t(x), _t(w)
         peer = lambda: torch.nn.functional.rms_norm(xx, (n,), xw, 1e-6)   # noqa: E731
     return lambda: kk.rms_norm(tx, tw, 1e-6, out=out), peer, 2 * m * n * F32
 
@@ -84,7 +111,7 @@ def _add_rms_norm(rng, m, n):
     torch = _torch()
     peer = None
     if torch:
-        xx, xr, xw = torch.from_numpy(x), torch.from_numpy(r.copy()), torch.from_numpy(w)
+        xx, xr, xw = _t(x), _t(r.copy()), _t(w)
 
         def peer():
             xr.add_(xx)
@@ -98,7 +125,7 @@ def _swiglu(rng, m, i):
     torch = _torch()
     peer = None
     if torch:
-        xg, xu = torch.from_numpy(g), torch.from_numpy(u)
+        xg, xu = _t(g), _t(u)
         peer = lambda: torch.nn.functional.silu(xg) * xu                # noqa: E731
     return lambda: kk.swiglu(tg, tu, out=out), peer, 3 * m * i * F32
 
@@ -110,7 +137,7 @@ def _embedding(rng, s, vocab, d):
     torch = _torch()
     peer = None
     if torch:
-        xt, xi = torch.from_numpy(table), torch.from_numpy(ids.astype(np.int64))
+        xt, xi = _t(table), _t(ids.astype(np.int64))
         peer = lambda: torch.nn.functional.embedding(xi, xt)              # noqa: E731
     return lambda: kk.embedding(ti, tt, out=out), peer, 2 * s * d * F32
 
@@ -124,11 +151,11 @@ def _rope(rng, h, s, d):
     torch = _torch()
     peer = None
     if torch:
-        xk = torch.from_numpy(k).view(s, h, d).transpose(0, 1)
-        angle = torch.arange(100, 100 + s, dtype=torch.float32)[:, None] * torch.from_numpy(
-            inv_freq(1e4, d))[None, :]
+        xk = _t(k).view(s, h, d).transpose(0, 1)
+        angle = (torch.arange(100, 100 + s, dtype=torch.float32, device=torch_device())[:, None]
+                 * _t(inv_freq(1e4, d))[None, :])
         cos, sin = torch.cat((angle, angle), -1).cos(), torch.cat((angle, angle), -1).sin()
-        xcache = torch.zeros(h, 4096, d)
+        xcache = torch.zeros(h, 4096, d, device=torch_device())
 
         def peer():
             rotated = torch.cat((-xk[..., d // 2:], xk[..., :d // 2]), -1)
@@ -144,8 +171,8 @@ def _copy(rng, h, s, d):
     torch = _torch()
     peer = None
     if torch:
-        xv = torch.from_numpy(v).view(s, h, d).transpose(0, 1)
-        xcache = torch.zeros(h, 4096, d)
+        xv = _t(v).view(s, h, d).transpose(0, 1)
+        xcache = torch.zeros(h, 4096, d, device=torch_device())
         peer = lambda: xcache[:, 100:100 + s].copy_(xv)                  # noqa: E731
     return lambda: kk.copy(view, slot), peer, 2 * h * s * d * F32
 
@@ -156,18 +183,72 @@ def _softmax(rng, rows, n):
     torch = _torch()
     peer = None
     if torch:
-        xx = torch.from_numpy(x)
+        xx = _t(x)
         peer = lambda: torch.softmax(xx, -1)                              # noqa: E731
     return lambda: kk.softmax(tx, out=out), peer, 2 * rows * n * F32
 
 
-def host_time(fn, reps):
+def kdsl_time(fn, reps, batches=3):
+    """(device seconds, wall seconds) per call of `fn`, a kdsl wrapper call.
+
+    After one warm-up call (which compiles), `fn` is called `reps` times back
+    to back, each call under kdsl.capture_launches(), with one queue.finish()
+    per batch. A call's device time is the sum of the start-to-end profiling
+    times of the kernels it launched; the median over all calls is returned.
+    The wall time is the batch's time over `reps`, median over the batches.
+    The queue must have profiling on.
+    """
+    queue = kdsl.current_device().queue
     fn()
-    times = []
-    for _ in range(reps):
+    queue.finish()
+    device, wall = [], []
+    for _ in range(batches):
+        calls = []
         start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
+        for _ in range(reps):
+            with kdsl.capture_launches() as launches:
+                fn()
+            calls.append(launches)
+        queue.finish()
+        wall.append((time.perf_counter() - start) / reps)
+        for launches in calls:
+            events = [rec.event for rec in launches if rec.event is not None]
+            for event in events:
+                event.wait()
+            device.append(sum(e.profile.end - e.profile.start for e in events) * 1e-9
+                          if events else float("nan"))
+    return statistics.median(device), statistics.median(wall)
+
+
+def torch_time(fn, reps, batches=3):
+    """Seconds per call of `fn` (a torch call), after one warm-up call.
+
+    On CUDA: `reps` calls back to back with torch.cuda.synchronize() around
+    the batch, median of `batches` batches; the launches are asynchronous, so
+    this is the GPU's time unless torch's host launch path is the slower one.
+    On the CPU: the median of `reps * batches` single calls (a call returns
+    when it is done); a median of single calls shrugs off the stalls that
+    torch's worker threads suffer when they share the cores with a CPU OpenCL
+    device's threads, which a batch mean would absorb.
+    """
+    torch = _torch()
+    fn()
+    if torch_device() != "cuda":
+        times = []
+        for _ in range(reps * batches):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(batches):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) / reps)
     return statistics.median(times)
 
 
@@ -175,34 +256,50 @@ def main(argv=None):
     args = common.parse_args(__doc__.splitlines()[0], argv)
     device = kdsl.current_device()
     print(f"device: {device!r}")
+    if not device.queue_profiling:
+        device.set_queue_priority(None)       # an ordinary queue with profiling, for the events
     common.warn_if_busy()
     copy_gbps = common.copy_bandwidth(device, n_floats=(1 << 22) if args.quick else (1 << 26))
     print(f"device float4 copy bandwidth (read + write): {copy_gbps:.2f} GB/s")
+    peer_device = torch_device()
+    print(f"torch peer: {peer_device or 'none (torch is not installed)'}")
     rng = np.random.default_rng(0)
     rows = []
     for name, label, setup in cases(args.quick):
         run, peer, nbytes = setup(rng)
         reps = 5 if label == "prefill" else 50
-        seconds = batch_time(run, reps)
+        seconds, wall = kdsl_time(run, reps)
         row = {"kernel": name, "size": label, "bytes": nbytes, "kdsl_ms": seconds * 1e3,
                "kdsl_gbps": common.gbps(nbytes, seconds),
                "of_copy": common.gbps(nbytes, seconds) / copy_gbps,
-               "torch_ms": float("nan"), "vs_torch": float("nan")}
+               "wall_ms": wall * 1e3, "reps": 3 * reps,
+               "torch_device": peer_device, "torch_ms": float("nan"),
+               "vs_torch": float("nan"), "vs_torch_wall": float("nan")}
         if peer is not None:
-            peer_s = host_time(peer, reps)
-            row.update(torch_ms=peer_s * 1e3, vs_torch=peer_s / seconds)
+            peer_s = torch_time(peer, reps)
+            row.update(torch_ms=peer_s * 1e3, vs_torch=peer_s / seconds, vs_torch_wall=peer_s / wall)
         rows.append(row)
-        print(f"  {name} ({label}): {row['kdsl_ms']:.3f} ms", flush=True)
-    print("\nmemory-bound kernels; of copy bw = kdsl GB/s / float4 copy GB/s; "
-          "vs torch > 1 means kdsl is faster")
+        print(f"  {name} ({label}): {row['kdsl_ms']:.3f} ms device, {row['wall_ms']:.3f} ms wall",
+              flush=True)
+    peer_name = f"torch ({peer_device})" if peer_device else "torch"
+    print(f"\nmemory-bound kernels. kdsl ms: device time per call (summed profiling events of its "
+          f"launches, median); kdsl GB/s and of copy bw (= kdsl GB/s / float4 copy GB/s) from it. "
+          f"wall ms: host time per call, calls back to back, launch cost included. "
+          f"{peer_name} ms: per call ("
+          f"{'back to back, synchronize per batch' if peer_device == 'cuda' else 'median of single calls'}). vs torch = torch ms / kdsl ms, "
+          f"vs torch (wall) = torch ms / wall ms; > 1 means kdsl is faster")
     common.print_table(rows, [
         ("kernel", "kernel", "{}"), ("size", "size", "{}"), ("bytes", "bytes", "{:,}"),
-        ("kdsl_ms", "kdsl ms", "{:.3f}"), ("kdsl_gbps", "kdsl GB/s", "{:.2f}"),
-        ("of_copy", "of copy bw", "{:.0%}"), ("torch_ms", "torch ms", "{:.3f}"),
-        ("vs_torch", "vs torch", "{:.2f}"),
+        ("kdsl_ms", "kdsl ms", "{:.4f}"), ("kdsl_gbps", "kdsl GB/s", "{:.2f}"),
+        ("of_copy", "of copy bw", "{:.0%}"), ("wall_ms", "wall ms", "{:.4f}"),
+        ("torch_ms", f"{peer_name} ms", "{:.4f}"), ("vs_torch", "vs torch", "{:.2f}"),
+        ("vs_torch_wall", "vs torch (wall)", "{:.2f}"),
     ])
     path = common.write_results("kernels", device, rows,
-                                {"copy_bandwidth_gbps": copy_gbps, "quick": args.quick},
+                                {"copy_bandwidth_gbps": copy_gbps, "quick": args.quick,
+                                 "torch_device": peer_device,
+                                 "kdsl_ms": "device time per call (profiling events)",
+                                 "wall_ms": "host wall time per call, back to back"},
                                 args.json)
     print(f"\nwrote {path}")
     if not args.no_plot:
@@ -211,7 +308,10 @@ def main(argv=None):
         plotted = common.plot_results(
             path.with_suffix(".png"),
             "kernels on " + device.name + ": " + ", ".join(r["kernel"] for r in prefill),
-            {"kdsl": (xs, [r["kdsl_gbps"] for r in prefill])}, "kernel (in the title's order)",
+            {"kdsl (device time)": (xs, [r["kdsl_gbps"] for r in prefill]),
+             "kdsl (wall time)": (xs, [common.gbps(r["bytes"], r["wall_ms"] * 1e-3)
+                                       for r in prefill])},
+            "kernel (in the title's order)",
             "GB/s (read + written)", (copy_gbps, "float4 copy"))
         if plotted:
             print(f"wrote {plotted}")
