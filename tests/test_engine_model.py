@@ -108,23 +108,25 @@ def test_decode_steps_match_transformers(tiny):
     assert_close(np.concatenate(rows), reference_logits(model, ids))
 
 
+def decode_logits(llm, ids, graph):
+    """Logits of decode steps over ids[3:] after scoring ids[:3], with `graph`
+    replaying the steps (None: every step eager)."""
+    llm.model.graph = graph
+    llm.generator.cached_ids = []
+    score(llm.generator, ids[:3])
+    return np.concatenate([llm.model.forward(np.array([token], np.int32), 3 + i).numpy()
+                           for i, token in enumerate(ids[3:])])
+
+
 def test_replayed_decode_steps_equal_eager_ones(tiny):
     """Decode steps replayed from prepared launches give exactly the eager steps' logits,
     over past lengths that cross a multiple of 16 (a new kernel specialisation)."""
     from engine.graph import StepGraph
     _, llm = tiny
     ids = np.random.default_rng(9).integers(0, VOCAB, 20).tolist()
-
-    def decode_logits(graph):
-        llm.model.graph = graph
-        llm.generator.cached_ids = []
-        score(llm.generator, ids[:3])
-        rows = [llm.model.forward(np.array([token], np.int32), 3 + i).numpy()
-                for i, token in enumerate(ids[3:])]
-        return np.concatenate(rows)
-    eager = decode_logits(None)
+    eager = decode_logits(llm, ids, None)
     graph = StepGraph()
-    replayed = decode_logits(graph)
+    replayed = decode_logits(llm, ids, graph)
     llm.model.graph = graph
     assert graph.n_launches > 0
     assert all(step.launches for step in graph.affine.values())     # RoPE/cache replayed
@@ -172,16 +174,9 @@ def test_replayed_attention_follows_a_change_of_key_splits(tiny, monkeypatch):
     monkeypatch.setattr(attention_module, "attention_config", config)
     _, llm = tiny
     ids = np.random.default_rng(11).integers(0, VOCAB, 41).tolist()
-
-    def decode_logits(graph):
-        llm.model.graph = graph
-        llm.generator.cached_ids = []
-        score(llm.generator, ids[:3])
-        return np.concatenate([llm.model.forward(np.array([token], np.int32), 3 + i).numpy()
-                               for i, token in enumerate(ids[3:])])
-    eager = decode_logits(None)
+    eager = decode_logits(llm, ids, None)
     graph = StepGraph()
-    replayed = decode_logits(graph)
+    replayed = decode_logits(llm, ids, graph)
     llm.model.graph = StepGraph()
     signatures = {key[4] for key in graph.affine if key[3] == "attention"}
     assert len(signatures) >= 2       # 3 where key blocks are small enough (CPU)
