@@ -18,6 +18,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import kdsl  # noqa: E402
+from bench import common  # noqa: E402
 from kdsl_kernels import configs  # noqa: E402
 from kdsl_kernels.matmul import matmul  # noqa: E402
 
@@ -113,13 +114,18 @@ def main():
     args = ap.parse_args()
     dev = kdsl.current_device()
     print(f"device: {dev}")
+    common.warn_if_busy()
+    # the GEMV rows (M = 1) are bandwidth-bound: their weight GB/s against this
+    copy_gbps = common.copy_bandwidth(dev, n_floats=(1 << 22) if args.quick else (1 << 24))
+    print(f"float4 copy bandwidth (read + write): {copy_gbps:.1f} GB/s")
     reps = 3 if args.quick else 5
     shapes = [(n, n, n, False) for n in (SQUARE[:2] if args.quick else SQUARE)]
     shapes += [(m, n, k, True) for m, n, k in (LLM[:3] if args.quick else LLM)]
     rng = np.random.default_rng(0)
     rows = []
     print(f"{'M':>5} {'N':>6} {'K':>5} {'kdsl GF/s':>10} {'numpy':>8} {'clblast':>8} "
-          f"{'torch':>8} {'vs np':>6} {'vs clb':>6} {'vs torch':>8} {'GB/s':>7}  config")
+          f"{'torch':>8} {'vs np':>6} {'vs clb':>6} {'vs torch':>8} {'GB/s':>7} {'of copy':>7}  "
+          "config")
     for M, N, K, tb in shapes:
         a_np = rng.standard_normal((M, K)).astype(np.float32)
         b_np = rng.standard_normal((N, K) if tb else (K, N)).astype(np.float32)
@@ -151,7 +157,8 @@ def main():
         row = {"M": M, "N": N, "K": K, "trans_b": tb, "kdsl_s": t, "kdsl_gflops": gf,
                "numpy_s": t_np, "clblast_s": t_clb, "torch_s": t_torch, "torch_device": torch_dev,
                "rel_err": err, "config": used,
-               "weights_gbps": (N * K * 4) / t / 1e9}
+               "weights_gbps": (N * K * 4) / t / 1e9,
+               "weights_of_copy": (N * K * 4) / t / 1e9 / copy_gbps}
         rows.append(row)
 
         def fmt(x):
@@ -160,13 +167,14 @@ def main():
         def ratio(x):
             return f"{x / t:6.2f}" if x else f"{'-':>6}"
         print(f"{M:5d} {N:6d} {K:5d} {gf:10.1f} {fmt(t_np)} {fmt(t_clb)} {fmt(t_torch)} "
-              f"{ratio(t_np)} {ratio(t_clb)} {ratio(t_torch):>8} {row['weights_gbps']:7.1f}  {used}")
+              f"{ratio(t_np)} {ratio(t_clb)} {ratio(t_torch):>8} {row['weights_gbps']:7.1f} "
+              f"{row['weights_of_copy']:7.2f}  {used}")
     slug = "".join(c if c.isalnum() else "_" for c in dev.name.lower())[:40]
     path = args.json or os.path.join("bench", "results", f"matmul_{slug}.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
-        json.dump({"device": str(dev), "date": time.strftime("%Y-%m-%d %H:%M"), "rows": rows},
-                  f, indent=1)
+        json.dump({"device": str(dev), "date": time.strftime("%Y-%m-%d %H:%M"),
+                   "copy_bandwidth_gbps": copy_gbps, "rows": rows}, f, indent=1)
     print(f"wrote {path}")
     if args.no_plot:
         return

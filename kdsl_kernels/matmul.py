@@ -92,8 +92,9 @@ def matmul(a, b, *, out=None, trans_b=False, bias=None, config=None):
     """a @ b (or a @ b.T with trans_b=True) on the device, accumulated in fp32.
 
     a: [M, K] or [batch, M, K]; b: [K, N] ([N, K] with trans_b), or batched
-    [batch, K, N]; fp32 or fp16 storage. bias: [N]. Returns a float32 tensor
-    [M, N] ([batch, M, N]), written into `out` when given.
+    [batch, K, N]; fp32 or fp16 storage; either may be a strided view. bias:
+    [N]. Returns a float32 tensor [M, N] ([batch, M, N]), written into `out`
+    when given (any view whose rows are contiguous).
 
     >>> c = matmul(kdsl.tensor(a), kdsl.tensor(w), trans_b=True)   # a @ w.T
     """
@@ -119,14 +120,24 @@ def matmul(a, b, *, out=None, trans_b=False, bias=None, config=None):
         bias = _as_tensor(bias, "bias")
         if tuple(bias.shape) != (N,):
             raise ValueError(f"matmul(): bias must have shape ({N},), got {bias.shape}")
+        if N > 1 and bias.stride(0) != 1:
+            raise ValueError(f"matmul(): bias must be contiguous, got stride {bias.stride(0)}")
     if out.size == 0:
         return out
     if K == 0:
         out.copy_from(np.zeros(out_shape, np.float32) + (bias.numpy() if bias is not None else 0))
         return out
-    stride_bk, stride_bn = (1, K) if trans_b else (N, 1)
+    if out.stride(-1) != 1:
+        raise ValueError(f"matmul(): out's rows must be contiguous (last stride 1), got strides "
+                         f"{out.strides}")
+    # operands may be strided views (a slice of a wider tensor, a transpose)
+    stride_am, stride_ak = a.stride(-2), a.stride(-1)
+    if trans_b:
+        stride_bn, stride_bk = b.stride(-2), b.stride(-1)
+    else:
+        stride_bk, stride_bn = b.stride(-2), b.stride(-1)
     bias_arg = bias if bias is not None else out
-    if M == 1 and batch == 1:
+    if M == 1 and batch == 1 and stride_ak == 1:
         cfg = config or gemv_config(N, K, trans_b)
         even = N % cfg["BN"] == 0 and K % cfg["BK"] == 0
         gemv_kernel[(kdsl.cdiv(N, cfg["BN"]),)](
@@ -138,8 +149,9 @@ def matmul(a, b, *, out=None, trans_b=False, bias=None, config=None):
     even = M % cfg["BM"] == 0 and N % cfg["BN"] == 0 and K % cfg["BK"] == 0
     grid = (kdsl.cdiv(M, cfg["BM"]), kdsl.cdiv(N, cfg["BN"]), batch)
     matmul_kernel[grid](
-        a, b, out, bias_arg, M, N, K, K, 1, stride_bk, stride_bn, N,
-        M * K if a.ndim == 3 else 0, K * N if b.ndim == 3 else 0, M * N,
+        a, b, out, bias_arg, M, N, K, stride_am, stride_ak, stride_bk, stride_bn,
+        out.stride(-2), a.stride(0) if a.ndim == 3 else 0, b.stride(0) if b.ndim == 3 else 0,
+        out.stride(0) if out.ndim == 3 else 0,
         HAS_BIAS=bias is not None, EVEN=even,
         BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], num_threads=cfg["num_threads"])
     return out

@@ -37,6 +37,33 @@ def test_matmul_default_config(m, n, k, trans_b):
     np.testing.assert_allclose(out.numpy(), _ref(a, b, trans_b, bias), rtol=1e-4, atol=1e-3)
 
 
+@settings(max_examples=20, deadline=None)
+@given(m=st.integers(1, 24), n=st.integers(1, 24), k=st.integers(1, 24),
+       pads=st.tuples(st.integers(0, 5), st.integers(0, 5), st.integers(0, 5)),
+       trans_b=st.booleans(), transposed_view=st.booleans(), seed=st.integers(0, 2**16))
+def test_strided_views_match_numpy(m, n, k, pads, trans_b, transposed_view, seed):
+    """Operands that are views into wider tensors (rows with padding, a transposed
+    weight) and an output view: the strides are honoured, not assumed."""
+    rng = np.random.default_rng(seed)
+    pad_a, pad_b, pad_out = pads
+    a_wide = rng.standard_normal((m, k + pad_a)).astype(np.float32)
+    b_rows, b_cols = (n, k) if trans_b else (k, n)
+    b_wide = rng.standard_normal((b_rows, b_cols + pad_b)).astype(np.float32)
+    a = kdsl.tensor(a_wide)[:, :k]
+    b = kdsl.tensor(b_wide)[:, :b_cols]
+    b_np = b_wide[:, :b_cols]
+    if transposed_view:           # the same product from b's transpose, the other layout
+        b, b_np, trans_b = b.transpose(0, 1), b_np.T, not trans_b
+    out_wide = kdsl.zeros((m, n + pad_out))
+    out = out_wide[:, :n]
+    config = SMALL if m > 1 else None
+    matmul(a, b, trans_b=trans_b, out=out, config=config)
+    got = out_wide.numpy()
+    np.testing.assert_allclose(got[:, :n], _ref(a_wide[:, :k], b_np, trans_b),
+                               rtol=1e-4, atol=1e-4)
+    assert not got[:, n:].any()                           # nothing written past the view
+
+
 def test_fp16_storage_and_batched():
     rng = np.random.default_rng(1)
     a = rng.standard_normal((3, 20, 24)).astype(np.float16)
