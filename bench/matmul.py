@@ -153,7 +153,8 @@ def main():
         t_clb = clblast_time(a_np, b_np, tb, reps)
         t_torch, torch_dev = torch_time(a_np, b_np, tb, reps)
         gf = flops / t / 1e9
-        used = cfg or (configs.gemv_config(N, K) if M == 1 else configs.matmul_config(M, N, K))
+        used = cfg or (configs.gemv_config(N, K, tb) if M == 1
+                       else configs.matmul_config(M, N, K, tb))
         row = {"M": M, "N": N, "K": K, "trans_b": tb, "kdsl_s": t, "kdsl_gflops": gf,
                "numpy_s": t_np, "clblast_s": t_clb, "torch_s": t_torch, "torch_device": torch_dev,
                "rel_err": err, "config": used,
