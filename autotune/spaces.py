@@ -82,7 +82,8 @@ def matmul_space(device, key):
     vw = _vector_width(device)
     bks = (8, 16, 32)
     if device.is_cpu:
-        bms, bns = (4, 8, 16), (2 * vw, 4 * vw, 8 * vw)
+        # BN = vw: weights stored [N, K] want narrow tiles (8 x 8 x 32 is the default)
+        bms, bns = (4, 8, 16), (vw, 2 * vw, 4 * vw, 8 * vw)
         tiles = [(bm, bn, bk, 1) for bm in bms for bn in bns for bk in bks
                  if bm * bn <= 64 * vw]          # the accumulator stays in vector registers
     else:
@@ -144,7 +145,8 @@ def fp4_gemm_space(device, key):
     M, N = key["M"], key["N"]
     vw = _vector_width(device)
     if device.is_cpu:
-        bms, bns = (4, 8, 16), (2 * vw, 4 * vw, 8 * vw)
+        # BN = vw: weights stored [N, K] want narrow tiles (8 x 8 x 32 is the default)
+        bms, bns = (4, 8, 16), (vw, 2 * vw, 4 * vw, 8 * vw)
         tiles = [(bm, bn, 1) for bm in bms for bn in bns if bm * bn <= 64 * vw]
     else:
         bms = bns = (32, 64, 128)
@@ -236,9 +238,9 @@ class Tunable:
         self.module = module          # the library module it needs, for availability
 
     def space(self, device, key, max_configs=MAX_CONFIGS):
-        """The configs to time at `key` on `device`, nearest the default first."""
-        return _limit(self._space(device, key), default_config(self.name, key, device),
-                      max_configs)
+        """The configs to time at `key` on `device`, the default first, then the nearest."""
+        default = default_config(self.name, key, device)
+        return _limit([default] + self._space(device, key), default, max_configs)
 
     def unavailable(self):
         """Why this kernel cannot be tuned here (its module fails to import), or None."""
