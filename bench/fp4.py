@@ -47,7 +47,7 @@ GPU_GEMV = [{"BN": bn, "BW": bw, "DEQ": deq, "num_threads": t}
                               (2, 256, 64), (4, 512, 128)]
             for deq in ("bits", "convert")]
 CPU_GEMM = [{"BM": bm, "BN": bn, "DEQ": "bits", "num_threads": 1}
-            for bm, bn in [(8, 32), (4, 32), (8, 16), (4, 64)]]
+            for bm, bn in [(8, 16), (16, 8), (4, 8), (8, 32)]]
 GPU_GEMM = [{"BM": bm, "BN": bn, "DEQ": "bits", "num_threads": t}
             for bm, bn, t in [(64, 64, 64), (64, 64, 256), (32, 32, 64), (128, 64, 128)]]
 

@@ -168,15 +168,16 @@ def gemv_default(device, K=None):
 
 
 def gemm_default(device, M=None, N=None):
-    """The GEMM's default config: on a CPU an 8 x 16 register tile in one
-    work-item (bench/fp4.py's sweep on PoCL at M = 128: best for SmolLM2's
-    shapes; 8 x 32 was best at 4096 x 4096); on a GPU
+    """The GEMM's default config: on a CPU an 8 x 8 register tile in one
+    work-item (PoCL sweep, 2026-11-23: 1.1-2.7x the 8 x 16 tile at M = 64,
+    SmolLM2's shapes, and at 128 x 4096 x 4096: each column of the tile is
+    another weight row, so fewer columns touch fewer rows per group); on a GPU
     64 x 64 tiles over 256 work-items, or 32 x 32 over 64 where there would
     be fewer 64 x 64 tiles than half the compute units (on the H100, M = 128:
     32 x 32 won for N = 576 and 1536, 64 x 64 for N = 4096; 64 x 64 when
     M and N are not given)."""
     if device.is_cpu:
-        return {"BM": 8, "BN": 16, "DEQ": "bits", "num_threads": 1}
+        return {"BM": 8, "BN": 8, "DEQ": "bits", "num_threads": 1}
     if M is not None and kdsl.cdiv(M, 64) * kdsl.cdiv(N, 64) < device.compute_units // 2:
         return {"BM": 32, "BN": 32, "DEQ": "bits", "num_threads": 64}
     return {"BM": 64, "BN": 64, "DEQ": "bits", "num_threads": 256}
