@@ -132,7 +132,7 @@ def fp4_gemv_space(device, key):
     """FP4 GEMV: BN rows per work-group, BW packed 32-bit words (8 codes) per row per step."""
     N, K, words_per_group = key["N"], key["K"], key["G"] // 8
     threads = (1, 2, 4, 8) if device.is_cpu else (32, 64, 128, 256)
-    widths = [w for w in (8, 16, 32, 64) if w >= words_per_group]
+    widths = [w for w in (4, 8, 16, 32, 64) if w >= words_per_group]
     configs = [{"BN": bn, "BW": bw, "DEQ": deq, "num_threads": t}
                for bn, bw, deq, t in itertools.product((1, 2, 4, 8, 16), widths, DEQUANTISE,
                                                        _work_group_sizes(device, threads))

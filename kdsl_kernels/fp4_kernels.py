@@ -156,13 +156,15 @@ def fp4_gemm_kernel(a_ptr, codes_ptr, scales_ptr, offsets_ptr, c_ptr, bias_ptr,
 
 def gemv_default(device, K=None):
     """The GEMV's default config, from bench/fp4.py --sweep. On a CPU one
-    work-item per program holding 8 rows x 8 words in registers (a barrier
-    costs a pass over the work-group on PoCL; larger blocks spill). On a GPU
+    work-item per program holding 8 rows x 4 words in registers, one group
+    of 32 codes per row per step (a barrier costs a pass over the work-group
+    on PoCL; larger blocks spill; 4 words beat 8 by 1.1-1.7x at SmolLM2's
+    shapes and tie at 4096 x 4096, PoCL 2026-11-23; groups of 64 take 8). On a GPU
     4 rows over 128 work-items, 512 words (4096 weights) of each row per step
     for long rows, 128 for short ones (or K not given): the H100's best for
     K = 4096 and 8192, and for K = 576."""
     if device.is_cpu:
-        return {"BN": 8, "BW": 8, "DEQ": "convert", "num_threads": 1}
+        return {"BN": 8, "BW": 4, "DEQ": "convert", "num_threads": 1}
     long_rows = K is not None and K >= 2048
     return {"BN": 4, "BW": 512 if long_rows else 128, "DEQ": "convert", "num_threads": 128}
 
