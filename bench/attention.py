@@ -49,22 +49,6 @@ def visible_pairs(S, T, causal):
     return sum(T - S + i + 1 for i in range(S))
 
 
-def batch_time(fn, reps):
-    """Seconds per call with `reps` calls queued back to back and one sync, median of 3 batches
-    (after one warm-up call, which compiles)."""
-    queue = kdsl.current_device().queue
-    fn()
-    queue.finish()
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        queue.finish()
-        times.append((time.perf_counter() - start) / reps)
-    return statistics.median(times)
-
-
 def torch_sdpa(q, k, v, causal):
     """(seconds per call, device name, output) of torch SDPA on the same data, or None."""
     try:
@@ -111,7 +95,7 @@ def measure(case, configs, copy_gbps, reps, rng):
     peer = torch_sdpa(q, k, v, causal)
     rows = []
     for config in configs:
-        seconds = batch_time(lambda: attention(qt, kt, vt, causal=causal, out=out,
+        seconds = common.batch_time(lambda: attention(qt, kt, vt, causal=causal, out=out,
                                                config=config), reps)
         if peer is not None and not np.allclose(out.numpy(), peer[2], rtol=1e-3, atol=1e-3):
             raise AssertionError(f"{name}: kdsl attention (config {config}) disagrees with torch")
@@ -139,10 +123,7 @@ def main(argv=None):
     device = kdsl.current_device()
     cases = QUICK_CASES if args.quick else GPU_CASES if device.is_gpu else CPU_CASES
     configs = [None] + ((GPU_SWEEP if device.is_gpu else CPU_SWEEP) if sweep else [])
-    print(f"device: {device!r}")
-    common.warn_if_busy()
-    copy_gbps = common.copy_bandwidth(device, n_floats=(1 << 22) if args.quick else (1 << 26))
-    print(f"device float4 copy bandwidth (read + write): {copy_gbps:.2f} GB/s")
+    copy_gbps = common.device_header(device, args.quick)
     rng = np.random.default_rng(0)
     rows = []
     for case in cases:

@@ -71,6 +71,36 @@ def time_launch(launch, warmup=1, min_reps=5, max_reps=50, budget_s=0.5):
     return Timing(statistics.median(device), statistics.median(wall), min(device), len(device))
 
 
+def batch_time(fn, reps, batches=3):
+    """Wall seconds per call of `fn` (a kdsl call) with `reps` calls queued back
+    to back and one queue.finish() per batch, median over `batches` batches,
+    after one warm-up call (which compiles): the launch cost included, as a
+    model's layers pay it.
+    """
+    import kdsl
+    queue = kdsl.current_device().queue
+    fn()
+    queue.finish()
+    times = []
+    for _ in range(batches):
+        start = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        queue.finish()
+        times.append((time.perf_counter() - start) / reps)
+    return statistics.median(times)
+
+
+def device_header(device, quick, n_floats=1 << 26):
+    """Print the device, warn if the host is busy, and measure and print the float4
+    copy bandwidth (a smaller copy with --quick); returns it in GB/s."""
+    print(f"device: {device!r}")
+    warn_if_busy()
+    copy_gbps = copy_bandwidth(device, n_floats=(1 << 22) if quick else n_floats)
+    print(f"device float4 copy bandwidth (read + write): {copy_gbps:.2f} GB/s")
+    return copy_gbps
+
+
 def time_numpy(fn, warmup=1, min_reps=3, max_reps=30, budget_s=0.5):
     """The median wall-clock seconds of calling `fn()` (a numpy computation).
 

@@ -77,10 +77,7 @@ def main(argv=None):
     device = kdsl.current_device()
     sizes = QUICK_SIZES if args.quick else SIZES
     configs = QUICK_CONFIGS if args.quick else CONFIGS
-    print(f"device: {device!r}")
-    common.warn_if_busy()
-    copy_gbps = common.copy_bandwidth(device, n_floats=(1 << 22) if args.quick else (1 << 26))
-    print(f"device float4 copy bandwidth (read + write): {copy_gbps:.2f} GB/s")
+    copy_gbps = common.device_header(device, args.quick)
     rng = np.random.default_rng(0)
     rows = []
     for n in sizes:

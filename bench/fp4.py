@@ -18,7 +18,6 @@ same method for the fp4 and fp32 kernels.
 import argparse
 import importlib.util
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -52,21 +51,6 @@ GPU_GEMM = [{"BM": bm, "BN": bn, "DEQ": "bits", "num_threads": t}
             for bm, bn, t in [(64, 64, 64), (64, 64, 256), (32, 32, 64), (128, 64, 128)]]
 
 
-def per_call_seconds(call, reps):
-    """Wall-clock seconds per call over a queued batch (median of three batches)."""
-    queue = kdsl.current_device().queue
-    call()
-    queue.finish()
-    batches = []
-    for _ in range(3):
-        start = time.perf_counter()
-        for _ in range(reps):
-            call()
-        queue.finish()
-        batches.append((time.perf_counter() - start) / reps)
-    return statistics.median(batches)
-
-
 def best_device_time(x, packed, out, candidates):
     """(Timing, config) of the fastest candidate config by device time."""
     best = None
@@ -95,9 +79,9 @@ def gemv_rows(shapes, sweep, copy_gbps, device, reps):
         timing, cfg = best_device_time(x, packed, out, candidates)
         np.testing.assert_allclose(out.numpy(), x_np @ fp4.dequantize(packed).T,
                                    rtol=1e-3, atol=1e-3)
-        fp4_call = per_call_seconds(lambda: fp4.linear(x, packed, out=out, config=cfg), reps)
+        fp4_call = common.batch_time(lambda: fp4.linear(x, packed, out=out, config=cfg), reps)
         w_dev = kdsl.tensor(w)
-        fp32_call = per_call_seconds(lambda: matmul(x, w_dev, trans_b=True, out=out), reps)
+        fp32_call = common.batch_time(lambda: matmul(x, w_dev, trans_b=True, out=out), reps)
         fp32_device = fp32_gemv_device_seconds(x, w_dev, out)
         gbps = common.gbps(packed.nbytes, timing.device_s)
         rows.append({
@@ -139,9 +123,9 @@ def gemm_rows(shapes, sweep, device, reps):
         timing, cfg = best_device_time(x, packed, out, candidates)
         np.testing.assert_allclose(out.numpy(), x_np @ fp4.dequantize(packed).T,
                                    rtol=1e-3, atol=1e-3)
-        fp4_call = per_call_seconds(lambda: fp4.linear(x, packed, out=out, config=cfg), reps)
+        fp4_call = common.batch_time(lambda: fp4.linear(x, packed, out=out, config=cfg), reps)
         w_dev = kdsl.tensor(w)
-        fp32_call = per_call_seconds(lambda: matmul(x, w_dev, trans_b=True, out=out), reps)
+        fp32_call = common.batch_time(lambda: matmul(x, w_dev, trans_b=True, out=out), reps)
         flops = 2.0 * m * n * k
         rows.append({
             "M": m, "N": n, "K": k, "group": GROUP, "config": cfg,

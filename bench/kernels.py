@@ -36,6 +36,7 @@ import numpy as np
 
 import kdsl
 import kdsl_kernels as kk
+from kdsl.autotuner import time_call
 from bench import common
 from kdsl_kernels.rope import inv_freq
 
@@ -142,20 +143,28 @@ def _embedding(rng, s, vocab, d):
     return lambda: kk.embedding(ti, tt, out=out), peer, 2 * s * d * F32
 
 
+def _into_cache(rng, h, s, d):
+    """A projection's [S, H*D] output seen as [H, S, D], and the slot at position 100
+    of a [H, 4096, D] cache; with torch, its copies of both (else None, None)."""
+    x = rng.standard_normal((s, h * d), dtype=np.float32)
+    view = kdsl.tensor(x).reshape(s, h, d).permute(1, 0, 2)
+    slot = kdsl.zeros((h, 4096, d))[:, 100:100 + s]
+    torch = _torch()
+    if not torch:
+        return view, slot, None, None
+    return (view, slot, _t(x).view(s, h, d).transpose(0, 1),
+            torch.zeros(h, 4096, d, device=torch_device()))
+
+
 def _rope(rng, h, s, d):
     """K of shape [S, H*D] from a projection, rotated into the slot of a [H, 4096, D] cache."""
-    k = rng.standard_normal((s, h * d), dtype=np.float32)
-    view = kdsl.tensor(k).reshape(s, h, d).permute(1, 0, 2)
-    cache = kdsl.zeros((h, 4096, d))
-    slot = cache[:, 100:100 + s]
-    torch = _torch()
+    view, slot, xk, xcache = _into_cache(rng, h, s, d)
     peer = None
-    if torch:
-        xk = _t(k).view(s, h, d).transpose(0, 1)
+    if xk is not None:
+        torch = _torch()
         angle = (torch.arange(100, 100 + s, dtype=torch.float32, device=torch_device())[:, None]
                  * _t(inv_freq(1e4, d))[None, :])
         cos, sin = torch.cat((angle, angle), -1).cos(), torch.cat((angle, angle), -1).sin()
-        xcache = torch.zeros(h, 4096, d, device=torch_device())
 
         def peer():
             rotated = torch.cat((-xk[..., d // 2:], xk[..., :d // 2]), -1)
@@ -164,15 +173,9 @@ def _rope(rng, h, s, d):
 
 
 def _copy(rng, h, s, d):
-    v = rng.standard_normal((s, h * d), dtype=np.float32)
-    view = kdsl.tensor(v).reshape(s, h, d).permute(1, 0, 2)
-    cache = kdsl.zeros((h, 4096, d))
-    slot = cache[:, 100:100 + s]
-    torch = _torch()
+    view, slot, xv, xcache = _into_cache(rng, h, s, d)
     peer = None
-    if torch:
-        xv = _t(v).view(s, h, d).transpose(0, 1)
-        xcache = torch.zeros(h, 4096, d, device=torch_device())
+    if xv is not None:
         peer = lambda: xcache[:, 100:100 + s].copy_(xv)                  # noqa: E731
     return lambda: kk.copy(view, slot), peer, 2 * h * s * d * F32
 
@@ -191,33 +194,12 @@ def _softmax(rng, rows, n):
 def kdsl_time(fn, reps, batches=3):
     """(device seconds, wall seconds) per call of `fn`, a kdsl wrapper call.
 
-    After one warm-up call (which compiles), `fn` is called `reps` times back
-    to back, each call under kdsl.capture_launches(), with one queue.finish()
-    per batch. A call's device time is the sum of the start-to-end profiling
-    times of the kernels it launched; the median over all calls is returned.
-    The wall time is the batch's time over `reps`, median over the batches.
-    The queue must have profiling on.
+    Device: the median over `reps * batches` calls of the summed profiling
+    times of the kernels each call launched (kdsl.autotuner.time_call).
+    Wall: calls back to back, launch cost included (common.batch_time).
     """
-    queue = kdsl.current_device().queue
-    fn()
-    queue.finish()
-    device, wall = [], []
-    for _ in range(batches):
-        calls = []
-        start = time.perf_counter()
-        for _ in range(reps):
-            with kdsl.capture_launches() as launches:
-                fn()
-            calls.append(launches)
-        queue.finish()
-        wall.append((time.perf_counter() - start) / reps)
-        for launches in calls:
-            events = [rec.event for rec in launches if rec.event is not None]
-            for event in events:
-                event.wait()
-            device.append(sum(e.profile.end - e.profile.start for e in events) * 1e-9
-                          if events else float("nan"))
-    return statistics.median(device), statistics.median(wall)
+    device_s = time_call(fn, warmup=1, rep=reps * batches)
+    return device_s, common.batch_time(fn, reps, batches)
 
 
 def torch_time(fn, reps, batches=3):
@@ -255,12 +237,7 @@ def torch_time(fn, reps, batches=3):
 def main(argv=None):
     args = common.parse_args(__doc__.splitlines()[0], argv)
     device = kdsl.current_device()
-    print(f"device: {device!r}")
-    if not device.queue_profiling:
-        device.set_queue_priority(None)       # an ordinary queue with profiling, for the events
-    common.warn_if_busy()
-    copy_gbps = common.copy_bandwidth(device, n_floats=(1 << 22) if args.quick else (1 << 26))
-    print(f"device float4 copy bandwidth (read + write): {copy_gbps:.2f} GB/s")
+    copy_gbps = common.device_header(device, args.quick)
     peer_device = torch_device()
     print(f"torch peer: {peer_device or 'none (torch is not installed)'}")
     rng = np.random.default_rng(0)

@@ -20,9 +20,7 @@ Ratios are against the pyopencl floor. Writes JSON; no plot (one number per
 path).
 """
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,21 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import kdsl  # noqa: E402
 import kdsl_kernels as kk  # noqa: E402
 from bench import common  # noqa: E402
-
-
-def per_call(fn, calls=2000, batches=5):
-    """Median over batches of the host seconds per call of `fn()`."""
-    queue = kdsl.current_device().queue
-    fn()
-    queue.finish()
-    times = []
-    for _ in range(batches):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        times.append((time.perf_counter() - start) / calls)
-        queue.finish()
-    return statistics.median(times)
 
 
 def main(argv=None):
@@ -80,7 +63,7 @@ def main(argv=None):
     ]
     rows = []
     for name, call in paths:
-        rows.append({"path": name, "us_per_call": per_call(call) * 1e6})
+        rows.append({"path": name, "us_per_call": common.batch_time(call, 2000, 5) * 1e6})
     floor = rows[0]["us_per_call"]
     for row in rows:
         row["vs_pyopencl"] = row["us_per_call"] / floor

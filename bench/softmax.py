@@ -83,10 +83,7 @@ def main(argv=None):
     device = kdsl.current_device()
     shapes = QUICK_SHAPES if args.quick else SHAPES
     threads = QUICK_THREADS if args.quick else THREADS
-    print(f"device: {device!r}")
-    common.warn_if_busy()
-    copy_gbps = common.copy_bandwidth(device, n_floats=(1 << 22) if args.quick else (1 << 26))
-    print(f"device float4 copy bandwidth (read + write): {copy_gbps:.2f} GB/s")
+    copy_gbps = common.device_header(device, args.quick)
     rng = np.random.default_rng(0)
     rows = []
     for n_cols, n_rows in shapes:

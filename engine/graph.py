@@ -1,12 +1,14 @@
-"""Replaying a decode step's launches without re-running the library wrappers.
+"""Replaying a step's launches without re-running the library wrappers.
 
-A decode step (one token) calls the same wrappers on the same tensors every
-time, except where the past length enters (RoPE's position, the KV-cache
-slot, attention's prefix length). Those steps run as usual; every other
-step is recorded once, as the kernel launches its wrappers made, and turned
-into prepared launches (`kernel.prepare`), which enqueue with one driver
-call and no argument work. On PoCL a launch through a wrapper costs tens of
-microseconds of Python; a decode step of a 30-layer model makes hundreds.
+A decode step (one token), or a prefill chunk that returns one row's logits,
+calls the same wrappers on the same tensors every time, except where the
+past length enters (RoPE's position, the KV-cache slot, attention's key
+count). Each sub-step is recorded once, as the kernel launches its wrappers
+made, and turned into prepared launches (`kernel.prepare`), which enqueue
+with one driver call and no argument work; the sub-steps that move with the
+past length (AffineStep) get those arguments set per step. On PoCL a launch
+through a wrapper costs tens of microseconds of Python; a decode step of a
+30-layer model makes hundreds.
 """
 import contextlib
 

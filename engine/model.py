@@ -109,11 +109,10 @@ class Model:
             for use, step in self._layer_steps:
                 if graph is None:
                     step(v)
-                elif use.name == "attention":
-                    graph.run_affine(shape + (layer, use.name, signature), lambda: step(v),
-                                     past, unit=n)
                 elif use.name in _AFFINE_IN_PAST:
-                    graph.run_affine(shape + (layer, use.name), lambda: step(v), past, unit=n)
+                    key = shape + (layer, use.name) + ((signature,) if use.name == "attention"
+                                                       else ())
+                    graph.run_affine(key, lambda: step(v), past, unit=n)
                 else:
                     run((layer, use.name), lambda: step(v))
         run(("final_norm",), lambda: kk.add_rms_norm(v["delta"], v["x"], self.weights["norm"],

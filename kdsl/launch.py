@@ -10,6 +10,7 @@ import numpy as np
 import pyopencl as cl
 
 from . import ir
+from . import language as kl
 from .cache import build_program
 from .checker import check
 from .codegen_opencl import c_kernel_name, generate
@@ -23,8 +24,6 @@ def _spec_of(value, is_constexpr):
     """The part of the specialisation key one argument contributes."""
     if is_constexpr:
         return ("c", repr(value))
-    if type(value) is int:              # the common cases first: this runs per argument per launch
-        return ("i", value == 1, value % 16 == 0, -2**31 <= value < 2**31)
     if isinstance(value, (Tensor, np.ndarray)):
         return ("p", value.dtype)
     if isinstance(value, (bool, np.bool_)):
@@ -46,9 +45,13 @@ _STRUCT_CODES = {("i", 1): "b", ("u", 1): "B", ("i", 2): "h", ("u", 2): "H", ("i
                  ("f", 8): "d", ("b", 1): "?"}
 
 
-def scalar_setter(np_dtype):
-    """set(kernel, index, value): pass a number as an OpenCL argument of `np_dtype`."""
-    np_dtype = np.dtype(np_dtype)
+def scalar_setter(dtype):
+    """set(kernel, index, value): pass a number as an OpenCL argument of the
+    kernel parameter's kl dtype (a bool goes as an int32 0 or 1)."""
+    if dtype.is_bool:
+        int32 = scalar_setter(kl.int32)
+        return lambda kernel, index, value: int32(kernel, index, bool(value))
+    np_dtype = dtype.np
     code = _STRUCT_CODES.get((np_dtype.kind, np_dtype.itemsize))
     if _FAST_SET and code is not None:
         pack = struct.Struct("=" + code).pack
@@ -95,14 +98,12 @@ class CompiledKernel:
         self.program = program
         self.cl_kernel = cl.Kernel(program, kernel_ir.name)
         self.params = [(name, v.is_ptr, v.dtype) for name, v in kernel_ir.params]
-        # per parameter: its name, OpenCL argument index, pointer or not, bool or
-        # not, and the numpy scalar type a number is passed as
-        self._slots = []
+        # per parameter: its name, OpenCL argument index, and for a pointer None,
+        # else how to pass the number (kdsl.prepared reuses these)
+        self.slots = []
         index = 0
         for name, is_ptr, dtype in self.params:
-            self._slots.append((name, index, is_ptr, not is_ptr and dtype.is_bool,
-                                None if is_ptr else scalar_setter(np.int32 if dtype.is_bool
-                                                                  else dtype.np)))
+            self.slots.append((name, index, None if is_ptr else scalar_setter(dtype)))
             index += 2 if is_ptr else 1
         self._last = [None] * len(self.params)      # what each argument was last set to
 
@@ -111,9 +112,9 @@ class CompiledKernel:
         # Only arguments that differ from this kernel's previous launch are set
         # again: a decode step relaunches the same kernels on the same buffers.
         kernel, last = self.cl_kernel, self._last
-        for slot, (name, index, is_ptr, is_bool, setter) in enumerate(self._slots):
+        for slot, (name, index, setter) in enumerate(self.slots):
             v = values[name]
-            if is_ptr:
+            if setter is None:
                 key = (v.buffer.int_ptr, v.offset)
                 if last[slot] != key:
                     kernel.set_arg(index, v.buffer)
@@ -123,7 +124,7 @@ class CompiledKernel:
             # compared as given (with its type: 1 and 1.0 and True differ)
             key = (type(v), v)
             if last[slot] != key:
-                setter(kernel, index, bool(v) if is_bool else v)
+                setter(kernel, index, v)
                 last[slot] = key
         local = (self.num_threads, 1, 1)
         global_size = (grid[0] * self.num_threads, grid[1], grid[2])
@@ -167,8 +168,7 @@ def launch(jit_fn, grid, values, num_threads):
         if isinstance(v, np.ndarray) and not is_constexpr:
             host_arrays[name] = v
             values[name] = tensor(np.ascontiguousarray(v), dtype=v.dtype)
-        elif isinstance(v, Tensor) and v.device is not device \
-                and v.device.fingerprint != device.fingerprint:
+        elif isinstance(v, Tensor) and v.device.fingerprint != device.fingerprint:
             raise LaunchError(f"{jit_fn.__name__}(): tensor '{name}' lives on {v.device}, "
                               f"the kernel runs on {device}")
     compiled = compile_kernel(jit_fn, values, num_threads, device)

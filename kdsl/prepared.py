@@ -18,7 +18,7 @@ import pyopencl as cl
 
 from .device import current_device
 from .errors import LaunchError
-from .launch import _spec_of, compile_kernel, scalar_setter, set_offset
+from .launch import _spec_of, compile_kernel, set_offset
 from .tensor import Tensor
 
 
@@ -45,7 +45,6 @@ class PreparedLaunch:
         # Per specialisation, the kernel object built for it: a position that
         # crosses a multiple of 16 switches back and forth between two.
         self._built = {}
-        self._setters = {}            # scalar argument -> how to pass it (kdsl.launch)
         self._build()
         self.grid = grid
 
@@ -53,12 +52,7 @@ class PreparedLaunch:
         compiled = compile_kernel(self.jit_fn, self.values, self.num_threads_asked, self.device)
         built = self._built.get(id(compiled))
         if built is None:
-            slot, index = {}, 0
-            for name, is_ptr, dtype in compiled.params:
-                slot[name] = (index, is_ptr, dtype)
-                index += 2 if is_ptr else 1
-                if not is_ptr and name not in self._setters:
-                    self._setters[name] = scalar_setter(np.int32 if dtype.is_bool else dtype.np)
+            slot = {name: (index, setter) for name, index, setter in compiled.slots}
             # A kernel object of our own, so other launches of the same compiled
             # kernel cannot overwrite the arguments set here.
             built = self._built[id(compiled)] = (compiled, cl.Kernel(compiled.program,
@@ -118,9 +112,9 @@ class PreparedLaunch:
         return self
 
     def _set_one(self, name, value, old=None):
-        index, is_ptr, dtype = self._slot[name]
+        index, setter = self._slot[name]
         self._set_values[name] = value
-        if is_ptr:
+        if setter is None:
             if not isinstance(value, Tensor):
                 raise LaunchError(f"{self.jit_fn.__name__}: argument '{name}' must be a device "
                                   f"tensor, got {type(value).__name__}")
@@ -128,7 +122,7 @@ class PreparedLaunch:
                 self.cl_kernel.set_arg(index, value.buffer)
             set_offset(self.cl_kernel, index + 1, value.offset)
         else:
-            self._setters[name](self.cl_kernel, index, bool(value) if dtype.is_bool else value)
+            setter(self.cl_kernel, index, value)
 
     def __call__(self, queue=None):
         """Enqueue the kernel; returns its event (None for an empty grid)."""

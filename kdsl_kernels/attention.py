@@ -186,23 +186,20 @@ def attention_config(S, T, D, group, kv_heads, device=None):
         # than 16 work-items (GQA 32/8, 4096 keys) and compiles faster
         cfg = {"BM": rows, "BN": 16, "BK": 16, "BD": bd, "num_threads": 1,
                "acc_in_memory": True}
-        target_programs = 2 * device.compute_units
     elif device.is_cpu:
         bm = min(rows, 32)
         cfg = {"BM": bm, "BN": 16, "BK": 16, "BD": bd, "num_threads": 32 if bm >= 32 else 16,
                "acc_in_memory": False}
-        target_programs = 2 * device.compute_units
     elif rows >= 64:
         # H100 sweep (bench/attention.py --sweep): 64 x 32 blocks over 128
         # work-items beat 32 x 32 over 64 by 1.2x at 2048 and 512 queries
         cfg = {"BM": 64, "BN": 32, "BK": 16, "BD": bd, "num_threads": 128,
                "acc_in_memory": False}
-        target_programs = 4 * device.compute_units
     else:
         bm = min(max(rows, 16), 32)
         cfg = {"BM": bm, "BN": 32, "BK": 16, "BD": bd, "num_threads": 64,
                "acc_in_memory": False}
-        target_programs = 4 * device.compute_units
+    target_programs = (2 if device.is_cpu else 4) * device.compute_units
     programs = kdsl.cdiv(S * group, cfg["BM"]) * kv_heads
     cfg["splits"] = max(1, min(kdsl.cdiv(target_programs, programs), T // 256))
     if device.is_gpu and rows <= 8:
@@ -243,14 +240,16 @@ def launch_signature(q_shape, k_shape, device=None, config=None):
     return tuple(sorted(cfg.items())) + (splits,)
 
 
-_scratch = {}       # (device, splits, rows, D) -> the split partials' buffers
+_scratch = {}       # (context, splits, rows, D) -> the split partials' buffers
 
 
 def _split_scratch(device, splits, rows_total, D):
     """The partial results of a split launch: the running max, sum and output of
     each split's rows. Kept per shape and reused by later calls, which run after
     this one on the device's in-order queue, so a decode step reads and writes
-    the same buffers every time and the engine can replay its launches."""
+    the same buffers every time and the engine can replay its launches. Splits
+    are only used when few programs run, so each entry stays small (~17 MB at
+    most for 128-wide heads on a 132-unit GPU)."""
     key = (id(device.context), splits, rows_total, D)
     if key not in _scratch:
         _scratch[key] = (kdsl.empty((splits, rows_total), np.float32, device=device),
