@@ -571,17 +571,21 @@ class Codegen:
             groups.setdefault(out_layout.slot_index(s) if out_layout.rank else 0, []).append(
                 (r, s_axis))
         nout = out_layout.nslots if out_layout.rank else 1
+        members = [[r for r, _ in groups[o]] for o in range(nout)]
         base = self.fresh((v.name or "red") + "_acc")
         acc, idx = [], []
-        for o in range(nout):
-            members = groups[o]
+        vector = (self.device.get("is_cpu") and x.dtype == kl.float32 and not is_arg
+                  and self._vector_reduce(op, xs, members, base))
+        if vector:
+            acc = vector
+        for o in range(nout if not vector else 0):
             a = f"{base}_{o}"
-            self.line(f"{ctype} {a} = {xs[members[0][0]]};")
+            self.line(f"{ctype} {a} = {xs[members[o][0]]};")
             if is_arg:
                 i = f"{base}_i{o}"
-                self.line(f"int {i} = {self.coord(src, members[0][0], axis)};")
+                self.line(f"int {i} = {self.coord(src, members[o][0], axis)};")
                 idx.append(i)
-            for r, _ in members[1:]:
+            for r in members[o][1:]:
                 if is_arg:
                     self._arg_combine(op, a, i, xs[r], self.coord(src, r, axis))
                 else:
@@ -640,6 +644,62 @@ class Codegen:
                 out.append(name)
             return out
         return idx if is_arg else acc
+
+    VECTOR = 8          # AVX2's float lanes
+
+    def _vector_reduce(self, op, xs, members, base):
+        """A CPU reduction written with float8 vectors, or None where it does not fit.
+
+        PoCL's LLVM turns a long scalar chain (or tree) of adds into 2-wide
+        SSE code at best; building explicit float8 values from the slots
+        gives its SLP vectoriser a seed, so the products feeding them become
+        8-wide loads and multiplies. Two shapes fit: each output reduces a
+        run of consecutive slots (a row of a [BN, 64] tile summed along its
+        contiguous axis: 8 lanes accumulate strided partial sums, then one
+        horizontal step), or runs of 8 consecutive outputs each reduce
+        slots that sit side by side (a tile summed along its rows: one
+        vector accumulates 8 outputs)."""
+        W = self.VECTOR
+        n = len(members[0])
+        if any(len(m) != n for m in members):
+            return None
+        fn = {"sum": "{a} + {b}", "max": "fmax({a}, {b})", "min": "fmin({a}, {b})"}[op]
+
+        def build(slots):
+            return f"(float{W})({', '.join(xs[r] for r in slots)})"
+
+        def consecutive(slots):
+            return all(b == a + 1 for a, b in zip(slots, slots[1:]))
+
+        out = []
+        if n >= 2 * W and n % W == 0 and all(consecutive(m) for m in members):
+            for o, m in enumerate(members):
+                vec = f"{base}_v{o}"
+                self.line(f"float{W} {vec} = {build(m[:W])};")
+                for j in range(W, n, W):
+                    self.line(f"{vec} = {fn.format(a=vec, b=build(m[j:j + W]))};")
+                # 8 -> 4 -> 2 -> 1 lanes
+                h4, h2, a = f"{vec}_4", f"{vec}_2", f"{base}_{o}"
+                self.line(f"const float4 {h4} = {fn.format(a=vec + '.lo', b=vec + '.hi')};")
+                self.line(f"const float2 {h2} = {fn.format(a=h4 + '.lo', b=h4 + '.hi')};")
+                self.line(f"const float {a} = {fn.format(a=h2 + '.x', b=h2 + '.y')};")
+                out.append(a)
+            return out
+        if (n >= 2 and len(members) % W == 0 and
+                all(consecutive([members[o + i][j] for i in range(W)])
+                    for o in range(0, len(members), W) for j in range(n))):
+            for o in range(0, len(members), W):
+                vec = f"{base}_v{o}"
+                self.line(f"float{W} {vec} = {build([members[o + i][0] for i in range(W)])};")
+                for j in range(1, n):
+                    lanes = build([members[o + i][j] for i in range(W)])
+                    self.line(f"{vec} = {fn.format(a=vec, b=lanes)};")
+                for i in range(W):
+                    a = f"{base}_{o + i}"
+                    self.line(f"const float {a} = {vec}.s{i:x};")
+                    out.append(a)
+            return out
+        return None
 
     def _combine(self, op, dtype, a, b):
         if op == "sum":

@@ -165,6 +165,62 @@ def reduce_kernel(m_ptr, l_ptr, acc_ptr, o_ptr, S, D, rows_total, splits, stride
     kl.store(o_ptr + head * stride_oh + query * stride_os + d, out, mask=d_ok)
 
 
+@kdsl.jit
+def rows_kernel(q_ptr, k_ptr, v_ptr, o_ptr, m_ptr, l_ptr, acc_ptr, S, T, window,
+                stride_qh, stride_qs, stride_kh, stride_kt, stride_vh, stride_vt,
+                stride_oh, stride_os, scale,
+                GROUP: kl.constexpr, CAUSAL: kl.constexpr, HAS_WINDOW: kl.constexpr,
+                SPLIT: kl.constexpr, D: kl.constexpr, BN: kl.constexpr, BD: kl.constexpr):
+    """One (head, query) row per program, keys of split program_id(1): the CPU decode form.
+
+    Scores are row sums of a [BN, D] key tile times q (contiguous along D,
+    so the back end's vector reductions apply), and the output accumulates
+    as a column sum of p times the [BN, D] value tile: no kl.dot, whose
+    q k^T operand would be read across keys. Grouped heads each read their
+    K/V head (from cache after the first)."""
+    row = kl.program_id(0)
+    split = kl.program_id(1)
+    head = row // S
+    query = row % S
+    pos = T - S + query
+    d = kl.arange(0, BD)
+    d_ok = d < D
+    q = kl.load(q_ptr + head * stride_qh + query * stride_qs + d, mask=d_ok, other=0.0) * scale
+    keys_per_split = kl.cdiv(kl.cdiv(T, kl.num_programs(1)), BN) * BN
+    lo = split * keys_per_split
+    hi = min(T, lo + keys_per_split)
+    if CAUSAL:
+        hi = min(hi, pos + 1)
+    if HAS_WINDOW:
+        lo = max(lo, pos - window + 1)
+    k_base = k_ptr + (head // GROUP) * stride_kh
+    v_base = v_ptr + (head // GROUP) * stride_vh
+    running_max = kl.full((1,), RUNNING_MAX_START, kl.float32)
+    running_sum = kl.zeros((1,), dtype=kl.float32)
+    acc = kl.zeros((BD,), dtype=kl.float32)
+    for start in range(lo, hi, BN):
+        keys = start + kl.arange(0, BN)
+        keys_in = kl.minimum(keys, hi - 1)          # in bounds; masked to -inf below
+        k = kl.load(k_base + keys_in[:, None] * stride_kt + d[None, :], mask=d_ok[None, :],
+                    other=0.0)
+        scores = kl.where(keys < hi, kl.sum(k * q[None, :], axis=1), -float("inf"))
+        new_max = kl.maximum(running_max, kl.max(scores, axis=0))
+        p = kl.exp(scores - new_max)
+        alpha = kl.exp(running_max - new_max)
+        running_sum = running_sum * alpha + kl.sum(p, axis=0)
+        v = kl.load(v_base + keys_in[:, None] * stride_vt + d[None, :], mask=d_ok[None, :],
+                    other=0.0)
+        acc = acc * alpha + kl.sum(p[:, None] * v, axis=0)
+        running_max = new_max
+    if SPLIT:
+        part = split * kl.num_programs(0) + row
+        kl.store(m_ptr + part + kl.arange(0, 1), running_max)
+        kl.store(l_ptr + part + kl.arange(0, 1), running_sum)
+        kl.store(acc_ptr + part * D + d, acc, mask=d_ok)
+    else:
+        kl.store(o_ptr + head * stride_oh + query * stride_os + d, acc / running_sum, mask=d_ok)
+
+
 def attention_config(S, T, D, group, kv_heads, device=None):
     """Block sizes and key splits for one call: the tuned config, else these defaults.
 
@@ -182,10 +238,10 @@ def attention_config(S, T, D, group, kv_heads, device=None):
     bd = 1 << max(D - 1, 0).bit_length()
     rows = 1 << max(S * group - 1, 0).bit_length()
     if device.is_cpu and rows <= 8:
-        # decode: a few rows; one work-item with no barriers measured 15% faster
-        # than 16 work-items (GQA 32/8, 4096 keys) and compiles faster
-        cfg = {"BM": rows, "BN": 16, "BK": 16, "BD": bd, "num_threads": 1,
-               "acc_in_memory": True}
+        # decode: one work-item per (head, query) row (rows_kernel), 8 keys a
+        # step; PoCL, SmolLM2's 9/3 heads at 512 keys: 0.21 ms against 0.75
+        # for packed rows with kl.dot (its q k^T reads k_t across keys)
+        cfg = {"form": "rows", "BN": 8, "BD": bd, "num_threads": 1}
     elif device.is_cpu:
         bm = min(rows, 32)
         cfg = {"BM": bm, "BN": 16, "BK": 16, "BD": bd, "num_threads": 32 if bm >= 32 else 16,
@@ -200,7 +256,7 @@ def attention_config(S, T, D, group, kv_heads, device=None):
         cfg = {"BM": bm, "BN": 32, "BK": 16, "BD": bd, "num_threads": 64,
                "acc_in_memory": False}
     target_programs = (2 if device.is_cpu else 4) * device.compute_units
-    programs = kdsl.cdiv(S * group, cfg["BM"]) * kv_heads
+    programs = kdsl.cdiv(S * group, cfg.get("BM", 1)) * kv_heads
     cfg["splits"] = max(1, min(kdsl.cdiv(target_programs, programs), T // 256))
     if device.is_gpu and rows <= 8:
         # decode on a GPU: short splits, 16+ keys each, a power of two up to 64
@@ -215,7 +271,13 @@ def attention_config(S, T, D, group, kv_heads, device=None):
 def _launch_config(S, T, D, group, kv_heads, device, config=None):
     """(config without "splits", the number of key splits) of one call."""
     cfg = dict(attention_config(S, T, D, group, kv_heads, device))
+    if config and config.get("form", "blocks") != cfg.get("form", "blocks"):
+        # a config of the other form keeps only what both forms share
+        cfg = {"BD": cfg["BD"], "splits": cfg["splits"], "num_threads": cfg["num_threads"]}
     cfg.update(config or {})
+    if cfg.get("form", "blocks") == "blocks":
+        cfg.setdefault("BK", 16)
+        cfg.setdefault("acc_in_memory", False)
     splits = max(1, min(int(cfg.pop("splits")), T))
     # at least a key block per split; a power of two, so the count changes at
     # few lengths (a replayed decode step is recorded anew at each change)
@@ -232,7 +294,7 @@ def launch_signature(q_shape, k_shape, device=None, config=None):
     decode step does).
 
     >>> launch_signature((9, 1, 64), (3, 300, 64))
-    (('BD', 64), ('BK', 16), ('BM', 4), ('BN', 16), ('acc_in_memory', True), ('num_threads', 1), 1)
+    (('BD', 64), ('BN', 8), ('form', 'rows'), ('num_threads', 1), 1)
     """
     H, S, D = q_shape
     KVH, T, _ = k_shape
@@ -305,11 +367,8 @@ def attention(q, k, v, *, causal=True, window=None, scale=None, out=None, config
     group = H // KVH
     cfg, splits = _launch_config(S, T, D, group, KVH, q.device, config)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    grid = (kdsl.cdiv(S * group, cfg["BM"]), KVH, splits)
     common = dict(GROUP=group, CAUSAL=bool(causal), HAS_WINDOW=window is not None, D=D,
-                  ACC_IN_MEMORY=bool(cfg["acc_in_memory"]),
-                  BM=cfg["BM"], BN=cfg["BN"], BK=min(cfg["BK"], cfg["BD"]), BD=cfg["BD"],
-                  num_threads=cfg["num_threads"])
+                  BN=cfg["BN"], BD=cfg["BD"], num_threads=cfg["num_threads"], SPLIT=splits > 1)
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                out.stride(0), out.stride(1))
     window_arg = int(window) if window is not None else 0
@@ -318,8 +377,14 @@ def attention(q, k, v, *, causal=True, window=None, scale=None, out=None, config
         partials = (out, out, out)           # unused: the kernel writes out directly
     else:
         partials = _split_scratch(q.device, splits, rows_total, D)
-    attention_kernel[grid](q, k, v, out, *partials, S, T, window_arg,
-                           *strides, scale, SPLIT=splits > 1, **common)
+    if cfg.get("form") == "rows":
+        rows_kernel[(rows_total, splits)](q, k, v, out, *partials, S, T, window_arg,
+                                          *strides, scale, **common)
+    else:
+        grid = (kdsl.cdiv(S * group, cfg["BM"]), KVH, splits)
+        attention_kernel[grid](q, k, v, out, *partials, S, T, window_arg, *strides, scale,
+                               ACC_IN_MEMORY=bool(cfg["acc_in_memory"]), BM=cfg["BM"],
+                               BK=min(cfg["BK"], cfg["BD"]), **common)
     if splits > 1:
         reduce_kernel[(rows_total,)](*partials, out, S, D, rows_total, splits, out.stride(0),
                                      out.stride(1), SPLITS_BLOCK=1 << (splits - 1).bit_length(),

@@ -11,6 +11,9 @@ from kdsl_kernels import attention
 SMALL = {"BM": 4, "BN": 8, "BK": 8, "num_threads": 4}   # quick to compile, many blocks per row
 # the CPU form: one work-item, the output accumulator kept in memory
 SMALL_IN_MEMORY = {"BM": 4, "BN": 8, "BK": 8, "num_threads": 1, "acc_in_memory": True}
+# the CPU decode form: one (head, query) row per program, no kl.dot
+SMALL_ROWS = {"form": "rows", "BN": 8, "num_threads": 1}
+CONFIGS = {"blocks": SMALL, "in_memory": SMALL_IN_MEMORY, "rows": SMALL_ROWS}
 
 
 def _run(interpret, fn):
@@ -47,11 +50,11 @@ def _inputs(rng, H, KVH, S, T, D, dtype=np.float32):
 cases = dict(kvh=st.integers(1, 3), group=st.sampled_from([1, 2, 4]), s=st.integers(1, 40),
              past=st.integers(0, 60), d=st.sampled_from([8, 24, 64]), causal=st.booleans(),
              window=st.sampled_from([None, 1, 5, 30]), splits=st.sampled_from([1, 3]),
-             in_memory=st.booleans(), seed=st.integers(0, 2**16))
+             form=st.sampled_from(sorted(CONFIGS)), seed=st.integers(0, 2**16))
 
 
-def _check_case(interpret, kvh, group, s, past, d, causal, window, splits, in_memory, seed):
-    config = SMALL_IN_MEMORY if in_memory else SMALL
+def _check_case(interpret, kvh, group, s, past, d, causal, window, splits, form, seed):
+    config = CONFIGS[form]
     rng = np.random.default_rng(seed)
     q, k, v = _inputs(rng, kvh * group, kvh, s, s + past, d)
     if window is not None:
@@ -62,15 +65,29 @@ def _check_case(interpret, kvh, group, s, past, d, causal, window, splits, in_me
 
 
 @given(**cases)
-def test_attention_in_interpreter(kvh, group, s, past, d, causal, window, splits, in_memory,
-                                  seed):
-    _check_case(True, kvh, group, s, past, d, causal, window, splits, in_memory, seed)
+def test_attention_in_interpreter(kvh, group, s, past, d, causal, window, splits, form, seed):
+    _check_case(True, kvh, group, s, past, d, causal, window, splits, form, seed)
 
 
 @settings(max_examples=6)     # each example compiles a kernel or two on PoCL
 @given(**cases)
-def test_attention_on_device(kvh, group, s, past, d, causal, window, splits, in_memory, seed):
-    _check_case(False, kvh, group, s, past, d, causal, window, splits, in_memory, seed)
+def test_attention_on_device(kvh, group, s, past, d, causal, window, splits, form, seed):
+    _check_case(False, kvh, group, s, past, d, causal, window, splits, form, seed)
+
+
+@pytest.mark.parametrize("interpret", [False, True], ids=["device", "interpreter"])
+@pytest.mark.parametrize("causal,window,splits", [(True, None, 1), (False, None, 3),
+                                                   (True, 7, 2), (True, None, 4)])
+def test_rows_form_on_decode_and_short_chunks(interpret, causal, window, splits):
+    """The CPU decode form over GQA, a 1-query decode and a 5-query chunk, key splits that
+    leave some splits empty (4 splits of 8-key blocks over 13 keys), and a window."""
+    rng = np.random.default_rng(splits)
+    for s, t in ((1, 13), (5, 40)):
+        q, k, v = _inputs(rng, 6, 2, s, t, 64)
+        out = _run(interpret, lambda: attention(q, k, v, causal=causal, window=window,
+                                                config=dict(SMALL_ROWS, splits=splits)).numpy())
+        np.testing.assert_allclose(out, attention_ref(q, k, v, causal, window), rtol=1e-4,
+                                   atol=1e-4)
 
 
 @pytest.mark.parametrize("interpret", [False, True], ids=["device", "interpreter"])
@@ -98,7 +115,7 @@ def test_views_of_a_kv_cache_and_a_strided_out(interpret):
     out = out_proj.reshape(S, H, D).permute(1, 0, 2)
     T = past + S
     _run(interpret, lambda: attention(q, kc[:, :T], vc[:, :T], window=6, out=out,
-                                      config=dict(SMALL_IN_MEMORY, splits=2)))
+                                      config=dict(SMALL_ROWS, splits=2)))
     expected = attention_ref(q_proj.reshape(S, H, D).transpose(1, 0, 2),
                              k_cache[:, :T].astype(np.float32), v_cache[:, :T].astype(np.float32),
                              window=6)
