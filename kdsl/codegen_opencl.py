@@ -733,6 +733,8 @@ class Codegen:
         a_map = slot_map(a_home, a.shape, a_op) if a_home else None
         b_map = slot_map(b_home, b.shape, b_op) if b_home else None
         fma = "fma({x}, {y}, {c})" if v.dtype.is_float else "{x} * {y} + {c}"
+        if a_map is not None and b_map is not None and self._dot_along_k(v, c_layout, a_op, b_op, cs):
+            return cs
         if a_map is not None and b_map is not None:
             # registers already hold each work-item's rows of A and columns of B
             av, bv = self.val(a, a_op), self.val(b, b_op)
@@ -778,6 +780,62 @@ class Codegen:
         self.indent -= 1
         self.line("}")
         return cs
+
+    def _dot_along_k(self, v, c_layout, a_op, b_op, cs):
+        """On a CPU, a dot whose operands are both loaded contiguously along K
+        (q k^T in attention, x W^T in a linear layer: rows of A and columns of
+        B are runs of memory) as float8 vector products along K.
+
+        The scalar form vectorises across the N slots of a row of C, which
+        here would gather B's elements one by one; this one loads 8 K-neighbours
+        with one vload8 (vload_half8 for fp16 storage), multiplies 8 at a time,
+        and folds each output's vector once per call. The fold costs about
+        five instructions per output, so K must be 64 or more for it to pay:
+        PoCL, one thread, attention's 8 x 8 x 64 q k^T ran 4x faster than
+        the scalar form, while a linear layer's 8 x 8 x 32 tile ran 0.7x and
+        4 x 4 x 64 equal. Returns False (nothing emitted) where it does not apply."""
+        a, b, _ = v.args
+        W = self.VECTOR
+        kdim = a.shape[1]
+        if not (self.device.get("is_cpu") and v.dtype == kl.float32 and kdim % W == 0
+                and kdim >= 64):
+            return False
+        for x, axis in ((a, 1), (b, 0)):
+            if x.op != "load" or x.args[1] is not None or x.dtype != kl.float32 or \
+                    x.args[0].dtype not in (kl.float32, kl.float16) or \
+                    _dim_stride(x.args[0], axis) != 1:
+                return False
+        rows, cols = c_layout.slot_dims
+        pa, pb = self.val(a.args[0], a_op), self.val(b.args[0], b_op)
+
+        def vload(x, p):
+            return (f"vload_half{W}(0, {p})" if x.args[0].dtype == kl.float16
+                    else f"vload{W}(0, {p})")
+
+        base = self.fresh("dotk")
+        avec = {}
+        for i in range(rows):
+            for k0 in range(0, kdim, W):
+                name = f"{base}_a{i}_{k0}"
+                self.line(f"const float{W} {name} = {vload(a, pa[a_op.slot_index((i, k0))])};")
+                avec[i, k0] = name
+        bvec = {}
+        for j in range(cols):
+            for k0 in range(0, kdim, W):
+                name = f"{base}_b{j}_{k0}"
+                self.line(f"const float{W} {name} = {vload(b, pb[b_op.slot_index((k0, j))])};")
+                bvec[j, k0] = name
+        for i in range(rows):
+            for j in range(cols):
+                acc = f"{base}_{i}_{j}"
+                self.line(f"float{W} {acc} = {avec[i, 0]} * {bvec[j, 0]};")
+                for k0 in range(W, kdim, W):
+                    self.line(f"{acc} = fma({avec[i, k0]}, {bvec[j, k0]}, {acc});")
+                self.line(f"const float4 {acc}_4 = {acc}.lo + {acc}.hi;")
+                self.line(f"const float2 {acc}_2 = {acc}_4.lo + {acc}_4.hi;")
+                r = i * cols + j
+                self.line(f"{cs[r]} = {cs[r]} + ({acc}_2.x + {acc}_2.y);")
+        return True
 
     # ------------------------------------------------------------- statements
     def push(self):
@@ -967,13 +1025,13 @@ def _collect_setvars(stmts, out=None):
     return out
 
 
-def _last_dim_stride(v):
-    """Elements between neighbours along a block's last dimension, if known; else None.
+def _dim_stride(v, axis):
+    """Elements between neighbours along a block's dimension `axis`, if known; else None.
 
     Pointer and offset blocks are sums and constant multiples of aranges,
-    broadcasts and uniform scalars; anything else is unknown.
+    expands, broadcasts and uniform scalars; anything else is unknown.
     """
-    if not v.shape:
+    if not v.shape or v.shape[axis] == 1:
         return 0
     op = v.op
     if op == "arange":
@@ -982,21 +1040,30 @@ def _last_dim_stride(v):
         return 0
     if op == "broadcast":
         inner = v.args[0]
-        return 0 if inner.shape[-1] == 1 else _last_dim_stride(inner)
+        inner_axis = axis - (len(v.shape) - len(inner.shape))
+        return 0 if inner_axis < 0 or inner.shape[inner_axis] == 1 else \
+            _dim_stride(inner, inner_axis)
     if op == "expand":
-        return 0 if v.attrs["axis"] == len(v.shape) - 1 else _last_dim_stride(v.args[0])
+        a = v.attrs["axis"]
+        return 0 if axis == a else _dim_stride(v.args[0], axis - (axis > a))
     if op == "binop" and v.attrs["op"] in ("+", "-"):
-        a, b = (_last_dim_stride(x) for x in v.args)
+        a, b = (_dim_stride(x, axis) for x in v.args)
         if a is None or b is None:
             return None
         return a + b if v.attrs["op"] == "+" else a - b
     if op == "binop" and v.attrs["op"] == "*":
-        for x, y in (v.args, v.args[::-1]):
+        strides = [_dim_stride(x, axis) for x in v.args]
+        if strides == [0, 0]:
+            return 0
+        for x, s in ((v.args[0], strides[1]), (v.args[1], strides[0])):
             c = _uniform_int(x)
-            if c is not None:
-                s = _last_dim_stride(y)
-                return None if s is None else c * s
+            if c is not None and s is not None:
+                return c * s
     return None
+
+
+def _last_dim_stride(v):
+    return _dim_stride(v, len(v.shape) - 1)
 
 
 def _uniform_int(v):

@@ -101,6 +101,18 @@ def test_head_dims_with_default_config(interpret, d, s, t):
 
 
 @pytest.mark.parametrize("interpret", [False, True], ids=["device", "interpreter"])
+@pytest.mark.parametrize("d", [64, 128])
+def test_default_config_with_an_fp16_kv_cache(interpret, d):
+    """The engine's case: fp16 K/V, a prefill chunk after cached tokens, and decode."""
+    rng = np.random.default_rng(d)
+    for s, t in ((24, 90), (1, 90)):
+        q, k, v = _inputs(rng, 6, 2, s, t, d)
+        k, v = k.astype(np.float16), v.astype(np.float16)
+        out = _run(interpret, lambda: attention(q, k, v).numpy())
+        np.testing.assert_allclose(out, attention_ref(q, k, v), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("interpret", [False, True], ids=["device", "interpreter"])
 def test_views_of_a_kv_cache_and_a_strided_out(interpret):
     """q from a [S, H*D] projection, k/v the prefix of a [KVH, Tmax, D] fp16 cache, out laid
     out [S, H*D] for the output projection: the engine's decode and chunked-prefill calls."""

@@ -518,6 +518,33 @@ def test_dot_with_accumulator(interpret, shape):
     np.testing.assert_allclose(e, 2 * ab, rtol=1e-5, atol=1e-4)
 
 
+@kdsl.jit
+def dot_nt_kernel(a_ptr, w_ptr, c_ptr, stride_w, M: kl.constexpr, N: kl.constexpr,
+                  K: kl.constexpr):
+    """c = a @ w.T with w stored [N, K] (a linear layer's weight): both operands run
+    contiguously along K, the case a CPU back end computes as vector products along K."""
+    rm = kl.arange(0, M)
+    rn = kl.arange(0, N)
+    rk = kl.arange(0, K)
+    a = kl.load(a_ptr + rm[:, None] * K + rk[None, :])
+    w_t = kl.load(w_ptr + rn[None, :] * stride_w + rk[:, None])
+    kl.store(c_ptr + rm[:, None] * N + rn[None, :], kl.dot(a, w_t, kl.full((M, N), 1.0, kl.float32)))
+
+
+@both_backends
+@pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("shape", [(8, 8, 64), (4, 8, 128), (2, 4, 256)], ids=str)
+def test_dot_of_operands_contiguous_along_k(interpret, dtype, shape):
+    M, N, K = shape
+    rng = np.random.default_rng(12)
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    w = rng.standard_normal((N, K + 3)).astype(dtype)        # padded rows: a strided view
+    c = np.zeros((M, N), np.float32)
+    launch(dot_nt_kernel, interpret, (1,), a, w, c, K + 3, M=M, N=N, K=K, num_threads=1)
+    expected = a.astype(np.float64) @ w[:, :K].astype(np.float64).T + 1.0
+    np.testing.assert_allclose(c, expected, rtol=1e-5, atol=1e-4)
+
+
 # ------------------------------------------------------------- control flow
 @kdsl.jit
 def control_kernel(out_ptr, n, start, step):
