@@ -139,9 +139,9 @@ class Model:
     def _rope_and_cache(self, v):
         cfg, layer, past, n = self.config, self._layer, self._past, self._n
         q, k, val = self._split_heads(v["qkv"])
-        kk.rope(q, past, cfg.rope_base, out=v["q"])
-        kk.rope(k, past, cfg.rope_base, out=self.cache.slot(layer, "k", past=past, new=n))
-        kk.copy(val, out=self.cache.slot(layer, "v", past=past, new=n))
+        kk.rope_qkv(q, k, val, past, cfg.rope_base, q_out=v["q"],
+                    k_out=self.cache.slot(layer, "k", past=past, new=n),
+                    v_out=self.cache.slot(layer, "v", past=past, new=n))
 
     def _attention(self, v):
         cfg, layer, length = self.config, self._layer, self._past + self._n

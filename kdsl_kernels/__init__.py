@@ -15,8 +15,8 @@ from .attention import attention
 from .elementwise import add, copy, embedding
 from .matmul import matmul
 from .norms import add_rms_norm, layer_norm, rms_norm
-from .rope import rope
+from .rope import rope, rope_qkv
 from .softmax import softmax
 
 __all__ = ["add", "add_rms_norm", "attention", "copy", "embedding", "gelu_tanh_mul",
-           "layer_norm", "matmul", "rms_norm", "rope", "softmax", "swiglu"]
+           "layer_norm", "matmul", "rms_norm", "rope", "rope_qkv", "softmax", "swiglu"]

@@ -31,13 +31,13 @@ def new_out(shape, device):
     return kdsl.empty(shape, np.float32, device=device)
 
 
-def check_out(out, shape, fn, dtypes=(np.float32,)):
+def check_out(out, shape, fn, dtypes=(np.float32,), name="out"):
     """`out` if it is a tensor of `shape` and an allowed dtype, else a ValueError saying why."""
     if not isinstance(out, kdsl.Tensor):
-        raise TypeError(f"{fn}(): out must be a kdsl.Tensor, got {type(out).__name__}")
+        raise TypeError(f"{fn}(): {name} must be a kdsl.Tensor, got {type(out).__name__}")
     if tuple(out.shape) != tuple(shape) or out.dtype not in [np.dtype(d) for d in dtypes]:
         allowed = " or ".join(str(np.dtype(d)) for d in dtypes)
-        raise ValueError(f"{fn}(): out must be {allowed} of shape {tuple(shape)}, got "
+        raise ValueError(f"{fn}(): {name} must be {allowed} of shape {tuple(shape)}, got "
                          f"{out.dtype} {tuple(out.shape)}")
     return out
 

@@ -22,17 +22,36 @@ from .elementwise import as_tensor, check_out
 
 
 @kdsl.jit
-def rope_kernel(x_ptr, pos_ptr, inv_freq_ptr, cos_ptr, sin_ptr, out_ptr, p0, n_pairs, S, D,
-                stride_xh, stride_xs, stride_oh, stride_os,
-                POS_FROM_PTR: kl.constexpr, FROM_TABLE: kl.constexpr, INTERLEAVED: kl.constexpr,
-                BS: kl.constexpr, HALF_BLOCK: kl.constexpr, PASS_BLOCK: kl.constexpr):
-    """BS tokens x `n_pairs` rotated pairs of one head per program; the rest of
-    each row (rotary_dim..D) is copied when PASS_BLOCK > 0. With FROM_TABLE,
-    cos and sin are read from [positions, n_pairs] tables (sin and cos of
-    angles in the thousands cost more than the memory traffic of the kernel)."""
-    tokens = kl.program_id(0) * BS + kl.arange(0, BS)
-    h = kl.program_id(1)
-    token_ok = tokens < S
+def rotate_rows(x_rows, out_rows, cos, sin, mask, token_ok, n_pairs, D,
+                INTERLEAVED: kl.constexpr, HALF_BLOCK: kl.constexpr, PASS_BLOCK: kl.constexpr):
+    """Rotate the pairs of BS rows (x_rows, out_rows: pointers to each row's
+    start) by the [BS, HALF_BLOCK] angles' cos and sin; copy dims past the
+    rotary ones when PASS_BLOCK > 0."""
+    i = kl.arange(0, HALF_BLOCK)
+    if INTERLEAVED:
+        first = 2 * i
+        second = 2 * i + 1
+    else:
+        first = i
+        second = i + n_pairs
+    x1 = kl.load(x_rows + first[None, :], mask=mask, other=0.0)
+    x2 = kl.load(x_rows + second[None, :], mask=mask, other=0.0)
+    kl.store(out_rows + first[None, :], x1 * cos - x2 * sin, mask=mask)
+    kl.store(out_rows + second[None, :], x2 * cos + x1 * sin, mask=mask)
+    if PASS_BLOCK > 0:
+        for start in range(2 * n_pairs, D, PASS_BLOCK):
+            cols = start + kl.arange(0, PASS_BLOCK)
+            keep = token_ok[:, None] & (cols[None, :] < D)
+            kl.store(out_rows + cols[None, :], kl.load(x_rows + cols[None, :], mask=keep,
+                                                       other=0.0), mask=keep)
+
+
+@kdsl.jit
+def angles(tokens, token_ok, pos_ptr, inv_freq_ptr, cos_ptr, sin_ptr, p0, n_pairs,
+           POS_FROM_PTR: kl.constexpr, FROM_TABLE: kl.constexpr, HALF_BLOCK: kl.constexpr):
+    """(cos, sin, mask) of BS tokens' angles, [BS, HALF_BLOCK]: from the host-made
+    tables, or computed from inv_freq (sin and cos of angles in the thousands
+    cost more than the kernel's memory traffic, hence the tables)."""
     if POS_FROM_PTR:
         pos = kl.load(pos_ptr + tokens, mask=token_ok, other=0)
     else:
@@ -48,24 +67,61 @@ def rope_kernel(x_ptr, pos_ptr, inv_freq_ptr, cos_ptr, sin_ptr, out_ptr, p0, n_p
         angle = pos[:, None].to(kl.float32) * freqs[None, :]
         cos = kl.cos(angle)
         sin = kl.sin(angle)
-    if INTERLEAVED:
-        first = 2 * i
-        second = 2 * i + 1
+    return cos, sin, mask
+
+
+@kdsl.jit
+def rope_kernel(x_ptr, pos_ptr, inv_freq_ptr, cos_ptr, sin_ptr, out_ptr, p0, n_pairs, S, D,
+                stride_xh, stride_xs, stride_oh, stride_os,
+                POS_FROM_PTR: kl.constexpr, FROM_TABLE: kl.constexpr, INTERLEAVED: kl.constexpr,
+                BS: kl.constexpr, HALF_BLOCK: kl.constexpr, PASS_BLOCK: kl.constexpr):
+    """BS tokens x `n_pairs` rotated pairs of one head per program; the rest of
+    each row (rotary_dim..D) is copied when PASS_BLOCK > 0."""
+    tokens = kl.program_id(0) * BS + kl.arange(0, BS)
+    h = kl.program_id(1)
+    token_ok = tokens < S
+    cos, sin, mask = angles(tokens, token_ok, pos_ptr, inv_freq_ptr, cos_ptr, sin_ptr, p0,
+                            n_pairs, POS_FROM_PTR, FROM_TABLE, HALF_BLOCK)
+    rotate_rows(x_ptr + h * stride_xh + tokens[:, None] * stride_xs,
+                out_ptr + h * stride_oh + tokens[:, None] * stride_os,
+                cos, sin, mask, token_ok, n_pairs, D, INTERLEAVED, HALF_BLOCK, PASS_BLOCK)
+
+
+@kdsl.jit
+def rope_qkv_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, inv_freq_ptr, cos_ptr, sin_ptr,
+                    q_out_ptr, k_out_ptr, v_out_ptr, p0, n_pairs, S, D, H, KVH,
+                    stride_qh, stride_qs, stride_kh, stride_ks, stride_vh, stride_vs,
+                    stride_qoh, stride_qos, stride_koh, stride_kos, stride_voh, stride_vos,
+                    POS_FROM_PTR: kl.constexpr, FROM_TABLE: kl.constexpr,
+                    INTERLEAVED: kl.constexpr, BS: kl.constexpr, HALF_BLOCK: kl.constexpr,
+                    PASS_BLOCK: kl.constexpr, D_BLOCK: kl.constexpr):
+    """One launch for a layer's new tokens: heads 0..H-1 of program axis 1
+    rotate q into q_out, the next KVH rotate k into k_out (the K cache slot),
+    the last KVH copy v into v_out (the V cache slot)."""
+    tokens = kl.program_id(0) * BS + kl.arange(0, BS)
+    h = kl.program_id(1)
+    token_ok = tokens < S
+    if h < H + KVH:
+        cos, sin, mask = angles(tokens, token_ok, pos_ptr, inv_freq_ptr, cos_ptr, sin_ptr, p0,
+                                n_pairs, POS_FROM_PTR, FROM_TABLE, HALF_BLOCK)
+        if h < H:
+            rotate_rows(q_ptr + h * stride_qh + tokens[:, None] * stride_qs,
+                        q_out_ptr + h * stride_qoh + tokens[:, None] * stride_qos,
+                        cos, sin, mask, token_ok, n_pairs, D, INTERLEAVED, HALF_BLOCK,
+                        PASS_BLOCK)
+        else:
+            rotate_rows(k_ptr + (h - H) * stride_kh + tokens[:, None] * stride_ks,
+                        k_out_ptr + (h - H) * stride_koh + tokens[:, None] * stride_kos,
+                        cos, sin, mask, token_ok, n_pairs, D, INTERLEAVED, HALF_BLOCK,
+                        PASS_BLOCK)
     else:
-        first = i
-        second = i + n_pairs
-    x_rows = x_ptr + h * stride_xh + tokens[:, None] * stride_xs
-    out_rows = out_ptr + h * stride_oh + tokens[:, None] * stride_os
-    x1 = kl.load(x_rows + first[None, :], mask=mask, other=0.0)
-    x2 = kl.load(x_rows + second[None, :], mask=mask, other=0.0)
-    kl.store(out_rows + first[None, :], x1 * cos - x2 * sin, mask=mask)
-    kl.store(out_rows + second[None, :], x2 * cos + x1 * sin, mask=mask)
-    if PASS_BLOCK > 0:
-        for start in range(2 * n_pairs, D, PASS_BLOCK):
-            cols = start + kl.arange(0, PASS_BLOCK)
-            keep = token_ok[:, None] & (cols[None, :] < D)
-            kl.store(out_rows + cols[None, :], kl.load(x_rows + cols[None, :], mask=keep,
-                                                       other=0.0), mask=keep)
+        cols = kl.arange(0, D_BLOCK)
+        keep = token_ok[:, None] & (cols[None, :] < D)
+        hv = h - H - KVH
+        row = kl.load(v_ptr + hv * stride_vh + tokens[:, None] * stride_vs + cols[None, :],
+                      mask=keep, other=0.0)
+        kl.store(v_out_ptr + hv * stride_voh + tokens[:, None] * stride_vos + cols[None, :],
+                 row, mask=keep)
 
 
 _inv_freq_cache = {}
@@ -137,54 +193,105 @@ def rope(x, positions, base=10000.0, *, rotary_dim=None, interleaved=False, inv_
     x = as_tensor(x, "rope", "x")
     _check_view(x, "x")
     H, S, D = x.shape
-    rotary_dim = D if rotary_dim is None else int(rotary_dim)
-    if rotary_dim % 2 or not 0 < rotary_dim <= D:
-        raise ValueError(f"rope(): rotary_dim must be even and in (0, {D}], got {rotary_dim}")
     if out is None:
         out = kdsl.empty(x.shape, np.float32, device=x.device)
     check_out(out, x.shape, "rope", (np.float32, np.float16))
     _check_view(out, "out")
+    args, consts = _angle_args("rope", x, positions, base, rotary_dim, inv_freq)
+    if H * S * D == 0:
+        return out
+    cfg = config or {}
+    tokens = cfg.get("BS", _tokens_per_program(S, consts["HALF_BLOCK"]))
+    rope_kernel[(kdsl.cdiv(S, tokens), H)](
+        x, *args[:4], out, *args[4:], S, D, x.stride(0), x.stride(1), out.stride(0),
+        out.stride(1), INTERLEAVED=bool(interleaved), BS=tokens, **consts,
+        num_threads=cfg.get("num_threads", min(tokens * consts["HALF_BLOCK"], 64)))
+    return out
+
+
+def rope_qkv(q, k, v, positions, base=10000.0, *, q_out, k_out, v_out, rotary_dim=None,
+             interleaved=False, inv_freq=None):
+    """RoPE on q and k and a copy of v, in one launch: a layer's new tokens into
+    the attention input and the KV cache. Returns (q_out, k_out, v_out).
+
+    q [H, S, D], k and v [KVH, S, D] (typically views of one fused QKV
+    projection), outputs of the same shapes (fp32 or fp16; typically the K
+    and V cache slots of positions p0..p0+S-1). Arguments as in rope().
+    Same result as rope(q, ...), rope(k, ...) and copy(v, v_out), with two
+    launches fewer: a decode step's launch count is what a GPU waits on.
+
+    >>> rope_qkv(q, k, v, p0, 1e5, q_out=q_rot, k_out=k_cache[:, p0:p0 + S],
+    ...          v_out=v_cache[:, p0:p0 + S])
+    """
+    q, k, v = (as_tensor(t, "rope_qkv", n) for t, n in ((q, "q"), (k, "k"), (v, "v")))
+    for t, name in ((q, "q"), (k, "k"), (v, "v")):
+        _check_view(t, name)
+    H, S, D = q.shape
+    if k.shape != v.shape or k.shape[1:] != (S, D):
+        raise ValueError(f"rope_qkv(): k and v must both be [KVH, {S}, {D}] like q's last two "
+                         f"dimensions, got k {k.shape} and v {v.shape}")
+    KVH = k.shape[0]
+    for t, o, name in ((q, q_out, "q_out"), (k, k_out, "k_out"), (v, v_out, "v_out")):
+        check_out(o, t.shape, "rope_qkv", (np.float32, np.float16), name)
+        _check_view(o, name)
+    args, consts = _angle_args("rope_qkv", q, positions, base, rotary_dim, inv_freq)
+    if S * D == 0 or H + KVH == 0:
+        return q_out, k_out, v_out
+    d_block = 1 << max(D - 1, 0).bit_length()
+    tokens = _tokens_per_program(S, max(consts["HALF_BLOCK"], d_block // 2))
+    strides = [t.stride(i) for t in (q, k, v, q_out, k_out, v_out) for i in (0, 1)]
+    rope_qkv_kernel[(kdsl.cdiv(S, tokens), H + 2 * KVH)](
+        q, k, v, *args[:4], q_out, k_out, v_out, *args[4:], S, D, H, KVH, *strides,
+        INTERLEAVED=bool(interleaved), BS=tokens, D_BLOCK=d_block, **consts,
+        num_threads=min(tokens * consts["HALF_BLOCK"], 64))
+    return q_out, k_out, v_out
+
+
+def _tokens_per_program(S, half_block):
+    # a few tokens per program (about 1024 elements), so short rows do not
+    # each pay a work-group's start-up
+    return min(1 << max(S - 1, 0).bit_length(), max(1, 512 // half_block))
+
+
+def _angle_args(caller, x, positions, base, rotary_dim, inv_freq):
+    """The kernels' angle arguments for x [H, S, D]: ([pos, inv_freq, cos, sin,
+    p0, n_pairs], constexprs), checking positions, rotary_dim and inv_freq."""
+    H, S, D = x.shape
+    rotary_dim = D if rotary_dim is None else int(rotary_dim)
+    if rotary_dim % 2 or not 0 < rotary_dim <= D:
+        raise ValueError(f"{caller}(): rotary_dim must be even and in (0, {D}], got "
+                         f"{rotary_dim}")
     last_position = None                 # the largest position, where known without a sync
     if isinstance(positions, (int, np.integer)):
         p0, pos, from_ptr = int(positions), None, False
         if p0 < 0:
-            raise ValueError(f"rope(): positions must be >= 0, got {p0}")
+            raise ValueError(f"{caller}(): positions must be >= 0, got {p0}")
         last_position = p0 + S - 1
     else:
         if not isinstance(positions, kdsl.Tensor):
             positions = np.asarray(positions)
             if positions.dtype.kind not in "iu":
-                raise ValueError(f"rope(): positions must be integers, got {positions.dtype}")
+                raise ValueError(f"{caller}(): positions must be integers, got "
+                                 f"{positions.dtype}")
             if positions.size and positions.min() < 0:
-                raise ValueError(f"rope(): positions must be >= 0, got {positions.min()}")
+                raise ValueError(f"{caller}(): positions must be >= 0, got {positions.min()}")
             last_position = int(positions.max()) if positions.size else 0
             positions = kdsl.tensor(positions.astype(np.int32), device=x.device)
         if positions.shape != (S,) or positions.dtype != np.int32:
-            raise ValueError(f"rope(): positions must be an int or int32 of shape ({S},), got "
-                             f"{positions.dtype} {positions.shape}")
+            raise ValueError(f"{caller}(): positions must be an int or int32 of shape ({S},), "
+                             f"got {positions.dtype} {positions.shape}")
         p0, pos, from_ptr = 0, positions, True
     freqs = _device_inv_freq(base, rotary_dim, x.device, inv_freq)
-    if H * S * D == 0:
-        return out
     # host-known frequencies and positions read cos/sin from tables; a device
     # inv_freq or device positions (unknown maximum) compute them in the kernel
     host_freqs = (inv_freq if inv_freq is not None and not isinstance(inv_freq, kdsl.Tensor)
                   else None if inv_freq is not None else _default_inv_freq(base, rotary_dim))
-    from_table = host_freqs is not None and last_position is not None
+    from_table = host_freqs is not None and last_position is not None and H * S * D > 0
     cos, sin = (_cos_sin_tables(np.asarray(host_freqs, np.float32), last_position + 1, x.device)
                 if from_table else (freqs, freqs))
     n_pairs = rotary_dim // 2
     pass_dims = D - rotary_dim
-    cfg = config or {}
-    half_block = 1 << max(n_pairs - 1, 0).bit_length()
-    pass_block = 0 if pass_dims == 0 else 1 << max(pass_dims - 1, 0).bit_length()
-    # a few tokens per program (about 1024 elements), so short rows do not
-    # each pay a work-group's start-up
-    tokens = cfg.get("BS", min(1 << max(S - 1, 0).bit_length(), max(1, 512 // half_block)))
-    rope_kernel[(kdsl.cdiv(S, tokens), H)](
-        x, pos if pos is not None else freqs, freqs, cos, sin, out, p0, n_pairs, S, D,
-        x.stride(0), x.stride(1), out.stride(0), out.stride(1),
-        POS_FROM_PTR=from_ptr, FROM_TABLE=from_table, INTERLEAVED=bool(interleaved), BS=tokens,
-        HALF_BLOCK=half_block, PASS_BLOCK=pass_block,
-        num_threads=cfg.get("num_threads", min(tokens * half_block, 64)))
-    return out
+    consts = dict(POS_FROM_PTR=from_ptr, FROM_TABLE=from_table,
+                  HALF_BLOCK=1 << max(n_pairs - 1, 0).bit_length(),
+                  PASS_BLOCK=0 if pass_dims == 0 else 1 << max(pass_dims - 1, 0).bit_length())
+    return [pos if pos is not None else freqs, freqs, cos, sin, p0, n_pairs], consts

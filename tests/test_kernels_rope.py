@@ -3,10 +3,10 @@ interpreter: both layouts, partial rotary, positions as an int or an array, stri
 out (the fused RoPE + KV-cache write)."""
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 import kdsl
-from kdsl_kernels import rope
+from kdsl_kernels import rope, rope_qkv
 from kdsl_kernels.rope import inv_freq
 
 MODES = pytest.mark.parametrize("interpret", [False, True], ids=["device", "interpreter"])
@@ -115,6 +115,58 @@ def test_rope_matches_transformers_llama():
                                              emb.cos()[None], emb.sin()[None])
     out = rope(q[0], p0, base).numpy()
     np.testing.assert_allclose(out, expected[0].numpy(), rtol=1e-4, atol=1e-4)
+
+
+@MODES
+@given(h=st.integers(1, 4), kvh=st.integers(1, 3), s=st.integers(1, 9),
+       half_d=st.sampled_from([1, 4, 8, 12, 32]), rotary_fraction=st.sampled_from([1.0, 0.5]),
+       interleaved=st.booleans(), p0=st.integers(0, 3000), as_array=st.booleans(),
+       fp16=st.booleans())
+@settings(max_examples=12, deadline=None)
+def test_rope_qkv_equals_rope_rope_and_copy(interpret, h, kvh, s, half_d, rotary_fraction,
+                                             interleaved, p0, as_array, fp16):
+    """One launch from a fused [S, (H + 2 KVH) * D] projection into q and fp32/fp16 cache slots."""
+    d = 2 * half_d
+    rotary_dim = max(2, int(d * rotary_fraction) // 2 * 2)
+    rng = np.random.default_rng(h * 100 + s)
+    qkv = rng.standard_normal((s, (h + 2 * kvh) * d)).astype(np.float32)
+    qkv_t = kdsl.tensor(qkv)
+    width = qkv.shape[1]
+
+    def heads(start, count):
+        return kdsl.Tensor(qkv_t.buffer, (count, s, d), qkv_t.dtype, qkv_t.device,
+                           start * d, (d, width, 1))
+    cache_dtype = np.float16 if fp16 else np.float32
+    k_cache = kdsl.zeros((kvh, p0 + s + 2, d), cache_dtype)
+    v_cache = kdsl.zeros((kvh, p0 + s + 2, d), cache_dtype)
+    q_out = kdsl.zeros((h, s, d))
+    positions = np.arange(p0, p0 + s, dtype=np.int32) if as_array else p0
+    _run(interpret, lambda: rope_qkv(heads(0, h), heads(h, kvh), heads(h + kvh, kvh), positions,
+                                     1e5, rotary_dim=rotary_dim, interleaved=interleaved,
+                                     q_out=q_out, k_out=k_cache[:, p0:p0 + s],
+                                     v_out=v_cache[:, p0:p0 + s]))
+    split = qkv.reshape(s, h + 2 * kvh, d).transpose(1, 0, 2)
+    pos = np.arange(p0, p0 + s)
+    tol = dict(rtol=2e-3, atol=2e-3) if fp16 else dict(rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(q_out.numpy(), rope_ref(split[:h], pos, 1e5, rotary_dim,
+                                                       interleaved), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(k_cache.numpy()[:, p0:p0 + s].astype(np.float32),
+                               rope_ref(split[h:h + kvh], pos, 1e5, rotary_dim, interleaved),
+                               **tol)
+    np.testing.assert_allclose(v_cache.numpy()[:, p0:p0 + s].astype(np.float32),
+                               split[h + kvh:].astype(cache_dtype).astype(np.float32))
+    assert not k_cache.numpy()[:, p0 + s:].any() and not v_cache.numpy()[:, :p0].any()
+
+
+def test_rope_qkv_bad_shapes_name_the_cause():
+    q = np.zeros((4, 3, 8), np.float32)
+    k = np.zeros((2, 3, 8), np.float32)
+    with pytest.raises(ValueError, match="k and v must both be"):
+        rope_qkv(q, k, np.zeros((2, 4, 8), np.float32), 0, q_out=kdsl.zeros((4, 3, 8)),
+                 k_out=kdsl.zeros((2, 3, 8)), v_out=kdsl.zeros((2, 4, 8)))
+    with pytest.raises(ValueError, match="v_out"):
+        rope_qkv(q, k, k, 0, q_out=kdsl.zeros((4, 3, 8)), k_out=kdsl.zeros((2, 3, 8)),
+                 v_out=kdsl.zeros((2, 3, 4)))
 
 
 def test_bad_input_names_the_cause():
