@@ -32,14 +32,18 @@ CPU_CASES = [("prefill", 32, 32, 512, 512, 128, True),
 GPU_CASES = [("prefill", 32, 32, 2048, 2048, 128, True)] + CPU_CASES
 QUICK_CASES = [("prefill", 8, 8, 128, 128, 64, True), ("decode GQA", 8, 2, 1, 1024, 64, False)]
 
-CPU_SWEEP = [{"BM": 32, "BN": 16, "BK": 16, "num_threads": 32},
-             {"BM": 16, "BN": 32, "BK": 16, "num_threads": 32},
-             {"BM": 16, "BN": 16, "BK": 16, "num_threads": 16},
-             {"BM": 8, "BN": 8, "BK": 16, "num_threads": 1, "acc_in_memory": True}]
+CPU_SWEEP = [{"BM": 8, "BN": 8, "BK": 64, "num_threads": 1},
+             {"BM": 8, "BN": 8, "BK": 64, "num_threads": 1, "acc_in_memory": True},
+             {"BM": 4, "BN": 16, "BK": 64, "num_threads": 1, "acc_in_memory": True},
+             {"BM": 32, "BN": 16, "BK": 16, "num_threads": 32},
+             {"form": "rows", "BN": 8, "num_threads": 1}]
 GPU_SWEEP = [{"BM": 32, "BN": 32, "BK": 16, "num_threads": 64},
              {"BM": 64, "BN": 32, "BK": 16, "num_threads": 128},
              {"BM": 32, "BN": 64, "BK": 32, "num_threads": 128},
-             {"BM": 64, "BN": 64, "BK": 16, "num_threads": 256}]
+             {"BM": 64, "BN": 64, "BK": 16, "num_threads": 256},
+             {"BM": 128, "BN": 32, "BK": 16, "num_threads": 256},
+             {"BM": 64, "BN": 32, "BK": 32, "num_threads": 128},
+             {"BM": 128, "BN": 64, "BK": 16, "num_threads": 256}]
 
 
 def visible_pairs(S, T, causal):

@@ -102,7 +102,7 @@ GPU_SWEEP = [{"BM": bm, "BN": bn, "BK": bk, "num_threads": t}
 
 GEMV_SWEEP = [{"BN": bn, "BK": bk, "num_threads": t}
               for bn, bk, t in [(1, 512, 128), (2, 512, 256), (4, 256, 64), (1, 1024, 256),
-                                (2, 256, 128)]]
+                                (2, 256, 128), (2, 1024, 256), (4, 512, 256), (1, 2048, 512)]]
 
 
 def main():
