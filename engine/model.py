@@ -18,7 +18,7 @@ import numpy as np
 
 import kdsl
 import kdsl_kernels as kk
-from kdsl_kernels import fp4
+from kdsl_kernels import fp4, int8
 from kdsl_kernels.attention import launch_signature
 
 from .graph import StepGraph
@@ -49,8 +49,13 @@ class Model:
         # replay=False runs every wrapper
         self.graph = StepGraph() if replay else None
         self.ids = kdsl.empty((chunk,), np.int32, device=self.device)
-        self.weights = {name: _upload(value, self.device) for name, value in weights.items()}
-        self.lm_head = self.weights.get("lm_head", self.weights["embed"])
+        self.weights = {name: _upload(value, self.device) for name, value in weights.items()
+                        if not name.startswith("lm_head.")}
+        if "lm_head.codes" in weights:
+            self.lm_head = int8.Int8Weight(weights["lm_head.codes"], weights["lm_head.scales"])
+            self.lm_head.device_arrays(self.device)
+        else:
+            self.lm_head = self.weights.get("lm_head", self.weights["embed"])
         self.cache = KVCache(config.n_layers, config.n_kv_heads, config.head_dim, context,
                              device=self.device)
         cfg = config
@@ -184,6 +189,8 @@ class Model:
     def _linear(x, w, bias, out):
         if isinstance(w, fp4.PackedWeight):
             return fp4.linear(x, w, bias=bias, out=out)
+        if isinstance(w, int8.Int8Weight):
+            return int8.linear(x, w, out=out)
         return kk.matmul(x, w, trans_b=True, bias=bias, out=out)
 
 

@@ -50,8 +50,9 @@ def gemv_config(N, K, trans_b=True, device=None):
         # shapes against 8-10 for 16 work-items, 7 GB/s fp16 against 1.6 (PoCL 3.1).
         default = {"BN": 1, "BK": 64, "num_threads": 1}
     else:
-        # H100 sweep (bench/matmul.py --sweep): 1-2 rows per work-group over 256
-        # work-items, 512-1024-wide K steps, read 11008 x 4096 at 1.77 TB/s
-        # against 0.76 for 8 rows x 256 over 128
-        default = {"BN": 2, "BK": 512 if K >= 1024 else 256, "num_threads": 256}
+        # H100 sweeps (bench/matmul.py --sweep, two runs): one row per work-group
+        # over 256 work-items in 1024-wide K steps read 11008 x 4096 at 2.50 TB/s
+        # (0.94 of the float4 copy measured beside it), against 0.76 for 8 rows
+        # x 256 over 128; 2 rows x 512 lost to it in the same sweep
+        default = {"BN": 1, "BK": 1024 if K >= 2048 else 256, "num_threads": 256}
     return tuned("gemv", {"N": N, "K": K, "trans_b": bool(trans_b)}, default, device)

@@ -200,14 +200,17 @@ def test_greedy_generation_matches_transformers(tiny):
 def test_quantised_model_matches_transformers_on_its_weights(tmp_path, quant):
     """fp16 and FP4 runs compute the model their weights stand for: transformers, given
     the weights the engine holds (fp16 values, or FP4 dequantised), gives the same logits."""
-    from kdsl_kernels import fp4
+    from kdsl_kernels import fp4, int8
     model = save_tiny("llama", tmp_path)
     llm = LLM.load(tmp_path, quant=quant, chunk=8, context=64, use_cache=False, progress=False)
     held = {name: fp4.dequantize(w) if isinstance(w, fp4.PackedWeight) else
             w.numpy().astype(np.float32) for name, w in llm.model.weights.items()}
+    head = llm.model.lm_head         # int8 under m0e4 (a tied head then quantises the table)
+    head = int8.dequantize(head) if isinstance(head, int8.Int8Weight) else \
+        head.numpy().astype(np.float32)
     cfg = llm.config
     state = {"model.embed_tokens.weight": held["embed"], "model.norm.weight": held["norm"],
-             "lm_head.weight": held["lm_head"]}
+             "lm_head.weight": head}
     for i in range(cfg.n_layers):
         p, hf = f"layers.{i}.", f"model.layers.{i}."
         q, k, v = np.split(held[p + "wqkv"], [cfg.q_size, cfg.q_size + cfg.kv_size])

@@ -1,0 +1,135 @@
+"""8-bit weights (llama.cpp's Q8_0 idea): int8 codes with an fp16 scale per group of 32.
+
+`quantize(w)` maps each group of 32 weights of a row to round(w / d) with
+d = max|w| / 127 (codes in -127..127), `dequantize` gives back d * code, and
+`linear(x, packed)` computes x @ W.T on the device reading the codes once.
+Half the bytes of fp16 at an error far below FP4's: the engine keeps an LLM's
+output projection (the LM head, a fifth of SmolLM2's weights, which FP4
+would cost 8% perplexity) in this form.
+
+Layout: codes int8 [N, K] row-major (K a multiple of the group size),
+scales fp16 [N, K / 32].
+"""
+import numpy as np
+
+import kdsl
+import kdsl.language as kl
+
+from .elementwise import as_tensor, check_out
+
+GROUP = 32
+
+
+class Int8Weight:
+    """A [N, K] weight as int8 codes and fp16 per-group scales (host arrays; device copies
+    are made once per device by `device_arrays`)."""
+
+    def __init__(self, codes, scales):
+        codes, scales = np.asarray(codes), np.asarray(scales)
+        if codes.dtype != np.int8 or codes.ndim != 2 or codes.shape[1] % GROUP:
+            raise ValueError(f"Int8Weight: codes must be int8 [N, K] with K a multiple of "
+                             f"{GROUP}, got {codes.dtype} {codes.shape}")
+        if scales.dtype != np.float16 or scales.shape != (codes.shape[0],
+                                                          codes.shape[1] // GROUP):
+            raise ValueError(f"Int8Weight: scales must be float16 of shape "
+                             f"{(codes.shape[0], codes.shape[1] // GROUP)}, got "
+                             f"{scales.dtype} {scales.shape}")
+        self.codes, self.scales = codes, scales
+        self._on_device = {}
+
+    @property
+    def shape(self):
+        return self.codes.shape
+
+    def device_arrays(self, device):
+        """(codes, scales) as device tensors, uploaded at the first call per device."""
+        key = device.fingerprint
+        if key not in self._on_device:
+            self._on_device[key] = (kdsl.tensor(np.ascontiguousarray(self.codes), device=device),
+                                    kdsl.tensor(np.ascontiguousarray(self.scales), device=device))
+        return self._on_device[key]
+
+    def __repr__(self):
+        return f"Int8Weight(shape={self.shape}, group={GROUP})"
+
+
+def quantize(w):
+    """Int8Weight of a float [N, K] weight, K a multiple of 32.
+
+    >>> packed = quantize(np.ones((2, 64), np.float32))
+    >>> float(np.abs(dequantize(packed) - 1).max())
+    0.0
+    """
+    w = np.asarray(w, dtype=np.float32)
+    if w.ndim != 2 or w.shape[1] % GROUP:
+        raise ValueError(f"int8.quantize(): w must be [N, K] with K a multiple of {GROUP}, got "
+                         f"shape {w.shape}")
+    groups = w.reshape(w.shape[0], -1, GROUP)
+    scales = (np.abs(groups).max(axis=2) / 127.0).astype(np.float16)
+    d = scales.astype(np.float32)[..., None]
+    codes = np.where(d > 0, np.rint(groups / np.where(d > 0, d, 1.0)), 0.0)
+    return Int8Weight(np.clip(codes, -127, 127).astype(np.int8).reshape(w.shape), scales)
+
+
+def dequantize(packed):
+    """The float32 [N, K] weight the codes stand for."""
+    groups = packed.codes.reshape(packed.shape[0], -1, GROUP).astype(np.float32)
+    return (groups * packed.scales.astype(np.float32)[..., None]).reshape(packed.shape)
+
+
+@kdsl.jit
+def q8_gemv_kernel(x_ptr, codes_ptr, scales_ptr, y_ptr, N, K, stride_xm, stride_ym,
+                   EVEN: kl.constexpr, BN: kl.constexpr, G: kl.constexpr):
+    """y[m] = W x[m] for BN rows per program and row m = program_id(1) of x; one
+    group of G codes per row per step, scaled by the group's fp16 scale."""
+    m = kl.program_id(1)
+    rn = kl.program_id(0) * BN + kl.arange(0, BN)
+    rk = kl.arange(0, G)
+    n_groups = K // G
+    row_ok = rn < N
+    if not EVEN:
+        rn = kl.minimum(rn, N - 1)          # padding rows re-read the last one
+    acc = kl.zeros((BN, G), dtype=kl.float32)
+    for g in range(0, n_groups):
+        x = kl.load(x_ptr + m * stride_xm + g * G + rk)
+        c = kl.load(codes_ptr + rn[:, None] * K + g * G + rk[None, :]).to(kl.float32)
+        s = kl.load(scales_ptr + rn * n_groups + g)
+        acc += c * x[None, :] * s[:, None]
+    y = kl.sum(acc, axis=1)
+    if EVEN:
+        kl.store(y_ptr + m * stride_ym + rn, y)
+    else:
+        kl.store(y_ptr + m * stride_ym + rn, y, mask=row_ok)
+
+
+def _default_config(device):
+    if device.is_cpu:
+        return {"BN": 1, "num_threads": 1}
+    return {"BN": 8, "num_threads": 32}
+
+
+def linear(x, packed, *, out=None, config=None):
+    """x @ W.T for x [M, K] (fp32, rows contiguous) and an Int8Weight W [N, K]; returns out
+    [M, N] fp32 (out may be a view with contiguous rows). Each row of x reads the codes once:
+    meant for M = 1 (decode) and small M."""
+    x = as_tensor(x, "int8.linear", "x")
+    N, K = packed.shape
+    if x.ndim != 2 or x.shape[1] != K or x.dtype != np.float32:
+        raise ValueError(f"int8.linear(): x must be float32 [M, {K}], got {x.dtype} {x.shape}")
+    if x.shape[1] > 1 and x.stride(1) != 1:
+        raise ValueError(f"int8.linear(): x's rows must be contiguous, got strides {x.strides}")
+    M = x.shape[0]
+    if out is None:
+        out = kdsl.empty((M, N), np.float32, device=x.device)
+    check_out(out, (M, N), "int8.linear")
+    if N > 1 and out.stride(1) != 1:
+        raise ValueError(f"int8.linear(): out's rows must be contiguous, got strides "
+                         f"{out.strides}")
+    if M * N == 0:
+        return out
+    codes, scales = packed.device_arrays(x.device)
+    cfg = dict(_default_config(x.device), **(config or {}))
+    q8_gemv_kernel[(kdsl.cdiv(N, cfg["BN"]), M)](
+        x, codes, scales, out, N, K, x.stride(0), out.stride(0), EVEN=N % cfg["BN"] == 0,
+        BN=cfg["BN"], G=GROUP, num_threads=cfg["num_threads"])
+    return out
