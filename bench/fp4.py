@@ -45,8 +45,11 @@ GPU_GEMV = [{"BN": bn, "BW": bw, "DEQ": deq, "num_threads": t}
                               (4, 128, 128), (16, 128, 512), (4, 256, 128), (8, 256, 256),
                               (2, 256, 64), (4, 512, 128)]
             for deq in ("bits", "convert")]
-CPU_GEMM = [{"BM": bm, "BN": bn, "DEQ": "bits", "num_threads": 1}
-            for bm, bn in [(8, 16), (16, 8), (4, 8), (8, 32)]]
+CPU_GEMM = ([{"BM": bm, "BN": bn, "DEQ": "bits", "num_threads": 1}
+             for bm, bn in [(8, 8), (8, 16), (16, 8), (4, 8), (8, 32)]]
+            + [{"BM": bm, "BN": bn, "BK": bk, "DEQ": "bits", "acc_in_memory": True,
+                "num_threads": 1} for bm, bn, bk in [(2, 16, 16), (4, 8, 16), (4, 16, 8),
+                                                     (4, 16, 32), (2, 32, 16)]])
 GPU_GEMM = [{"BM": bm, "BN": bn, "DEQ": "bits", "num_threads": t}
             for bm, bn, t in [(64, 64, 64), (64, 64, 256), (32, 32, 64), (128, 64, 128)]]
 

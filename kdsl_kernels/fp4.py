@@ -209,7 +209,9 @@ def linear(x, packed, *, bias=None, out=None, config=None):
     fused dequantising GEMM (prefill). bias: [N]. Returns float32 [M, N],
     written into `out` (any view with last stride 1) when given. config:
     {"BN", "BW", "DEQ", "num_threads"} for the GEMV, {"BM", "BN", "DEQ",
-    "num_threads"} for the GEMM; None takes the tuned or default config.
+    "num_threads"} for the GEMM's register tiles, plus "BK" and
+    "acc_in_memory": True for its weight-stationary form (the CPU default);
+    None takes the tuned or default config.
 
     >>> out = kdsl.empty((1, packed.shape[0]))
     >>> linear(kdsl.tensor(np.ones((1, packed.shape[1]), np.float32)), packed, out=out)

@@ -154,6 +154,112 @@ def fp4_gemm_kernel(a_ptr, codes_ptr, scales_ptr, offsets_ptr, c_ptr, bias_ptr,
         kl.store(c_out, acc, mask=(rm[:, None] < M) & (rn[None, :] < N))
 
 
+@kdsl.jit
+def fp4_acc_rows(a_ptr, c_ptr, w_lo_ptrs, m0, rn, k_lo, M, N, K, stride_am, stride_cm,
+                 MASKED: kl.constexpr, HALF: kl.constexpr, BM: kl.constexpr, BN: kl.constexpr,
+                 BK: kl.constexpr):
+    """C[m0:m0+BM, rn] += A[rows, low-nibble k] @ w_lo + A[rows, high-nibble k] @ w_hi,
+    the two dequantised [BK, BN] tiles read back from w_lo_ptrs (the program's
+    scratch, so they arrive as contiguous rows the compiler vectorises)."""
+    rm = m0 + kl.arange(0, BM)
+    rj = kl.arange(0, BK)
+    a_lo_ptrs = a_ptr + rm[:, None] * stride_am + (k_lo + rj)[None, :]
+    c_out = c_ptr + rm[:, None] * stride_cm + rn[None, :]
+    w_lo = kl.load(w_lo_ptrs)
+    w_hi = kl.load(w_lo_ptrs + BK * BN)
+    if MASKED:
+        a_lo = kl.load(a_lo_ptrs, mask=(rm[:, None] < M) & (k_lo + rj[None, :] < K), other=0.0)
+        a_hi = kl.load(a_lo_ptrs + HALF,
+                       mask=(rm[:, None] < M) & (k_lo + HALF + rj[None, :] < K), other=0.0)
+        live = (rm[:, None] < M) & (rn[None, :] < N)
+        acc = kl.dot(a_hi, w_hi, kl.dot(a_lo, w_lo, kl.load(c_out, mask=live, other=0.0)))
+        kl.store(c_out, acc, mask=live)
+    else:
+        a_lo = kl.load(a_lo_ptrs)
+        a_hi = kl.load(a_lo_ptrs + HALF)
+        kl.store(c_out, kl.dot(a_hi, w_hi, kl.dot(a_lo, w_lo, kl.load(c_out))))
+
+
+@kdsl.jit
+def fp4_gemm_acc_kernel(a_ptr, codes_ptr, scales_ptr, offsets_ptr, c_ptr, bias_ptr,
+                        oidx_ptr, ow_ptr, w_ptr, M, N, K, n_groups, n_out, stride_am, stride_cm,
+                        READING: kl.constexpr, DEQ: kl.constexpr, G: kl.constexpr,
+                        HAS_BIAS: kl.constexpr, EVEN: kl.constexpr, BM: kl.constexpr,
+                        BN: kl.constexpr, BK: kl.constexpr, BO: kl.constexpr):
+    """C = A @ W.T (+ bias) for BN columns of C (BN weight rows) and all M rows
+    per program: the weight stationary, the accumulator in memory (for CPUs).
+
+    Each step dequantises BK bytes of one group of the BN weight rows (BK
+    low-nibble and BK high-nibble codes, BK <= G/2) once, into this program's
+    2 x BK x BN floats of the scratch w_ptr, then runs over all rows of A in
+    blocks of BM: load the block's [BM, BN] accumulator from C (M x BN
+    floats, which stay in the cache), add two register-tiled kl.dot
+    products, store it back. So each weight is dequantised once per call,
+    not once per BM rows of A as in fp4_gemm_kernel. C starts as the bias.
+    EVEN: N a multiple of BN and K of G (then no masks: rows of A past the
+    last full block of BM are done one at a time)."""
+    HALF = G // 2
+    rn = kl.program_id(0) * BN + kl.arange(0, BN)
+    ri = kl.arange(0, BM)
+    rj = kl.arange(0, BK)
+    row_bytes = n_groups * HALF
+    m_full = M - M % BM
+    w_lo_ptrs = (w_ptr + kl.program_id(0) * (2 * BK * BN) + rj[:, None] * BN
+                 + kl.arange(0, BN)[None, :])
+    if HAS_BIAS:
+        init = kl.load(bias_ptr + rn, mask=rn < N, other=0.0)
+    else:
+        init = kl.zeros((BN,), dtype=kl.float32)
+    for m0 in range(0, M, BM):
+        rm = m0 + ri
+        kl.store(c_ptr + rm[:, None] * stride_cm + rn[None, :],
+                 kl.zeros((BM, BN), dtype=kl.float32) + init[None, :],
+                 mask=(rm[:, None] < M) & (rn[None, :] < N))
+    for jb in range(0, row_bytes, BK):
+        g = jb // HALF
+        k_lo = g * G + jb % HALF
+        c_ptrs = codes_ptr + rn[None, :] * row_bytes + (jb + rj)[:, None]
+        if EVEN:
+            c = kl.load(c_ptrs)
+            s = kl.load(scales_ptr + rn * n_groups + g)
+            o = kl.load(offsets_ptr + rn * n_groups + g)
+        else:
+            c = kl.load(c_ptrs, mask=rn[None, :] < N, other=0)
+            s = kl.load(scales_ptr + rn * n_groups + g, mask=rn < N, other=0.0)
+            o = kl.load(offsets_ptr + rn * n_groups + g, mask=rn < N, other=0.0)
+        kl.store(w_lo_ptrs, fp4_dequant(c & 15, s[None, :], o[None, :], READING, DEQ))
+        kl.store(w_lo_ptrs + BK * BN, fp4_dequant(c >> 4, s[None, :], o[None, :], READING, DEQ))
+        # blocks of BM rows, then the rows past the last full block one by one
+        # (unmasked single rows run far faster than a masked block on PoCL)
+        if EVEN:
+            for m0 in range(0, m_full, BM):
+                fp4_acc_rows(a_ptr, c_ptr, w_lo_ptrs, m0, rn, k_lo, M, N, K, stride_am,
+                             stride_cm, False, HALF, BM, BN, BK)
+            for m0 in range(m_full, M):
+                fp4_acc_rows(a_ptr, c_ptr, w_lo_ptrs, m0, rn, k_lo, M, N, K, stride_am,
+                             stride_cm, False, HALF, 1, BN, BK)
+        else:
+            for m0 in range(0, m_full, BM):
+                fp4_acc_rows(a_ptr, c_ptr, w_lo_ptrs, m0, rn, k_lo, M, N, K, stride_am,
+                             stride_cm, True, HALF, BM, BN, BK)
+            for m0 in range(m_full, M):
+                fp4_acc_rows(a_ptr, c_ptr, w_lo_ptrs, m0, rn, k_lo, M, N, K, stride_am,
+                             stride_cm, True, HALF, 1, BN, BK)
+    ro = kl.arange(0, BO)
+    for o0 in range(0, n_out, BO):
+        # outlier channels: their fp16 residual rows, then every row block of A
+        w_out = kl.load(ow_ptr + rn[None, :] * n_out + (o0 + ro)[:, None],
+                        mask=(rn[None, :] < N) & (o0 + ro[:, None] < n_out), other=0.0)
+        idx = kl.load(oidx_ptr + o0 + ro, mask=o0 + ro < n_out, other=0)
+        for m0 in range(0, M, BM):
+            rm = m0 + ri
+            a_out = kl.load(a_ptr + rm[:, None] * stride_am + idx[None, :],
+                            mask=(rm[:, None] < M) & (o0 + ro[None, :] < n_out), other=0.0)
+            c_out = c_ptr + rm[:, None] * stride_cm + rn[None, :]
+            live = (rm[:, None] < M) & (rn[None, :] < N)
+            acc = kl.dot(a_out, w_out, kl.load(c_out, mask=live, other=0.0))
+            kl.store(c_out, acc, mask=live)
+
 def gemv_default(device, K=None):
     """The GEMV's default config, from bench/fp4.py --sweep. On a CPU one
     work-item per program holding 8 rows x 4 words in registers, one group
@@ -170,16 +276,21 @@ def gemv_default(device, K=None):
 
 
 def gemm_default(device, M=None, N=None):
-    """The GEMM's default config: on a CPU an 8 x 8 register tile in one
-    work-item (PoCL sweep, 2026-11-23: 1.1-2.7x the 8 x 16 tile at M = 64,
-    SmolLM2's shapes, and at 128 x 4096 x 4096: each column of the tile is
-    another weight row, so fewer columns touch fewer rows per group); on a GPU
+    """The GEMM's default config. On a CPU the weight-stationary kernel
+    (acc_in_memory, fp4_gemm_acc_kernel): 16 weight rows per work-item,
+    16 bytes (32 weights) of each per step dequantised once, then all of A
+    in blocks of 4 rows against them, the 4 x 16 accumulator in C (PoCL,
+    2026-11-23, .scratch sweep at M = 64 and 128, groups of 32 and 64:
+    0.2-0.55x the fp32 matmul's device time, where the 8 x 8 register tile
+    of fp4_gemm_kernel took 0.85-1.35x; 4 x 16 beat 8 x 8, 2 x 16, 4 x 8,
+    2 x 32, 8 x 16 and 8- or 32-byte steps). On a GPU fp4_gemm_kernel with
     64 x 64 tiles over 256 work-items, or 32 x 32 over 64 where there would
     be fewer 64 x 64 tiles than half the compute units (on the H100, M = 128:
     32 x 32 won for N = 576 and 1536, 64 x 64 for N = 4096; 64 x 64 when
     M and N are not given)."""
     if device.is_cpu:
-        return {"BM": 8, "BN": 8, "DEQ": "bits", "num_threads": 1}
+        return {"BM": 4, "BN": 16, "BK": 16, "DEQ": "bits", "acc_in_memory": True,
+                "num_threads": 1}
     if M is not None and kdsl.cdiv(M, 64) * kdsl.cdiv(N, 64) < device.compute_units // 2:
         return {"BM": 32, "BN": 32, "DEQ": "bits", "num_threads": 64}
     return {"BM": 64, "BN": 64, "DEQ": "bits", "num_threads": 256}
@@ -236,6 +347,21 @@ def fp4_linear(x, packed, *, bias=None, out=None, config=None):
     return out
 
 
+_SCRATCH = {}
+
+
+def _scratch(device, n_floats):
+    """A float32 buffer of at least n_floats on `device` for the weight-stationary
+    GEMM's dequantised tiles, shared by all calls (they run one after another on
+    the device's in-order queue). 4 MiB at first (N up to 32768 at the default
+    BK = 16), so an engine's recorded launches see one buffer; grows as needed."""
+    buf = _SCRATCH.get(device.fingerprint)
+    if buf is None or buf.size < n_floats:
+        buf = kdsl.empty((max(n_floats, 1 << 20),), np.float32, device=device)
+        _SCRATCH[device.fingerprint] = buf
+    return buf
+
+
 def launch_fp4(x, packed, out, bias=None, config=None):
     """Enqueue the GEMV (M == 1) or GEMM for checked arguments; returns the
     kernel's event (None in the interpreter). fp4_linear() is the public
@@ -258,6 +384,16 @@ def launch_fp4(x, packed, out, bias=None, config=None):
             DEQ=cfg["DEQ"], EVEN=even, BN=cfg["BN"], BW=words, num_threads=cfg["num_threads"])
     cfg = config or _config("fp4_gemm", {"M": M, "N": N, "K": K, "G": packed.group_size},
                             gemm_default(x.device, M, N))
+    if cfg.get("acc_in_memory"):
+        # the weight-stationary kernel (CPUs): BK bytes of one group per step, at most G/2
+        bk = min(cfg["BK"], packed.group_size // 2)
+        programs = kdsl.cdiv(N, cfg["BN"])
+        scratch = _scratch(x.device, programs * 2 * bk * cfg["BN"])
+        even = N % cfg["BN"] == 0 and K % packed.group_size == 0
+        return fp4_gemm_acc_kernel[(programs,)](
+            x, arrays["codes"], *args, scratch, M, N, K, packed.n_groups, n_out, x.stride(0),
+            out.stride(0), **common, DEQ=cfg["DEQ"], EVEN=even, BM=cfg["BM"], BN=cfg["BN"],
+            BK=bk, BO=16, num_threads=cfg["num_threads"])
     even = M % cfg["BM"] == 0 and N % cfg["BN"] == 0 and K % packed.group_size == 0
     grid = (kdsl.cdiv(M, cfg["BM"]), kdsl.cdiv(N, cfg["BN"]))
     return fp4_gemm_kernel[grid](

@@ -3,26 +3,29 @@ dequantising GEMV/GEMM against x @ dequantize(W).T, on the device and in
 the interpreter."""
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 import kdsl
 from kdsl_kernels import fp4
 
 SMALL_GEMM = {"BM": 8, "BN": 8, "DEQ": "bits", "num_threads": 8}      # quick to compile
 SMALL_GEMV = {"BN": 4, "BW": 4, "DEQ": "bits", "num_threads": 1}
+# the weight-stationary GEMM (fp4_gemm_acc_kernel, the CPU default's kind)
+ACC_GEMM = {"BM": 4, "BN": 16, "BK": 16, "DEQ": "bits", "acc_in_memory": True, "num_threads": 1}
 
 
 def _weight(rng, n, k):
     return (rng.standard_normal((n, k)) * 0.05).astype(np.float32)
 
 
-def _check_linear(m, n, k, group_size, outliers, reading, seed, bias=True, deq="bits"):
+def _check_linear(m, n, k, group_size, outliers, reading, seed, bias=True, deq="bits",
+                  config=None):
     rng = np.random.default_rng(seed)
     w = _weight(rng, n, k)
     x = rng.standard_normal((m, k)).astype(np.float32)
     b = rng.standard_normal(n).astype(np.float32) if bias else None
     packed = fp4.quantize(w, group_size, reading=reading, outliers=outliers)
-    config = dict(SMALL_GEMV if m == 1 else SMALL_GEMM, DEQ=deq)
+    config = dict(config or (SMALL_GEMV if m == 1 else SMALL_GEMM), DEQ=deq)
     y = fp4.linear(kdsl.tensor(x), packed, bias=b, config=config).numpy()
     ref = x @ fp4.dequantize(packed).T + (b if bias else 0)
     np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4 * np.sqrt(k))
@@ -152,6 +155,46 @@ def test_int_conversion_dequant_on_device(m):
     _check_linear(m, 24, 96, 32, 0, "e0m4", seed=m, deq="convert")
 
 
+# BK <= 16: a [BK, BN] code tile is unrolled, and PoCL takes minutes on 64 x 16
+@settings(max_examples=10, deadline=None)
+@given(m=st.integers(2, 200), n=st.integers(1, 70), k=st.integers(1, 300),
+       group_size=st.sampled_from([32, 64, 128]), tile=st.sampled_from([(4, 16), (2, 8)]),
+       bk=st.sampled_from([8, 16]), outliers=st.sampled_from([0, 0, 3]),
+       bias=st.booleans(), seed=st.integers(0, 2**16))
+@example(m=128, n=64, k=256, group_size=64, tile=(4, 16), bk=16, outliers=0, bias=False, seed=0)
+@example(m=67, n=48, k=192, group_size=32, tile=(4, 16), bk=16, outliers=0, bias=True, seed=1)
+@example(m=3, n=32, k=512, group_size=128, tile=(4, 16), bk=16, outliers=0, bias=True, seed=2)
+@example(m=9, n=21, k=100, group_size=32, tile=(4, 16), bk=16, outliers=3, bias=True, seed=3)
+@example(m=6, n=16, k=64, group_size=16, tile=(4, 16), bk=16, outliers=0, bias=True, seed=4)
+def test_weight_stationary_gemm_matches_reference(m, n, k, group_size, tile, bk, outliers,
+                                                  bias, seed):
+    # the accumulator-in-memory kernel: M, N, K tails (EVEN and masked), rows past
+    # the last BM block one by one, BK clamped to G/2, bias as C's initial value
+    config = dict(ACC_GEMM, BM=tile[0], BN=tile[1], BK=bk)
+    _check_linear(m, n, k, group_size, min(outliers, k), "e0m4", seed, bias=bias,
+                  config=config)
+
+
+def test_weight_stationary_gemm_readings_and_views():
+    _check_linear(5, 24, 96, 32, 0, "e4m0", seed=5, config=ACC_GEMM)
+    _check_linear(7, 40, 96, 32, 0, "e0m4", seed=7, deq="convert", config=ACC_GEMM)
+    rng = np.random.default_rng(4)
+    packed = fp4.quantize(_weight(rng, 32, 64), 32)
+    big_x = kdsl.tensor(rng.standard_normal((6, 100)).astype(np.float32))
+    out = kdsl.zeros((6, 40))
+    fp4.linear(big_x[:, 10:74], packed, out=out[:, 4:36], config=ACC_GEMM)
+    full = out.numpy()
+    np.testing.assert_allclose(full[:, 4:36], big_x.numpy()[:, 10:74] @ fp4.dequantize(packed).T,
+                               rtol=1e-4, atol=1e-4)
+    assert (full[:, :4] == 0).all() and (full[:, 36:] == 0).all()
+
+
+@pytest.mark.parametrize("m,n,k,group_size,outliers", [(6, 20, 70, 32, 2), (8, 32, 128, 64, 0)])
+def test_weight_stationary_gemm_in_interpreter(monkeypatch, m, n, k, group_size, outliers):
+    monkeypatch.setenv("KDSL_INTERPRET", "1")
+    _check_linear(m, n, k, group_size, outliers, "e0m4", seed=k, config=ACC_GEMM)
+
+
 @settings(max_examples=10, deadline=None)
 @given(m=st.sampled_from([1, 3]), n=st.integers(1, 20), k=st.integers(1, 90),
        group_size=st.sampled_from([16, 32, 64]), outliers=st.sampled_from([0, 2]),
@@ -170,7 +213,8 @@ def test_linear_in_interpreter(monkeypatch, m, n, k, group_size, outliers):
     _check_linear(m, n, k, group_size, outliers, "e0m4", seed=k)
 
 
-@pytest.mark.parametrize("m,n,k", [(1, 576, 576), (1, 1536, 576), (64, 576, 1536)])
+@pytest.mark.parametrize("m,n,k", [(1, 576, 576), (1, 1536, 576), (64, 576, 1536),
+                                   (67, 960, 576)])
 def test_linear_default_config_model_shapes(m, n, k):
     rng = np.random.default_rng(n)
     w = _weight(rng, n, k)
