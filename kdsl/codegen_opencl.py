@@ -98,7 +98,9 @@ class Codegen:
         staging = self.device.get("dot_staging") or ("registers" if self.device.get("is_cpu")
                                                        else "local")
         uses = _uses(kernel)
-        self._operand_home = _dot_operand_loads(uses, self.T) if staging == "registers" else {}
+        self._dot_rows = _dot_row_threads(kernel, self.T)
+        self._operand_home = (_dot_operand_loads(uses, self.T, self._dot_rows)
+                              if staging == "registers" else {})
         self._operand_home.update(self._broadcast_loads(uses))
 
     def _broadcast_loads(self, uses):
@@ -191,7 +193,7 @@ class Codegen:
         elif op == "reduce":
             h = remove_dim(self.layout_for(v.args[0]), v.attrs["axis"])
         elif op == "dot":
-            h = dot_layout(v.shape[0], v.shape[1], self.T)
+            h = dot_layout(v.shape[0], v.shape[1], self.T, self._dot_rows.get(v.shape[0]))
         elif op == "readvar":
             h = self.var_layout(v.attrs["var"])
             if h is None:
@@ -1090,7 +1092,22 @@ def _uses(kernel):
     return uses
 
 
-def _dot_operand_loads(uses, num_threads):
+def _dot_row_threads(kernel, num_threads):
+    """{M: work-item rows} for the kernel's dots: the first dot of each M (in
+    program order) picks its grid, later dots of that M keep its rows.
+
+    Attention's q k^T [BM, BN] and p v [BM, D] would otherwise pick different
+    grids, and every per-row value between them (running max, sum, rescale)
+    went through local memory with two barriers: 24 barriers per key block
+    on a GPU with BM = 64, BN = 32, D = 128 over 128 work-items."""
+    rows = {}
+    for v in ir.walk_values(kernel.body):
+        if v.op == "dot" and v.shape[0] not in rows:
+            rows[v.shape[0]] = dot_layout(v.shape[0], v.shape[1], num_threads).tpd[0]
+    return rows
+
+
+def _dot_operand_loads(uses, num_threads, dot_rows):
     """Loads used only as operands of kl.dot -> the register layout the dot reads."""
     out = {}
     for v, users in uses.items():
@@ -1101,7 +1118,7 @@ def _dot_operand_loads(uses, num_threads):
             if not isinstance(user, ir.Value) or user.op != "dot" or i not in (0, 1):
                 wanted = None
                 break
-            c = dot_layout(user.shape[0], user.shape[1], num_threads)
+            c = dot_layout(user.shape[0], user.shape[1], num_threads, dot_rows.get(user.shape[0]))
             wanted.add(dot_operand_layout(c, user.args[0].shape[1], i))
         if wanted and len(wanted) == 1:
             out[v] = wanted.pop()

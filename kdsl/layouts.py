@@ -123,12 +123,17 @@ def permute(layout, perm):
                    layout.num_threads)
 
 
-def dot_layout(m, n, num_threads):
+def dot_layout(m, n, num_threads, tm=None):
     """Result layout of kl.dot: each work-item owns a register micro-tile.
 
     Work-items form a TM x TN grid (TN along the contiguous N axis); the
     micro-tile rows and columns are strided by TM and TN, so neighbouring
-    work-items read neighbouring addresses of the operands."""
+    work-items read neighbouring addresses of the operands. `tm`, where it
+    fits, fixes the grid's rows (a kernel's dots with the same M share it,
+    so per-row values pass between them without an exchange)."""
+    if tm is not None and tm <= m and num_threads % tm == 0 and num_threads // tm <= n:
+        tn = num_threads // tm
+        return Blocked((m, n), (1, 1), (tm, tn), (tn, 1), num_threads)
     best = None
     tm = 1
     while tm <= num_threads:

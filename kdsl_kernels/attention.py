@@ -101,13 +101,14 @@ def attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, m_ptr, l_ptr, acc_ptr,
             k_t = kl.load(k_base + keys_in[None, :] * stride_kt + dk[:, None],
                           mask=dk[:, None] < D, other=0.0)
             scores = kl.dot(q, k_t, scores)
-        scores = scores * scale
-        visible = key_ok[None, :] & row_ok[:, None]
+        # masks applied one at a time to the scores, so each is computed in
+        # the scores' layout (a reassigned mask variable got a layout of its
+        # own and crossed to the scores' through local memory on a GPU)
+        scores = kl.where(key_ok[None, :] & row_ok[:, None], scores * scale, -float("inf"))
         if CAUSAL:
-            visible = visible & (keys[None, :] <= pos[:, None])
+            scores = kl.where(keys[None, :] <= pos[:, None], scores, -float("inf"))
         if HAS_WINDOW:
-            visible = visible & (keys[None, :] > pos[:, None] - window)
-        scores = kl.where(visible, scores, -float("inf"))
+            scores = kl.where(keys[None, :] > pos[:, None] - window, scores, -float("inf"))
         new_max = kl.maximum(running_max, kl.max(scores, axis=1))
         p = kl.exp(scores - new_max[:, None])
         alpha = kl.exp(running_max - new_max)
