@@ -617,6 +617,20 @@ class Codegen:
                 if is_arg:
                     self.line(f"{ibuf}[{rows[o]} + {g}] = {idx[o]};")
             self.line("barrier(CLK_LOCAL_MEM_FENCE);")
+            if not is_arg and groups_n <= 16:
+                # few partials: every work-item combines its row's partials
+                # itself after the one barrier (a tree costs a barrier per
+                # level; on PoCL each barrier is a pass over the work-group)
+                out = []
+                for o in range(nout):
+                    name = f"{base}_r{o}"
+                    terms = [f"{buf}[{rows[o]} + {i}]" for i in range(groups_n)]
+                    expr = terms[0]
+                    for t in terms[1:]:
+                        expr = self._combine(op, x.dtype, expr, t)
+                    self.line(f"const {ctype} {name} = {expr};")
+                    out.append(name)
+                return out
             step, src_off, dst_off = groups_n // 2, 0, nel
             while step >= 1:
                 self.line(f"if ({g} < {step}) {{")
