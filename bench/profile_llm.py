@@ -66,7 +66,10 @@ def print_kernels(title, totals, top):
 def main(argv=None):
     args = parse_args(argv)
     from engine import LLM
-    llm = LLM.load(args.model, quant=args.quant, context=args.past + 3 * args.steps + 256)
+    # room for: the cache fill, 2 x (4 + steps) decode steps, 3 timed chunks and
+    # an eager chunk (chunks of up to 256 tokens, the GPU default)
+    llm = LLM.load(args.model, quant=args.quant,
+                   context=args.past + 2 * (args.steps + 4) + 4 * 256 + 2)
     model, chunk = llm.model, llm.model.chunk
     print(f"device: {model.device!r}; model {llm.config.n_layers} layers, chunk {chunk}")
     rng = np.random.default_rng(0)
