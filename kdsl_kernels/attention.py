@@ -250,9 +250,14 @@ def attention_config(S, T, D, group, kv_heads, device=None):
         # over 32 work-items
         cfg = {"BM": 8, "BN": 8, "BK": min(bd, 64), "BD": bd, "num_threads": 1,
                "acc_in_memory": bd > 64}
+    elif rows >= 1024:
+        # H100 sweep (bench/attention.py --sweep): 128 x 64 blocks over 256
+        # work-items, 2.45 ms at 32 x 2048 x 128 against 2.62 for 64 x 32
+        cfg = {"BM": 128, "BN": 64, "BK": 16, "BD": bd, "num_threads": 256,
+               "acc_in_memory": False}
     elif rows >= 64:
-        # H100 sweep (bench/attention.py --sweep): 64 x 32 blocks over 128
-        # work-items beat 32 x 32 over 64 by 1.2x at 2048 and 512 queries
+        # H100 sweep: 64 x 32 blocks over 128 work-items beat 32 x 32 over 64
+        # by 1.2x at 2048 and 512 queries
         cfg = {"BM": 64, "BN": 32, "BK": 16, "BD": bd, "num_threads": 128,
                "acc_in_memory": False}
     else:
