@@ -155,17 +155,21 @@ def test_int_conversion_dequant_on_device(m):
     _check_linear(m, 24, 96, 32, 0, "e0m4", seed=m, deq="convert")
 
 
-# BK <= 16: a [BK, BN] code tile is unrolled, and PoCL takes minutes on 64 x 16
-@settings(max_examples=10, deadline=None)
+# BK <= 16: a [BK, BN] code tile is unrolled, and PoCL takes minutes on 64 x 16.
+# Every new constexpr combination is a new PoCL build (26 s cold for the
+# default 4 x 16 x 16 tile, 9 s for 2 x 8 x 8), so the drawn examples use the
+# small tile and the engine's group of 32, and explicit examples cover the
+# default tile and the other group sizes (the freer version of this test took
+# 6.5 minutes of a cold suite run)
+@settings(max_examples=8, deadline=None)
 @given(m=st.integers(2, 200), n=st.integers(1, 70), k=st.integers(1, 300),
-       group_size=st.sampled_from([32, 64, 128]), tile=st.sampled_from([(4, 16), (2, 8)]),
-       bk=st.sampled_from([8, 16]), outliers=st.sampled_from([0, 0, 3]),
-       bias=st.booleans(), seed=st.integers(0, 2**16))
-@example(m=128, n=64, k=256, group_size=64, tile=(4, 16), bk=16, outliers=0, bias=False, seed=0)
-@example(m=67, n=48, k=192, group_size=32, tile=(4, 16), bk=16, outliers=0, bias=True, seed=1)
-@example(m=3, n=32, k=512, group_size=128, tile=(4, 16), bk=16, outliers=0, bias=True, seed=2)
-@example(m=9, n=21, k=100, group_size=32, tile=(4, 16), bk=16, outliers=3, bias=True, seed=3)
-@example(m=6, n=16, k=64, group_size=16, tile=(4, 16), bk=16, outliers=0, bias=True, seed=4)
+       group_size=st.just(32), tile=st.just((2, 8)), bk=st.just(8),
+       outliers=st.sampled_from([0, 0, 3]), bias=st.booleans(), seed=st.integers(0, 2**16))
+@example(m=128, n=64, k=256, group_size=32, tile=(4, 16), bk=16, outliers=0, bias=False, seed=0)
+@example(m=67, n=48, k=192, group_size=64, tile=(2, 8), bk=8, outliers=0, bias=True, seed=1)
+@example(m=3, n=32, k=512, group_size=128, tile=(2, 8), bk=8, outliers=0, bias=True, seed=2)
+@example(m=9, n=21, k=100, group_size=32, tile=(2, 8), bk=8, outliers=3, bias=True, seed=3)
+@example(m=6, n=16, k=64, group_size=16, tile=(2, 8), bk=8, outliers=0, bias=True, seed=4)
 def test_weight_stationary_gemm_matches_reference(m, n, k, group_size, tile, bk, outliers,
                                                   bias, seed):
     # the accumulator-in-memory kernel: M, N, K tails (EVEN and masked), rows past
@@ -176,13 +180,14 @@ def test_weight_stationary_gemm_matches_reference(m, n, k, group_size, tile, bk,
 
 
 def test_weight_stationary_gemm_readings_and_views():
-    _check_linear(5, 24, 96, 32, 0, "e4m0", seed=5, config=ACC_GEMM)
-    _check_linear(7, 40, 96, 32, 0, "e0m4", seed=7, deq="convert", config=ACC_GEMM)
+    small = dict(ACC_GEMM, BM=2, BN=8, BK=8)      # quick to build; the default tile is above
+    _check_linear(5, 24, 96, 32, 0, "e4m0", seed=5, config=small)
+    _check_linear(7, 40, 96, 32, 0, "e0m4", seed=7, deq="convert", config=small)
     rng = np.random.default_rng(4)
     packed = fp4.quantize(_weight(rng, 32, 64), 32)
     big_x = kdsl.tensor(rng.standard_normal((6, 100)).astype(np.float32))
     out = kdsl.zeros((6, 40))
-    fp4.linear(big_x[:, 10:74], packed, out=out[:, 4:36], config=ACC_GEMM)
+    fp4.linear(big_x[:, 10:74], packed, out=out[:, 4:36], config=small)
     full = out.numpy()
     np.testing.assert_allclose(full[:, 4:36], big_x.numpy()[:, 10:74] @ fp4.dequantize(packed).T,
                                rtol=1e-4, atol=1e-4)

@@ -101,7 +101,7 @@ def test_head_dims_with_default_config(interpret, d, s, t):
 
 
 @pytest.mark.parametrize("interpret", [False, True], ids=["device", "interpreter"])
-@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("d", [64, pytest.param(128, marks=pytest.mark.slow)])
 def test_default_config_with_an_fp16_kv_cache(interpret, d):
     """The engine's case: fp16 K/V, a prefill chunk after cached tokens, and decode."""
     rng = np.random.default_rng(d)
