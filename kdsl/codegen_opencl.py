@@ -505,7 +505,7 @@ class Codegen:
             o = self.val(other, layout) if other is not None else None
             exprs = [self._load_expr(ptr.dtype, p[r], m and m[r], o and o[r], v.dtype)
                      for r in range(layout.nslots)]
-            if mask is None and ptr.dtype == kl.float16 and _last_dim_stride(ptr) == 1:
+            if mask is None and ptr.dtype == kl.float16 and _dim_stride(ptr, len(ptr.shape) - 1) == 1:
                 self._vector_half_loads(v, layout, p, exprs)
             return self._define(v, exprs)
         if op == "readvar":
@@ -576,11 +576,9 @@ class Codegen:
         members = [[r for r, _ in groups[o]] for o in range(nout)]
         base = self.fresh((v.name or "red") + "_acc")
         acc, idx = [], []
-        vector = (self.device.get("is_cpu") and x.dtype == kl.float32 and not is_arg
-                  and self._vector_reduce(op, xs, members, base))
-        if vector:
-            acc = vector
-        for o in range(nout if not vector else 0):
+        if self.device.get("is_cpu") and x.dtype == kl.float32 and not is_arg:
+            acc = self._vector_reduce(op, xs, members, base) or []
+        for o in range(0 if acc else nout):
             a = f"{base}_{o}"
             self.line(f"{ctype} {a} = {xs[members[o][0]]};")
             if is_arg:
@@ -822,25 +820,23 @@ class Codegen:
                     _dim_stride(x.args[0], axis) != 1:
                 return False
         rows, cols = c_layout.slot_dims
-        pa, pb = self.val(a.args[0], a_op), self.val(b.args[0], b_op)
-
-        def vload(x, p):
-            return (f"vload_half{W}(0, {p})" if x.args[0].dtype == kl.float16
-                    else f"vload{W}(0, {p})")
-
         base = self.fresh("dotk")
-        avec = {}
-        for i in range(rows):
-            for k0 in range(0, kdim, W):
-                name = f"{base}_a{i}_{k0}"
-                self.line(f"const float{W} {name} = {vload(a, pa[a_op.slot_index((i, k0))])};")
-                avec[i, k0] = name
-        bvec = {}
-        for j in range(cols):
-            for k0 in range(0, kdim, W):
-                name = f"{base}_b{j}_{k0}"
-                self.line(f"const float{W} {name} = {vload(b, pb[b_op.slot_index((k0, j))])};")
-                bvec[j, k0] = name
+
+        def vectors(x, layout, count, slot, tag):
+            """{(row or column, k0): float8 name} of 8 K-neighbours each, loaded."""
+            ptrs = self.val(x.args[0], layout)
+            vload = "vload_half" if x.args[0].dtype == kl.float16 else "vload"
+            out = {}
+            for i in range(count):
+                for k0 in range(0, kdim, W):
+                    name = f"{base}_{tag}{i}_{k0}"
+                    p = ptrs[layout.slot_index(slot(i, k0))]
+                    self.line(f"const float{W} {name} = {vload}{W}(0, {p});")
+                    out[i, k0] = name
+            return out
+
+        avec = vectors(a, a_op, rows, lambda i, k0: (i, k0), "a")
+        bvec = vectors(b, b_op, cols, lambda j, k0: (k0, j), "b")
         for i in range(rows):
             for j in range(cols):
                 acc = f"{base}_{i}_{j}"
@@ -1076,10 +1072,6 @@ def _dim_stride(v, axis):
             if c is not None and s is not None:
                 return c * s
     return None
-
-
-def _last_dim_stride(v):
-    return _dim_stride(v, len(v.shape) - 1)
 
 
 def _uniform_int(v):

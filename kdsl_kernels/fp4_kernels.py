@@ -231,20 +231,12 @@ def fp4_gemm_acc_kernel(a_ptr, codes_ptr, scales_ptr, offsets_ptr, c_ptr, bias_p
         kl.store(w_lo_ptrs + BK * BN, fp4_dequant(c >> 4, s[None, :], o[None, :], READING, DEQ))
         # blocks of BM rows, then the rows past the last full block one by one
         # (unmasked single rows run far faster than a masked block on PoCL)
-        if EVEN:
-            for m0 in range(0, m_full, BM):
-                fp4_acc_rows(a_ptr, c_ptr, w_lo_ptrs, m0, rn, k_lo, M, N, K, stride_am,
-                             stride_cm, False, HALF, BM, BN, BK)
-            for m0 in range(m_full, M):
-                fp4_acc_rows(a_ptr, c_ptr, w_lo_ptrs, m0, rn, k_lo, M, N, K, stride_am,
-                             stride_cm, False, HALF, 1, BN, BK)
-        else:
-            for m0 in range(0, m_full, BM):
-                fp4_acc_rows(a_ptr, c_ptr, w_lo_ptrs, m0, rn, k_lo, M, N, K, stride_am,
-                             stride_cm, True, HALF, BM, BN, BK)
-            for m0 in range(m_full, M):
-                fp4_acc_rows(a_ptr, c_ptr, w_lo_ptrs, m0, rn, k_lo, M, N, K, stride_am,
-                             stride_cm, True, HALF, 1, BN, BK)
+        for m0 in range(0, m_full, BM):
+            fp4_acc_rows(a_ptr, c_ptr, w_lo_ptrs, m0, rn, k_lo, M, N, K, stride_am,
+                         stride_cm, not EVEN, HALF, BM, BN, BK)
+        for m0 in range(m_full, M):
+            fp4_acc_rows(a_ptr, c_ptr, w_lo_ptrs, m0, rn, k_lo, M, N, K, stride_am,
+                         stride_cm, not EVEN, HALF, 1, BN, BK)
     ro = kl.arange(0, BO)
     for o0 in range(0, n_out, BO):
         # outlier channels: their fp16 residual rows, then every row block of A
@@ -259,6 +251,7 @@ def fp4_gemm_acc_kernel(a_ptr, codes_ptr, scales_ptr, offsets_ptr, c_ptr, bias_p
             live = (rm[:, None] < M) & (rn[None, :] < N)
             acc = kl.dot(a_out, w_out, kl.load(c_out, mask=live, other=0.0))
             kl.store(c_out, acc, mask=live)
+
 
 def gemv_default(device, K=None):
     """The GEMV's default config, from bench/fp4.py --sweep. On a CPU one
@@ -280,7 +273,7 @@ def gemm_default(device, M=None, N=None):
     (acc_in_memory, fp4_gemm_acc_kernel): 16 weight rows per work-item,
     16 bytes (32 weights) of each per step dequantised once, then all of A
     in blocks of 4 rows against them, the 4 x 16 accumulator in C (PoCL,
-    2026-11-23, .scratch sweep at M = 64 and 128, groups of 32 and 64:
+    2026-11-23, a sweep at M = 64 and 128, groups of 32 and 64:
     0.2-0.55x the fp32 matmul's device time, where the 8 x 8 register tile
     of fp4_gemm_kernel took 0.85-1.35x; 4 x 16 beat 8 x 8, 2 x 16, 4 x 8,
     2 x 32, 8 x 16 and 8- or 32-byte steps). On a GPU fp4_gemm_kernel with

@@ -103,6 +103,8 @@ def q8_gemv_kernel(x_ptr, codes_ptr, scales_ptr, y_ptr, N, K, stride_xm, stride_
 
 
 def _default_config(device):
+    # PoCL: one row per work-item (2 and 4 rows ran 2-3x slower); H100, from the
+    # engine's profile: SmolLM2's 49152 x 576 head in 32 us (0.9 TB/s of codes)
     if device.is_cpu:
         return {"BN": 1, "num_threads": 1}
     return {"BN": 8, "num_threads": 32}
