@@ -38,8 +38,9 @@ GPU_ONLY_GEMV = [(16384, 8192)]     # 75 MB packed: larger than the H100's 50 MB
 GEMM_SHAPES = [(128, 576, 576), (128, 1536, 576), (128, 576, 1536), (128, 4096, 4096)]
 GROUP = 64
 
-CPU_GEMV = [{"BN": bn, "BW": bw, "DEQ": deq, "num_threads": 1}
-            for bn, bw in [(4, 8), (8, 8), (4, 16), (8, 16)] for deq in ("bits", "convert")]
+CPU_GEMV = ([{"BN": bn, "lanes": "bytes", "num_threads": 1} for bn in (1, 2, 4, 8, 16)]
+            + [{"BN": bn, "BW": bw, "DEQ": "convert", "num_threads": 1}
+               for bn, bw in [(8, 4), (8, 8)]])
 GPU_GEMV = [{"BN": bn, "BW": bw, "DEQ": deq, "num_threads": t}
             for bn, bw, t in [(2, 32, 64), (4, 32, 128), (8, 32, 256), (8, 128, 256),
                               (4, 128, 128), (16, 128, 512), (4, 256, 128), (8, 256, 256),
@@ -86,9 +87,11 @@ def gemv_rows(shapes, sweep, copy_gbps, device, reps):
         w_dev = kdsl.tensor(w)
         fp32_call = common.batch_time(lambda: matmul(x, w_dev, trans_b=True, out=out), reps)
         fp32_device = fp32_gemv_device_seconds(x, w_dev, out)
-        gbps = common.gbps(packed.nbytes, timing.device_s)
+        read = gemv_bytes_read(packed, cfg)
+        gbps = common.gbps(read, timing.device_s)
         rows.append({
-            "N": n, "K": k, "group": GROUP, "packed_bytes": packed.nbytes, "config": cfg,
+            "N": n, "K": k, "group": GROUP, "packed_bytes": packed.nbytes, "bytes_read": read,
+            "config": cfg,
             "fp4_device_ms": timing.device_s * 1e3, "fp4_gbps": gbps,
             "of_copy_bw": gbps / copy_gbps,
             "fp4_call_ms": fp4_call * 1e3, "fp32_call_ms": fp32_call * 1e3,
@@ -99,6 +102,14 @@ def gemv_rows(shapes, sweep, copy_gbps, device, reps):
         })
         print_row(rows[-1], GEMV_COLUMNS)
     return rows
+
+
+def gemv_bytes_read(packed, cfg):
+    """Bytes the GEMV reads: codes and outliers, plus per group the fp16 scale and
+    offset (4 bytes), or the fp32 step and base of the CPU byte-lane kernel (8)."""
+    per_group = 8 if cfg.get("lanes") == "bytes" else 4
+    return (packed.codes.nbytes + per_group * packed.scales.size
+            + packed.outlier_idx.nbytes + packed.outlier_w.nbytes)
 
 
 def fp32_gemv_device_seconds(x, w, out):

@@ -8,6 +8,7 @@ loads, reductions, dot products and variables have one home layout, and a
 user that needs another layout gets the data through local memory.
 """
 import math
+import re
 
 from . import ir
 from . import language as kl
@@ -98,6 +99,7 @@ class Codegen:
         staging = self.device.get("dot_staging") or ("registers" if self.device.get("is_cpu")
                                                        else "local")
         uses = _uses(kernel)
+        self._uses = uses
         self._dot_rows = _dot_row_threads(kernel, self.T)
         self._operand_home = (_dot_operand_loads(uses, self.T, self._dot_rows)
                               if staging == "registers" else {})
@@ -380,9 +382,41 @@ class Codegen:
                 del s[axis]
                 out.append(inner[inner_layout.slot_index(s)])
             return out
+        product = self._contractible_product(v)
+        if product is not None:
+            return self._define(v, self._multiply_add(v, product, layout))
         args = [self.val(a, layout) for a in v.args]
         exprs = [self._expr(v, [a[r] for a in args]) for r in range(n)]
         return self._define(v, exprs)
+
+    def _contractible_product(self, v):
+        """The operand index of a float `x * y` that only this `+`/`-` uses, else None.
+
+        Each IR value is its own C statement, and clang contracts a * b + c
+        into one FMA only within an expression (PoCL's LLVM fuses nothing
+        across statements, even with -cl-fast-relaxed-math): so the product
+        is written inline into the sum, where the device's compiler may fuse
+        it (llvm.fmuladd: an FMA where the hardware has one)."""
+        if v.op != "binop" or v.attrs["op"] not in ("+", "-") or not v.dtype.is_float:
+            return None
+        for i in (1, 0):
+            a = v.args[i]
+            if (isinstance(a, ir.Value) and a.op == "binop" and a.attrs["op"] == "*"
+                    and a.dtype.is_float
+                    and len([u for u, _ in self._uses.get(a, ()) if not isinstance(u, ir.Eval)]) == 1):
+                return i
+        return None
+
+    def _multiply_add(self, v, i, layout):
+        """Slot expressions of v = x * y + other (or the `-` forms), the product inline."""
+        product = v.args[i]
+        xs, ys = ([_paren(e) for e in self.val(a, layout)] for a in product.args)
+        others = [_paren(e) for e in self.val(v.args[1 - i], layout)]
+        if v.attrs["op"] == "+":
+            return [f"{x} * {y} + {o}" for x, y, o in zip(xs, ys, others)]
+        if i == 0:
+            return [f"{x} * {y} - {o}" for x, y, o in zip(xs, ys, others)]
+        return [f"{o} - {x} * {y}" for x, y, o in zip(xs, ys, others)]
 
     def _compute(self, v):
         """C expression of a scalar value from its operands."""
@@ -1018,6 +1052,11 @@ _TRIVIAL = {"const", "arg", "program_id", "num_programs", "arange", "splat", "br
 def c_kernel_name(name):
     """The OpenCL name of a kernel: its Python name unless that collides with C."""
     return f"kdsl_{name}" if name in _RESERVED or name.startswith(("as_", "convert_")) else name
+
+
+def _paren(expr):
+    """expr, parenthesised unless it is a name or a literal."""
+    return expr if re.fullmatch(r"[\w.]+", expr) else f"({expr})"
 
 
 def _prod(shape):

@@ -125,8 +125,10 @@ class PackedWeight:
         """The fields as kdsl tensors on `device`, uploaded on first use only.
 
         Besides the fields, "words" is the codes buffer viewed as uint32
-        (little-endian: byte 0 in bits 0..7), which the GEMV reads; it shares
-        the upload of "codes"."""
+        (little-endian: byte 0 in bits 0..7), which the GPU GEMV reads; it
+        shares the upload of "codes". On a CPU, "step" and "base" hold each
+        group's dequantisation as fp32, w = step * v(q) + base, for the CPU
+        GEMV (see group_affine())."""
         import kdsl
         key = device.fingerprint
         if key not in self._device_copies:
@@ -137,8 +139,26 @@ class PackedWeight:
                       for f in self._FIELDS}
             codes = arrays["codes"]
             arrays["words"] = kdsl.Tensor(codes.buffer, (codes.size // 4,), np.uint32, device)
+            if device.is_cpu:
+                step, base = self.group_affine()
+                arrays["step"] = kdsl.tensor(step, device=device)
+                arrays["base"] = kdsl.tensor(base, device=device)
             self._device_copies[key] = arrays
         return self._device_copies[key]
+
+    def group_affine(self):
+        """Per group fp32 (step, base), each [N, n_groups], with w = step * v(q) + base:
+        v(q) = q for the uniform "e0m4" reading (step = s/16, base = s + o, as
+        m(q) = 1 + q/16), v(q) = m(q) for "e4m0" (step = s, base = o).
+
+        PoCL converts fp16 in software (no cl_khr_fp16 on CPUs): reading these
+        instead of the fp16 scale and offset made the CPU GEMV 1.2-1.45x
+        faster, for 8 more bytes per group of the weight."""
+        s = self.scales.astype(np.float32)
+        o = self.offsets.astype(np.float32)
+        if self.reading == "e0m4":
+            return np.ascontiguousarray(s / 16), np.ascontiguousarray(s + o)
+        return np.ascontiguousarray(s), np.ascontiguousarray(o)
 
     def __repr__(self):
         n, k = self.shape

@@ -26,6 +26,16 @@ def fp4_mantissa(q, READING: kl.constexpr):
 
 
 @kdsl.jit
+def fp4_code_value(q, READING: kl.constexpr):
+    """v(q) of PackedWeight.group_affine(): q itself for the uniform reading, m(q) otherwise."""
+    if READING == "e0m4":
+        v = q.to(kl.float32)
+    else:
+        v = fp4_mantissa(q, READING)
+    return v
+
+
+@kdsl.jit
 def fp4_dequant(q, s, o, READING: kl.constexpr, DEQ: kl.constexpr):
     """w = s * m(q) + o. DEQ "bits" builds m(q) from bit patterns; "convert"
     (uniform reading only) converts q to float instead: w = q * s/16 + (s + o)."""
@@ -85,6 +95,55 @@ def fp4_gemv_kernel(x_ptr, words_ptr, scales_ptr, offsets_ptr, y_ptr, bias_ptr,
             w_hi = fp4_dequant((c >> (8 * b + 4)) & 15, s, o, READING, DEQ)
             acc += w_lo * x_lo[None, :] + w_hi * x_hi[None, :]
     y = kl.sum(acc, axis=1)
+    for i in range(0, n_out):
+        # outlier channels: fp16 residual columns beside the FP4 body
+        xi = kl.load(x_ptr + kl.load(oidx_ptr + i))
+        y += kl.load(ow_ptr + rn * n_out + i, mask=rn < N, other=0.0) * xi
+    if HAS_BIAS:
+        y += kl.load(bias_ptr + rn, mask=rn < N, other=0.0)
+    if EVEN:
+        kl.store(y_ptr + rn, y)
+    else:
+        kl.store(y_ptr + rn, y, mask=rn < N)
+
+
+@kdsl.jit
+def fp4_gemv_bytes_kernel(x_ptr, codes_ptr, step_ptr, base_ptr, y_ptr, bias_ptr,
+                          oidx_ptr, ow_ptr, N, K, n_groups, n_out,
+                          READING: kl.constexpr, G: kl.constexpr, HAS_BIAS: kl.constexpr,
+                          EVEN: kl.constexpr, BN: kl.constexpr):
+    """y = W x (+ bias) for BN rows per program, one group per step: the CPU GEMV.
+
+    The lanes are a group's G/2 bytes, so the x each byte's low and high
+    nibble multiplies run contiguously (vector loads, no gathers). With
+    w = step * v(q) + base per group, a row's group contributes
+    step * sum(v(q) x) + base * sum(x): the sum of x is taken once per step
+    for all BN rows, and the scaling is one multiply-add per byte lane."""
+    HALF = G // 2
+    rn = kl.program_id(0) * BN + kl.arange(0, BN)
+    rj = kl.arange(0, HALF)
+    row_bytes = n_groups * HALF
+    acc = kl.zeros((BN, HALF), dtype=kl.float32)
+    y = kl.zeros((BN,), dtype=kl.float32)
+    for g in range(0, n_groups):
+        c_ptrs = codes_ptr + rn[:, None] * row_bytes + g * HALF + rj[None, :]
+        if EVEN:
+            x_lo = kl.load(x_ptr + g * G + rj)
+            x_hi = kl.load(x_ptr + g * G + HALF + rj)
+            c = kl.load(c_ptrs)
+            a = kl.load(step_ptr + rn * n_groups + g)
+            b = kl.load(base_ptr + rn * n_groups + g)
+        else:
+            x_lo = kl.load(x_ptr + g * G + rj, mask=g * G + rj < K, other=0.0)
+            x_hi = kl.load(x_ptr + g * G + HALF + rj, mask=g * G + HALF + rj < K, other=0.0)
+            c = kl.load(c_ptrs, mask=rn[:, None] < N, other=0)
+            a = kl.load(step_ptr + rn * n_groups + g, mask=rn < N, other=0.0)
+            b = kl.load(base_ptr + rn * n_groups + g, mask=rn < N, other=0.0)
+        t = (fp4_code_value(c & 15, READING) * x_lo[None, :]
+             + fp4_code_value(c >> 4, READING) * x_hi[None, :])
+        acc += t * a[:, None]
+        y += b * kl.sum(x_lo + x_hi, axis=0)
+    y += kl.sum(acc, axis=1)
     for i in range(0, n_out):
         # outlier channels: fp16 residual columns beside the FP4 body
         xi = kl.load(x_ptr + kl.load(oidx_ptr + i))
@@ -263,7 +322,7 @@ def gemv_default(device, K=None):
     for long rows, 128 for short ones (or K not given): the H100's best for
     K = 4096 and 8192, and for K = 576."""
     if device.is_cpu:
-        return {"BN": 8, "BW": 4, "DEQ": "convert", "num_threads": 1}
+        return {"BN": 4, "lanes": "bytes", "num_threads": 1}
     long_rows = K is not None and K >= 2048
     return {"BN": 4, "BW": 512 if long_rows else 128, "DEQ": "convert", "num_threads": 128}
 
@@ -368,6 +427,15 @@ def launch_fp4(x, packed, out, bias=None, config=None):
     if M == 1:
         cfg = config or _config("fp4_gemv", {"N": N, "K": K, "G": packed.group_size},
                                 gemv_default(x.device, K))
+        if cfg.get("lanes") == "bytes":
+            if "step" not in arrays:
+                raise ValueError("fp4.linear(): the byte-lane GEMV (config lanes='bytes') "
+                                 "runs on CPU devices only")
+            even = N % cfg["BN"] == 0 and K % packed.group_size == 0
+            return fp4_gemv_bytes_kernel[(kdsl.cdiv(N, cfg["BN"]),)](
+                x, arrays["codes"], arrays["step"], arrays["base"], *args[2:], N, K,
+                packed.n_groups, n_out, **common, EVEN=even, BN=cfg["BN"],
+                num_threads=cfg["num_threads"])
         # the words of a step must not straddle groups: at least G/8 of them
         words = max(cfg["BW"], packed.group_size // 8)
         even = (N % cfg["BN"] == 0 and K % packed.group_size == 0

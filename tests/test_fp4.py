@@ -10,6 +10,7 @@ from kdsl_kernels import fp4
 
 SMALL_GEMM = {"BM": 8, "BN": 8, "DEQ": "bits", "num_threads": 8}      # quick to compile
 SMALL_GEMV = {"BN": 4, "BW": 4, "DEQ": "bits", "num_threads": 1}
+BYTES_GEMV = {"BN": 4, "lanes": "bytes", "num_threads": 1}         # the CPU GEMV
 # the weight-stationary GEMM (fp4_gemm_acc_kernel, the CPU default's kind)
 ACC_GEMM = {"BM": 4, "BN": 16, "BK": 16, "DEQ": "bits", "acc_in_memory": True, "num_threads": 1}
 
@@ -25,7 +26,9 @@ def _check_linear(m, n, k, group_size, outliers, reading, seed, bias=True, deq="
     x = rng.standard_normal((m, k)).astype(np.float32)
     b = rng.standard_normal(n).astype(np.float32) if bias else None
     packed = fp4.quantize(w, group_size, reading=reading, outliers=outliers)
-    config = dict(config or (SMALL_GEMV if m == 1 else SMALL_GEMM), DEQ=deq)
+    config = dict(config or (SMALL_GEMV if m == 1 else SMALL_GEMM))
+    if config.get("lanes") != "bytes":            # the byte-lane GEMV has no DEQ choice
+        config["DEQ"] = deq
     y = fp4.linear(kdsl.tensor(x), packed, bias=b, config=config).numpy()
     ref = x @ fp4.dequantize(packed).T + (b if bias else 0)
     np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4 * np.sqrt(k))
@@ -192,6 +195,45 @@ def test_weight_stationary_gemm_readings_and_views():
     np.testing.assert_allclose(full[:, 4:36], big_x.numpy()[:, 10:74] @ fp4.dequantize(packed).T,
                                rtol=1e-4, atol=1e-4)
     assert (full[:, :4] == 0).all() and (full[:, 36:] == 0).all()
+
+
+cpu_only = pytest.mark.skipif(not kdsl.current_device().is_cpu,
+                              reason="the byte-lane GEMV runs on CPU devices")
+
+
+@cpu_only
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 40), k=st.integers(1, 300), group_size=st.sampled_from((16, 32, 64)),
+       reading=st.sampled_from(fp4.READINGS), bn=st.sampled_from((1, 4, 8)),
+       threads=st.sampled_from((1, 2)), outliers=st.integers(0, 3), bias=st.booleans(),
+       seed=st.integers(0, 2**16))
+@example(n=576, k=576, group_size=32, reading="e0m4", bn=4, threads=1, outliers=0, bias=False,
+         seed=1)                                   # SmolLM2's shape, the EVEN path
+@example(n=1, k=1, group_size=16, reading="e4m0", bn=8, threads=2, outliers=0, bias=True, seed=2)
+def test_byte_lane_gemv_matches_reference(n, k, group_size, reading, bn, threads, outliers,
+                                          bias, seed):
+    # row and K tails (masked), both readings' step/base, outliers, bias, BN split over threads
+    config = dict(BYTES_GEMV, BN=bn, num_threads=min(threads, bn))
+    _check_linear(1, n, k, group_size, min(outliers, k), reading, seed, bias=bias, config=config)
+
+
+@cpu_only
+def test_byte_lane_gemv_in_interpreter(monkeypatch):
+    monkeypatch.setenv("KDSL_INTERPRET", "1")
+    _check_linear(1, 20, 70, 32, 2, "e0m4", seed=3, config=BYTES_GEMV)
+    _check_linear(1, 8, 64, 16, 0, "e4m0", seed=4, config=BYTES_GEMV)
+
+
+def test_group_affine_is_the_dequantisation():
+    # w = step * v(q) + base, v(q) = q (uniform reading) or m(q) (power-of-two reading)
+    rng = np.random.default_rng(0)
+    for reading in fp4.READINGS:
+        packed = fp4.quantize(_weight(rng, 6, 64), 32, reading=reading)
+        step, base = packed.group_affine()
+        codes = fp4._unpack(packed.codes, 32).astype(np.float32)
+        v = codes if reading == "e0m4" else fp4.mantissa_value(codes, reading)
+        w = (v * step[..., None] + base[..., None]).reshape(6, 64)
+        np.testing.assert_allclose(w, fp4.dequantize(packed), rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("m,n,k,group_size,outliers", [(6, 20, 70, 32, 2), (8, 32, 128, 64, 0)])

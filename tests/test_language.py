@@ -955,3 +955,34 @@ def test_contiguous_fp16_loads_become_vector_loads(stride):
     values, threads = half_rows_sum.bind(args, {"BLOCK": 32, "num_threads": 1})
     source = compile_kernel(half_rows_sum, values, threads).source
     assert ("vload_half8" in source) == (stride == 1)
+
+
+@kdsl.jit
+def multiply_adds(a_ptr, b_ptr, c_ptr, out_ptr, BLOCK: kl.constexpr):
+    """Products written into sums (contracted) and one product used twice (not)."""
+    offs = kl.arange(0, BLOCK)
+    a = kl.load(a_ptr + offs)
+    b = kl.load(b_ptr + offs)
+    c = kl.load(c_ptr + offs)
+    shared = a * c
+    kl.store(out_ptr + offs, a * b + c)
+    kl.store(out_ptr + BLOCK + offs, a * b - c)
+    kl.store(out_ptr + 2 * BLOCK + offs, c - a * b)
+    kl.store(out_ptr + 3 * BLOCK + offs, shared + b - shared * 2.0)
+
+
+@both_backends
+def test_products_contracted_into_sums(interpret):
+    from kdsl.launch import compile_kernel
+    rng = np.random.default_rng(0)
+    a, b, c = (rng.standard_normal(64).astype(np.float32) for _ in range(3))
+    out = kdsl.empty((4 * 64,))
+    args = (kdsl.tensor(a), kdsl.tensor(b), kdsl.tensor(c), out)
+    launch(multiply_adds, interpret, (1,), *args, BLOCK=64, num_threads=2)
+    want = np.concatenate([a * b + c, a * b - c, c - a * b, a * c + b - a * c * 2])
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-5)
+    values, threads = multiply_adds.bind(args, {"BLOCK": 64, "num_threads": 2})
+    source = compile_kernel(multiply_adds, values, threads).source
+    # the device compiler fuses a * b + c only within one C expression
+    assert " * " in source and any(" * " in line and (" + " in line or " - " in line)
+                                   for line in source.splitlines())
