@@ -227,10 +227,10 @@ def attention_config(S, T, D, group, kv_heads, device=None):
 
     On a CPU (PoCL) every slot of a work-item is unrolled in the generated
     code, so blocks are small (8 x 8, one work-item; a [16, 128] accumulator
-    in registers compiled for ten minutes); decode packs a group's query
-    rows into one block, or uses rows_kernel without grouped heads. A GPU
-    gets 64 work-items (128 with 64-row
-    blocks for long prefills). Keys are split (flash-decoding) when too few programs
+    in registers compiled for ten minutes); decode uses rows_kernel without
+    grouped heads or while a KV head's K and V fit in cache, else packs a
+    group's query rows into one block. A GPU gets 64 work-items (128 with
+    64-row blocks for long prefills). Keys are split (flash-decoding) when too few programs
     would otherwise run: about 2 per compute unit on a CPU, 4 on a GPU, with
     at least 256 keys per split so the reduce stays cheap; GPU decode splits
     much finer (16+ keys per split, up to 64 splits).
@@ -238,10 +238,14 @@ def attention_config(S, T, D, group, kv_heads, device=None):
     device = device or kdsl.current_device()
     bd = 1 << max(D - 1, 0).bit_length()
     rows = 1 << max(S * group - 1, 0).bit_length()
-    if device.is_cpu and rows <= 8 and group == 1:
-        # decode without grouped heads: one work-item per (head, query) row
-        # (rows_kernel), 8 keys a step; PoCL, 32 heads x 4096 keys x 128:
-        # K and V read at 77% of the copy bandwidth
+    if device.is_cpu and rows <= 8 and (group == 1 or T * bd <= 1 << 17):
+        # decode without grouped heads, or with a KV head's K and V small
+        # enough (<= 1 MiB as fp32) that the group's rows re-read them from
+        # cache: one work-item per (head, query) row (rows_kernel), 8 keys a
+        # step. PoCL, 32 heads x 4096 keys x 128: K and V read at 77% of the
+        # copy bandwidth; SmolLM2's 9/3 heads x 64, replayed: 71 against 95 us
+        # for the packed block at 512 keys, 336 against 377 at 2048, but 397
+        # against 361 at 4096
         cfg = {"form": "rows", "BN": 8, "BD": bd, "num_threads": 1}
     elif device.is_cpu and rows <= 8:
         # decode with grouped heads: the group's query rows packed in one block
