@@ -163,12 +163,21 @@ class Model:
                         out=v["h"])
 
     def _gate_up(self, v):
-        self._linear(v["h"], self._w("w_gate_up"), None, v["gate_up"])
+        if self._gated_gemv():
+            # decode: the FP4 GEMV applies SwiGLU itself, one launch fewer per layer
+            fp4.linear(v["h"], self._w("w_gate_up"), out=v["act"], activation="swiglu")
+        else:
+            self._linear(v["h"], self._w("w_gate_up"), None, v["gate_up"])
 
     def _swiglu(self, v):
+        if self._gated_gemv():
+            return                    # done by _gate_up's GEMV
         ffn = self.config.ffn
         gate_up = v["gate_up"]
         kk.swiglu(gate_up[:, :ffn], gate_up[:, ffn:], out=v["act"])
+
+    def _gated_gemv(self):
+        return self._n == 1 and isinstance(self._w("w_gate_up"), fp4.PackedWeight)
 
     def _down(self, v):
         self._linear(v["act"], self._w("w_down"), None, v["delta"])

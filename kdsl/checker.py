@@ -619,16 +619,22 @@ class Checker:
         caller = self.frame
         frame = _Frame(callee, fn.globals, f"{callee.name}{self.inline_count}_",
                        {k: v for k, v in bound.items() if _is_compile_time(v)})
+        reassigned = []
         for p in callee.params:
             v = bound[p.name]
             if p.name in fn.constexpr_names and not _is_compile_time(v):
                 raise self.error(node, f"{fn.__name__}(): constexpr parameter '{p.name}' needs "
                                        "a compile-time value")
-            frame.scopes[0][p.name] = v
+            if p.name in frame.mutable and isinstance(v, ir.Value):
+                reassigned.append((p, v))       # `y += ...` in a loop: a variable, defined
+            else:
+                frame.scopes[0][p.name] = v
         frame.top_stmts = self.stmts
         self.frame = frame
         saved_depth, self.loop_depth = self.loop_depth, 0
         try:
+            for p, v in reassigned:
+                self._set_var(A.Name(p.line, p.col, p.name), v)
             self._block(callee.body)
         finally:
             self.frame = caller

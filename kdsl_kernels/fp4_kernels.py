@@ -12,6 +12,7 @@ import numpy as np
 import kdsl
 import kdsl.language as kl
 
+from .activations import swiglu
 from .fp4 import PackedWeight
 
 
@@ -47,12 +48,11 @@ def fp4_dequant(q, s, o, READING: kl.constexpr, DEQ: kl.constexpr):
 
 
 @kdsl.jit
-def fp4_gemv_kernel(x_ptr, words_ptr, scales_ptr, offsets_ptr, y_ptr, bias_ptr,
-                    oidx_ptr, ow_ptr, N, K, n_groups, n_out,
-                    READING: kl.constexpr, DEQ: kl.constexpr, G: kl.constexpr,
-                    HAS_BIAS: kl.constexpr, EVEN: kl.constexpr,
-                    BN: kl.constexpr, BW: kl.constexpr):
-    """y = W x (+ bias) for BN rows per program, BW 32-bit words (8 codes
+def fp4_gemv_rows(x_ptr, words_ptr, scales_ptr, offsets_ptr, bias_ptr, oidx_ptr, ow_ptr, rn,
+                  N, K, n_groups, n_out, READING: kl.constexpr, DEQ: kl.constexpr,
+                  G: kl.constexpr, HAS_BIAS: kl.constexpr, EVEN: kl.constexpr,
+                  BN: kl.constexpr, BW: kl.constexpr):
+    """(W x + bias)[rn] for the BN weight rows rn, BW 32-bit words (8 codes
     each) of every row per step.
 
     The packed codes are read once, as words; word w of a group holds the
@@ -63,7 +63,6 @@ def fp4_gemv_kernel(x_ptr, words_ptr, scales_ptr, offsets_ptr, y_ptr, bias_ptr,
     are reduced across K once, at the end."""
     QW = G // 8
     HALF = G // 2
-    rn = kl.program_id(0) * BN + kl.arange(0, BN)
     rw = kl.arange(0, BW)
     grp = rw // QW
     x_off = grp * G + (rw % QW) * 4
@@ -95,24 +94,54 @@ def fp4_gemv_kernel(x_ptr, words_ptr, scales_ptr, offsets_ptr, y_ptr, bias_ptr,
             w_hi = fp4_dequant((c >> (8 * b + 4)) & 15, s, o, READING, DEQ)
             acc += w_lo * x_lo[None, :] + w_hi * x_hi[None, :]
     y = kl.sum(acc, axis=1)
+    return fp4_rows_epilogue(y, x_ptr, bias_ptr, oidx_ptr, ow_ptr, rn, N, n_out, HAS_BIAS)
+
+
+@kdsl.jit
+def fp4_rows_epilogue(y, x_ptr, bias_ptr, oidx_ptr, ow_ptr, rn, N, n_out, HAS_BIAS: kl.constexpr):
+    """y plus the outlier channels (fp16 residual columns beside the FP4 body) and the bias."""
     for i in range(0, n_out):
-        # outlier channels: fp16 residual columns beside the FP4 body
         xi = kl.load(x_ptr + kl.load(oidx_ptr + i))
         y += kl.load(ow_ptr + rn * n_out + i, mask=rn < N, other=0.0) * xi
     if HAS_BIAS:
         y += kl.load(bias_ptr + rn, mask=rn < N, other=0.0)
-    if EVEN:
-        kl.store(y_ptr + rn, y)
-    else:
-        kl.store(y_ptr + rn, y, mask=rn < N)
+    return y
 
 
 @kdsl.jit
-def fp4_gemv_bytes_kernel(x_ptr, codes_ptr, step_ptr, base_ptr, y_ptr, bias_ptr,
-                          oidx_ptr, ow_ptr, N, K, n_groups, n_out,
-                          READING: kl.constexpr, G: kl.constexpr, HAS_BIAS: kl.constexpr,
-                          EVEN: kl.constexpr, BN: kl.constexpr):
-    """y = W x (+ bias) for BN rows per program, one group per step: the CPU GEMV.
+def fp4_store_rows(y_ptr, y, rn, F, EVEN: kl.constexpr):
+    """y_ptr[rn] = y for the rows below F (all of them when EVEN)."""
+    if EVEN:
+        kl.store(y_ptr + rn, y)
+    else:
+        kl.store(y_ptr + rn, y, mask=rn < F)
+
+
+@kdsl.jit
+def fp4_gemv_kernel(x_ptr, words_ptr, scales_ptr, offsets_ptr, y_ptr, bias_ptr,
+                    oidx_ptr, ow_ptr, N, K, n_groups, n_out, F,
+                    READING: kl.constexpr, DEQ: kl.constexpr, G: kl.constexpr,
+                    HAS_BIAS: kl.constexpr, EVEN: kl.constexpr, GATED: kl.constexpr,
+                    BN: kl.constexpr, BW: kl.constexpr):
+    """y = W x (+ bias) for BN rows per program (fp4_gemv_rows); GATED: W holds
+    gate rows 0..F-1 and up rows F..2F-1, and y[i] = silu(gate_i) * up_i (SwiGLU),
+    so a decode step's MLP needs no separate activation launch."""
+    rn = kl.program_id(0) * BN + kl.arange(0, BN)
+    y = fp4_gemv_rows(x_ptr, words_ptr, scales_ptr, offsets_ptr, bias_ptr, oidx_ptr, ow_ptr,
+                      rn, N, K, n_groups, n_out, READING, DEQ, G, HAS_BIAS, EVEN, BN, BW)
+    if GATED:
+        up = fp4_gemv_rows(x_ptr, words_ptr, scales_ptr, offsets_ptr, bias_ptr, oidx_ptr,
+                           ow_ptr, rn + F, N, K, n_groups, n_out, READING, DEQ, G, HAS_BIAS,
+                           EVEN, BN, BW)
+        y = y * kl.sigmoid(y) * up
+    fp4_store_rows(y_ptr, y, rn, F, EVEN)
+
+
+@kdsl.jit
+def fp4_gemv_bytes_rows(x_ptr, codes_ptr, step_ptr, base_ptr, bias_ptr, oidx_ptr, ow_ptr, rn,
+                        N, K, n_groups, n_out, READING: kl.constexpr, G: kl.constexpr,
+                        HAS_BIAS: kl.constexpr, EVEN: kl.constexpr, BN: kl.constexpr):
+    """(W x + bias)[rn] for the BN weight rows rn, one group per step: the CPU GEMV.
 
     The lanes are a group's G/2 bytes, so the x each byte's low and high
     nibble multiplies run contiguously (vector loads, no gathers). With
@@ -120,7 +149,6 @@ def fp4_gemv_bytes_kernel(x_ptr, codes_ptr, step_ptr, base_ptr, y_ptr, bias_ptr,
     step * sum(v(q) x) + base * sum(x): the sum of x is taken once per step
     for all BN rows, and the scaling is one multiply-add per byte lane."""
     HALF = G // 2
-    rn = kl.program_id(0) * BN + kl.arange(0, BN)
     rj = kl.arange(0, HALF)
     row_bytes = n_groups * HALF
     acc = kl.zeros((BN, HALF), dtype=kl.float32)
@@ -144,16 +172,25 @@ def fp4_gemv_bytes_kernel(x_ptr, codes_ptr, step_ptr, base_ptr, y_ptr, bias_ptr,
         acc += t * a[:, None]
         y += b * kl.sum(x_lo + x_hi, axis=0)
     y += kl.sum(acc, axis=1)
-    for i in range(0, n_out):
-        # outlier channels: fp16 residual columns beside the FP4 body
-        xi = kl.load(x_ptr + kl.load(oidx_ptr + i))
-        y += kl.load(ow_ptr + rn * n_out + i, mask=rn < N, other=0.0) * xi
-    if HAS_BIAS:
-        y += kl.load(bias_ptr + rn, mask=rn < N, other=0.0)
-    if EVEN:
-        kl.store(y_ptr + rn, y)
-    else:
-        kl.store(y_ptr + rn, y, mask=rn < N)
+    return fp4_rows_epilogue(y, x_ptr, bias_ptr, oidx_ptr, ow_ptr, rn, N, n_out, HAS_BIAS)
+
+
+@kdsl.jit
+def fp4_gemv_bytes_kernel(x_ptr, codes_ptr, step_ptr, base_ptr, y_ptr, bias_ptr,
+                          oidx_ptr, ow_ptr, N, K, n_groups, n_out, F,
+                          READING: kl.constexpr, G: kl.constexpr, HAS_BIAS: kl.constexpr,
+                          EVEN: kl.constexpr, GATED: kl.constexpr, BN: kl.constexpr):
+    """y = W x (+ bias) for BN rows per program (fp4_gemv_bytes_rows); GATED as
+    in fp4_gemv_kernel: y[i] = silu(gate_i) * up_i, up row i at F + i."""
+    rn = kl.program_id(0) * BN + kl.arange(0, BN)
+    y = fp4_gemv_bytes_rows(x_ptr, codes_ptr, step_ptr, base_ptr, bias_ptr, oidx_ptr, ow_ptr,
+                            rn, N, K, n_groups, n_out, READING, G, HAS_BIAS, EVEN, BN)
+    if GATED:
+        up = fp4_gemv_bytes_rows(x_ptr, codes_ptr, step_ptr, base_ptr, bias_ptr, oidx_ptr,
+                                 ow_ptr, rn + F, N, K, n_groups, n_out, READING, G, HAS_BIAS,
+                                 EVEN, BN)
+        y = y * kl.sigmoid(y) * up
+    fp4_store_rows(y_ptr, y, rn, F, EVEN)
 
 
 @kdsl.jit
@@ -369,20 +406,26 @@ def _check_x(x, K):
     return x
 
 
-def fp4_linear(x, packed, *, bias=None, out=None, config=None):
+def fp4_linear(x, packed, *, bias=None, out=None, config=None, activation=None):
     """x @ W.T for a PackedWeight W; see kdsl_kernels.fp4.linear."""
     if not isinstance(packed, PackedWeight):
         raise TypeError(f"fp4.linear(): packed must be a PackedWeight (from fp4.quantize), "
                         f"got {type(packed).__name__}")
+    if activation not in (None, "swiglu"):
+        raise ValueError(f"fp4.linear(): unknown activation {activation!r}; None or 'swiglu'")
     N, K = packed.shape
+    if activation == "swiglu" and N % 2:
+        raise ValueError(f"fp4.linear(): activation='swiglu' needs the gate rows then the up "
+                         f"rows, an even row count; the weight has {N}")
+    F = N // 2 if activation else N
     x = _check_x(x, K)
     M = x.shape[0]
     if out is None:
-        out = kdsl.empty((M, N), np.float32, device=x.device)
-    elif tuple(out.shape) != (M, N) or out.dtype != np.float32:
-        raise ValueError(f"fp4.linear(): out must be float32 ({M}, {N}), got {out.dtype} "
+        out = kdsl.empty((M, F), np.float32, device=x.device)
+    elif tuple(out.shape) != (M, F) or out.dtype != np.float32:
+        raise ValueError(f"fp4.linear(): out must be float32 ({M}, {F}), got {out.dtype} "
                          f"{tuple(out.shape)}")
-    elif M > 0 and N > 1 and out.stride(1) != 1:
+    elif M > 0 and F > 1 and out.stride(1) != 1:
         raise ValueError("fp4.linear(): out must have stride 1 along N")
     if bias is not None:
         if isinstance(bias, np.ndarray):
@@ -392,10 +435,14 @@ def fp4_linear(x, packed, *, bias=None, out=None, config=None):
                              f"{tuple(bias.shape)}")
     if M == 0 or N == 0:
         return out
+    if activation and (M > 1 or K == 0):
+        # the GEMM has no gated form: the projection, then the activation kernel
+        full = fp4_linear(x, packed, bias=bias, config=config)
+        return swiglu(full[:, :F], full[:, F:], out=out)
     if K == 0:
         out.copy_from(np.zeros((M, N), np.float32) + (bias.numpy() if bias is not None else 0))
         return out
-    launch_fp4(x, packed, out, bias, config)
+    launch_fp4(x, packed, out, bias, config, gated=activation == "swiglu")
     return out
 
 
@@ -414,11 +461,13 @@ def _scratch(device, n_floats):
     return buf
 
 
-def launch_fp4(x, packed, out, bias=None, config=None):
+def launch_fp4(x, packed, out, bias=None, config=None, gated=False):
     """Enqueue the GEMV (M == 1) or GEMM for checked arguments; returns the
     kernel's event (None in the interpreter). fp4_linear() is the public
-    form; benchmarks call this for the device time."""
+    form; benchmarks call this for the device time. gated (GEMV only): out
+    gets silu(gate) * up of the weight's two row halves."""
     M, (N, K) = x.shape[0], packed.shape
+    F = N // 2 if gated else N
     arrays = packed.device_arrays(x.device)
     common = dict(READING=packed.reading, G=packed.group_size, HAS_BIAS=bias is not None)
     args = (arrays["scales"], arrays["offsets"], out, bias if bias is not None else out,
@@ -431,18 +480,21 @@ def launch_fp4(x, packed, out, bias=None, config=None):
             if "step" not in arrays:
                 raise ValueError("fp4.linear(): the byte-lane GEMV (config lanes='bytes') "
                                  "runs on CPU devices only")
-            even = N % cfg["BN"] == 0 and K % packed.group_size == 0
-            return fp4_gemv_bytes_kernel[(kdsl.cdiv(N, cfg["BN"]),)](
+            even = F % cfg["BN"] == 0 and K % packed.group_size == 0
+            return fp4_gemv_bytes_kernel[(kdsl.cdiv(F, cfg["BN"]),)](
                 x, arrays["codes"], arrays["step"], arrays["base"], *args[2:], N, K,
-                packed.n_groups, n_out, **common, EVEN=even, BN=cfg["BN"],
+                packed.n_groups, n_out, F, **common, EVEN=even, GATED=gated, BN=cfg["BN"],
                 num_threads=cfg["num_threads"])
         # the words of a step must not straddle groups: at least G/8 of them
         words = max(cfg["BW"], packed.group_size // 8)
-        even = (N % cfg["BN"] == 0 and K % packed.group_size == 0
+        even = (F % cfg["BN"] == 0 and K % packed.group_size == 0
                 and packed.codes.shape[1] // 4 % words == 0)
-        return fp4_gemv_kernel[(kdsl.cdiv(N, cfg["BN"]),)](
-            x, arrays["words"], *args, N, K, packed.n_groups, n_out, **common,
-            DEQ=cfg["DEQ"], EVEN=even, BN=cfg["BN"], BW=words, num_threads=cfg["num_threads"])
+        return fp4_gemv_kernel[(kdsl.cdiv(F, cfg["BN"]),)](
+            x, arrays["words"], *args, N, K, packed.n_groups, n_out, F, **common,
+            DEQ=cfg["DEQ"], EVEN=even, GATED=gated, BN=cfg["BN"], BW=words,
+            num_threads=cfg["num_threads"])
+    if gated:
+        raise ValueError("launch_fp4(): gated=True is for the GEMV (M == 1)")
     cfg = config or _config("fp4_gemm", {"M": M, "N": N, "K": K, "G": packed.group_size},
                             gemm_default(x.device, M, N))
     if cfg.get("acc_in_memory"):

@@ -310,3 +310,51 @@ def test_quantise_a_large_weight_quickly():
     packed = fp4.quantize(w, 64)
     assert time.perf_counter() - start < 5.0        # 6.3M weights; a 135M model in seconds
     assert packed.nbytes < w.nbytes / 7
+
+
+@settings(max_examples=15, deadline=None)
+@given(m=st.sampled_from((1, 1, 3)), f=st.integers(1, 24), k=st.integers(1, 200),
+       group_size=st.sampled_from((16, 32, 64)), reading=st.sampled_from(fp4.READINGS),
+       kind=st.sampled_from(("words", "bytes")), outliers=st.integers(0, 2),
+       bias=st.booleans(), seed=st.integers(0, 2**16))
+@example(m=1, f=1536, k=576, group_size=32, reading="e0m4", kind="bytes", outliers=0,
+         bias=False, seed=1)                     # SmolLM2's MLP, the EVEN path
+def test_swiglu_linear_matches_reference(m, f, k, group_size, reading, kind, outliers, bias,
+                                         seed):
+    # gate rows then up rows: silu(x Wg^T) * (x Wu^T), one launch for M = 1
+    if kind == "bytes" and not kdsl.current_device().is_cpu:
+        kind = "words"
+    rng = np.random.default_rng(seed)
+    w = _weight(rng, 2 * f, k)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal(2 * f).astype(np.float32) if bias else None
+    packed = fp4.quantize(w, group_size, reading=reading, outliers=min(outliers, k))
+    config = (dict(BYTES_GEMV) if kind == "bytes" else dict(SMALL_GEMV)) if m == 1 else SMALL_GEMM
+    y = fp4.linear(kdsl.tensor(x), packed, bias=b, config=config, activation="swiglu").numpy()
+    full = x @ fp4.dequantize(packed).T + (b if bias else 0)
+    gate, up = full[:, :f], full[:, f:]
+    np.testing.assert_allclose(y, gate / (1 + np.exp(-gate)) * up, rtol=1e-4,
+                               atol=1e-4 * np.sqrt(k))
+
+
+def test_swiglu_linear_in_interpreter(monkeypatch):
+    monkeypatch.setenv("KDSL_INTERPRET", "1")
+    rng = np.random.default_rng(7)
+    packed = fp4.quantize(_weight(rng, 12, 40), 16)
+    x = rng.standard_normal((1, 40)).astype(np.float32)
+    y = fp4.linear(kdsl.tensor(x), packed, config=SMALL_GEMV, activation="swiglu").numpy()
+    full = x @ fp4.dequantize(packed).T
+    np.testing.assert_allclose(y, full[:, :6] / (1 + np.exp(-full[:, :6])) * full[:, 6:],
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_swiglu_linear_rejects_bad_arguments():
+    packed = fp4.quantize(np.ones((5, 32), np.float32), 32)
+    with pytest.raises(ValueError, match="even row count"):
+        fp4.linear(np.ones((1, 32), np.float32), packed, activation="swiglu")
+    with pytest.raises(ValueError, match="unknown activation"):
+        fp4.linear(np.ones((1, 32), np.float32), packed, activation="gelu")
+    even = fp4.quantize(np.ones((6, 32), np.float32), 32)
+    with pytest.raises(ValueError, match=r"out must be float32 \(1, 3\)"):
+        fp4.linear(np.ones((1, 32), np.float32), even, out=kdsl.empty((1, 6)),
+                   activation="swiglu")

@@ -986,3 +986,24 @@ def test_products_contracted_into_sums(interpret):
     # the device compiler fuses a * b + c only within one C expression
     assert " * " in source and any(" * " in line and (" + " in line or " - " in line)
                                    for line in source.splitlines())
+
+
+@kdsl.jit
+def accumulate_into(total, x_ptr, n):
+    """A helper that reassigns its parameter in a loop."""
+    for i in range(0, n):
+        total += kl.load(x_ptr + i)
+    return total
+
+
+@kdsl.jit
+def helper_accumulates(x_ptr, out_ptr, n):
+    kl.store(out_ptr, accumulate_into(kl.load(out_ptr) * 2.0, x_ptr, n))
+
+
+@both_backends
+def test_helper_parameter_reassigned_in_loop(interpret):
+    x = kdsl.tensor(np.arange(5, dtype=np.float32))
+    out = kdsl.tensor(np.array([1.0], np.float32))
+    launch(helper_accumulates, interpret, (1,), x, out, 5)
+    assert out.numpy()[0] == 12.0
