@@ -87,9 +87,8 @@ class AffineStep:
         if self.launches is not None:
             base_past, changes = self.base
             for launch, changed in zip(self.launches, changes):
-                if changed:
-                    launch.set(**{name: _shifted(a, per_token, past - base_past)
-                                  for name, a, per_token in changed})
+                for name, a, per_token in changed:
+                    launch.advance(name, _shifted(a, per_token, past - base_past))
                 launch()
             return
         with captured_launches() as records:

@@ -111,6 +111,31 @@ class PreparedLaunch:
             self.grid = grid
         return self
 
+    def advance(self, name, value):
+        """set(name=value) for the per-step change of a replayed step: a runtime int
+        (a position, a key count) or a view of the same buffer at another offset.
+
+        Skips set()'s checks (a decode step makes dozens of these); an int whose
+        specialisation changes (1, multiples of 16) goes through set()."""
+        old = self.values[name]
+        if type(value) is int:
+            if ((value == 1) != (old == 1) or (value % 16 == 0) != (old % 16 == 0)
+                    or not -2**31 <= value < 2**31):
+                return self.set(**{name: value})
+        elif not (type(value) is Tensor and type(old) is Tensor and value.dtype == old.dtype
+                  and value.buffer is old.buffer):
+            return self.set(**{name: value})
+        self.values[name] = value
+        slot = self._slot.get(name)
+        if slot is not None:                   # arguments the kernel never reads are not passed
+            self._set_values[name] = value
+            index, setter = slot
+            if setter is None:
+                set_offset(self.cl_kernel, index + 1, value.offset)
+            else:
+                setter(self.cl_kernel, index, value)
+        return self
+
     def _set_one(self, name, value, old=None):
         index, setter = self._slot[name]
         self._set_values[name] = value

@@ -50,6 +50,24 @@ def test_prepared_launch_keeps_a_kernel_per_specialisation():
     assert kernels[0] is not kernels[1]
 
 
+def test_advance_follows_ints_and_offsets_across_specialisations():
+    """advance() (a replayed step's per-token change) gives what set() gives: ints
+    that cross 1 and multiples of 16 (a rebuild), and views moved along a buffer."""
+    x_h = np.arange(64, dtype=np.float32)
+    x, out = kdsl.tensor(x_h), kdsl.zeros((4, 64))
+    step = axpy.prepare((1,), x, x, out[0], 1.0, 14, BLOCK=64)
+    for row, n in enumerate((14, 15, 16, 17, 1, 2, 32, 31)):
+        target = out[row % 4]
+        target.copy_from(np.zeros(64, np.float32))
+        step.advance("n", n).advance("out_ptr", target)()
+        expected = np.where(np.arange(64) < n, 2 * x_h, 0)
+        np.testing.assert_array_equal(out.numpy()[row % 4], expected)
+    # a view of another buffer or dtype is no offset move: it goes through set()
+    other = kdsl.zeros((64,))
+    step.advance("out_ptr", other)()
+    np.testing.assert_array_equal(other.numpy()[:31], 2 * x_h[:31])
+
+
 def test_prepared_launch_writes_into_views():
     base = kdsl.zeros((4, 64))
     x = kdsl.tensor(np.ones(64, np.float32))
