@@ -43,25 +43,37 @@ class PreparedLaunch:
                 raise LaunchError(f"{jit_fn.__name__}.prepare(): tensor '{name}' lives on "
                                   f"{v.device}, the kernel runs on {self.device}")
         # Per specialisation, the kernel object built for it: a position that
-        # crosses a multiple of 16 switches back and forth between two.
+        # crosses a multiple of 16 switches back and forth between two. They are
+        # found by the specialisation of the arguments set() has changed (the
+        # others are as prepared), not by compile_kernel's key over every argument.
         self._built = {}
+        self._by_spec = {}
+        self._varying = []
         self._build()
         self.grid = grid
 
     def _build(self):
-        compiled = compile_kernel(self.jit_fn, self.values, self.num_threads_asked, self.device)
-        built = self._built.get(id(compiled))
-        if built is None:
-            slot = {name: (index, setter) for name, index, setter in compiled.slots}
-            # A kernel object of our own, so other launches of the same compiled
-            # kernel cannot overwrite the arguments set here.
-            built = self._built[id(compiled)] = (compiled, cl.Kernel(compiled.program,
-                                                                     compiled.name), slot, {})
+        spec = tuple(_spec_of(self.values[name], False) for name in self._varying)
+        built = self._by_spec.get(spec)
+        fresh = built is None
+        if fresh:
+            compiled = compile_kernel(self.jit_fn, self.values, self.num_threads_asked,
+                                      self.device)
+            built = self._built.get(id(compiled))
+            if built is None:
+                slot = {name: (index, setter) for name, index, setter in compiled.slots}
+                # A kernel object of our own, so other launches of the same compiled
+                # kernel cannot overwrite the arguments set here.
+                built = self._built[id(compiled)] = (compiled, cl.Kernel(compiled.program,
+                                                                         compiled.name), slot, {})
+            self._by_spec[spec] = built
         self.compiled, self.cl_kernel, self._slot, self._set_values = built
-        self.num_threads = compiled.num_threads
+        self.num_threads = self.compiled.num_threads
         # a kernel object switched back to keeps the arguments it had: set the
         # ones that changed since (a position, an offset), not all of them
-        for name in self._slot:
+        for name in (self._slot if fresh else self._varying):
+            if name not in self._slot:
+                continue
             value, old = self.values[name], self._set_values.get(name, _UNSET)
             if old is not value and not (type(old) is type(value) and type(value) is not Tensor
                                          and old == value):
@@ -94,6 +106,8 @@ class PreparedLaunch:
                 raise LaunchError(f"{self.jit_fn.__name__}.set(): '{name}' is a constexpr; "
                                   "prepare another launch for another value")
             old = self.values[name]
+            if name not in self._varying:
+                self._varying.append(name)
             if isinstance(value, Tensor) and isinstance(old, Tensor):
                 # a tensor's specialisation is its dtype (no str() of it per step)
                 respecialise |= value.dtype != old.dtype
@@ -126,6 +140,8 @@ class PreparedLaunch:
                   and value.buffer is old.buffer):
             return self.set(**{name: value})
         self.values[name] = value
+        if name not in self._varying:          # a kernel object switched to later must get it
+            self._varying.append(name)
         slot = self._slot.get(name)
         if slot is not None:                   # arguments the kernel never reads are not passed
             self._set_values[name] = value

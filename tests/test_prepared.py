@@ -62,6 +62,11 @@ def test_advance_follows_ints_and_offsets_across_specialisations():
         step.advance("n", n).advance("out_ptr", target)()
         expected = np.where(np.arange(64) < n, 2 * x_h, 0)
         np.testing.assert_array_equal(out.numpy()[row % 4], expected)
+    # an offset moved by advance(), then a flip by set(): the kernel switched to
+    # must see the moved offset, not the one it had when last used
+    step.advance("out_ptr", out[1])
+    step.set(n=48)()
+    np.testing.assert_array_equal(out.numpy()[1], np.where(np.arange(64) < 48, 2 * x_h, 0))
     # a view of another buffer or dtype is no offset move: it goes through set()
     other = kdsl.zeros((64,))
     step.advance("out_ptr", other)()
