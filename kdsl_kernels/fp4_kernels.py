@@ -6,6 +6,12 @@ j + G/2) with an fp16 scale and offset per group. A code becomes its value
 in registers: m = as_float(0x3F800000 | q << 19) = 1 + q/16 for the uniform
 "e0m4" reading, as_float((q + 113) << 23) = 2**(q - 14) for "e4m0" (the fp32
 bit patterns with the fp16 trick's meaning), then w = s * m + o.
+
+GEMVs: fp4_gemv_kernel (GPUs) reads codes as 32-bit words; fp4_gemv_bytes_kernel
+(CPUs) takes a group's bytes as lanes and fp32 per-group step/base. Both can
+apply SwiGLU to a gate/up weight's two row halves (GATED). GEMMs:
+fp4_gemm_kernel (register tiles, GPUs) and fp4_gemm_acc_kernel (weight-
+stationary, CPUs).
 """
 import numpy as np
 
@@ -350,14 +356,14 @@ def fp4_gemm_acc_kernel(a_ptr, codes_ptr, scales_ptr, offsets_ptr, c_ptr, bias_p
 
 
 def gemv_default(device, K=None):
-    """The GEMV's default config, from bench/fp4.py --sweep. On a CPU one
-    work-item per program holding 8 rows x 4 words in registers, one group
-    of 32 codes per row per step (a barrier costs a pass over the work-group
-    on PoCL; larger blocks spill; 4 words beat 8 by 1.1-1.7x at SmolLM2's
-    shapes and tie at 4096 x 4096, PoCL 2026-11-23; groups of 64 take 8). On a GPU
-    4 rows over 128 work-items, 512 words (4096 weights) of each row per step
-    for long rows, 128 for short ones (or K not given): the H100's best for
-    K = 4096 and 8192, and for K = 576."""
+    """The GEMV's default config, from bench/fp4.py --sweep. On a CPU the
+    byte-lane kernel, 4 rows per one-work-item program (a barrier costs a
+    pass over the work-group on PoCL): 1.3-1.7x the word kernel's 8 x 4 at
+    SmolLM2's shapes, and in the engine's replayed decode step 4 rows beat
+    2 by 5 % and 8 or 16 by 1.3-1.4x (PoCL, 2026-11-23). On a GPU the word
+    kernel, 4 rows over 128 work-items, 512 words (4096 weights) of each row
+    per step for long rows, 128 for short ones (or K not given): the H100's
+    best for K = 4096 and 8192, and for K = 576."""
     if device.is_cpu:
         return {"BN": 4, "lanes": "bytes", "num_threads": 1}
     long_rows = K is not None and K >= 2048
