@@ -135,10 +135,11 @@ def fp4_gemv_space(device, key):
     N, K, words_per_group = key["N"], key["K"], key["G"] // 8
     if device.is_cpu:
         configs = [{"BN": bn, "lanes": "bytes", "num_threads": t}
-                   for bn, t in itertools.product((1, 2, 4, 8, 16), _work_group_sizes(device, (1, 2, 4)))
+                   for bn, t in itertools.product((1, 2, 4, 8, 16),
+                                                  _work_group_sizes(device, (1, 2, 4)))
                    if t <= bn]
         return _enough_programs(configs, lambda c: -(-N // c["BN"]), device)
-    threads = (1, 2, 4, 8) if device.is_cpu else (32, 64, 128, 256)
+    threads = (32, 64, 128, 256)
     widths = [w for w in (4, 8, 16, 32, 64) if w >= words_per_group]
     configs = [{"BN": bn, "BW": bw, "DEQ": deq, "num_threads": t}
                for bn, bw, deq, t in itertools.product((1, 2, 4, 8, 16), widths, DEQUANTISE,

@@ -402,10 +402,13 @@ class Codegen:
         for i in (1, 0):
             a = v.args[i]
             if (isinstance(a, ir.Value) and a.op == "binop" and a.attrs["op"] == "*"
-                    and a.dtype.is_float
-                    and len([u for u, _ in self._uses.get(a, ()) if not isinstance(u, ir.Eval)]) == 1):
+                    and a.dtype.is_float and self._used_once(a)):
                 return i
         return None
+
+    def _used_once(self, v):
+        """v has one user (the source's own Eval of a named value aside)."""
+        return sum(not isinstance(u, ir.Eval) for u, _ in self._uses.get(v, ())) == 1
 
     def _multiply_add(self, v, i, layout):
         """Slot expressions of v = x * y + other (or the `-` forms), the product inline."""

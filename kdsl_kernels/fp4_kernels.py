@@ -484,8 +484,9 @@ def launch_fp4(x, packed, out, bias=None, config=None, gated=False):
                                 gemv_default(x.device, K))
         if cfg.get("lanes") == "bytes":
             if "step" not in arrays:
-                raise ValueError("fp4.linear(): the byte-lane GEMV (config lanes='bytes') "
-                                 "runs on CPU devices only")
+                raise ValueError(f"fp4.linear(): the byte-lane GEMV (config lanes='bytes') "
+                                 f"runs on CPU devices only, and {x.device} is not one; pass a "
+                                 f"config with BN, BW, DEQ, num_threads, or config=None")
             even = F % cfg["BN"] == 0 and K % packed.group_size == 0
             return fp4_gemv_bytes_kernel[(kdsl.cdiv(F, cfg["BN"]),)](
                 x, arrays["codes"], arrays["step"], arrays["base"], *args[2:], N, K,
