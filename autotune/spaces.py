@@ -124,8 +124,10 @@ def softmax_space(device, key):
             if t <= b and per_item[0] <= b // t <= per_item[1]]
 
 
-# FP4 dequantisation: from bit patterns, or by an int-to-float conversion.
+# FP4 dequantisation: from bit patterns, or by an int-to-float conversion; the
+# GPU GEMV can also apply the scale and offset per word ("factor").
 DEQUANTISE = ("bits", "convert")
+GEMV_DEQUANTISE = DEQUANTISE + ("factor",)
 
 
 def fp4_gemv_space(device, key):
@@ -142,7 +144,7 @@ def fp4_gemv_space(device, key):
     threads = (32, 64, 128, 256)
     widths = [w for w in (4, 8, 16, 32, 64) if w >= words_per_group]
     configs = [{"BN": bn, "BW": bw, "DEQ": deq, "num_threads": t}
-               for bn, bw, deq, t in itertools.product((1, 2, 4, 8, 16), widths, DEQUANTISE,
+               for bn, bw, deq, t in itertools.product((1, 2, 4, 8, 16), widths, GEMV_DEQUANTISE,
                                                        _work_group_sizes(device, threads))
                if t <= bn * bw and _within(bw * 8, K, [w * 8 for w in widths])]
     return _enough_programs(configs, lambda c: -(-N // c["BN"]), device)

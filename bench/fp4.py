@@ -45,7 +45,7 @@ GPU_GEMV = [{"BN": bn, "BW": bw, "DEQ": deq, "num_threads": t}
             for bn, bw, t in [(2, 32, 64), (4, 32, 128), (8, 32, 256), (8, 128, 256),
                               (4, 128, 128), (16, 128, 512), (4, 256, 128), (8, 256, 256),
                               (2, 256, 64), (4, 512, 128)]
-            for deq in ("bits", "convert")]
+            for deq in ("bits", "convert", "factor")]
 CPU_GEMM = ([{"BM": bm, "BN": bn, "DEQ": "bits", "num_threads": 1}
              for bm, bn in [(8, 8), (8, 16), (16, 8), (4, 8), (8, 32)]]
             + [{"BM": bm, "BN": bn, "BK": bk, "DEQ": "bits", "acc_in_memory": True,

@@ -50,7 +50,12 @@ def attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, m_ptr, l_ptr, acc_ptr,
     """
     kv_head = kl.program_id(1)
     split = kl.program_id(2)
-    first_row = kl.program_id(0) * BM
+    if CAUSAL:
+        # the last query blocks see the most keys: running them first keeps
+        # the longest programs out of the launch's tail
+        first_row = (kl.num_programs(0) - 1 - kl.program_id(0)) * BM
+    else:
+        first_row = kl.program_id(0) * BM
     rows = first_row + kl.arange(0, BM)
     query = rows // GROUP
     head = kv_head * GROUP + rows % GROUP
@@ -262,9 +267,11 @@ def attention_config(S, T, D, group, kv_heads, device=None):
         cfg = {"BM": 8, "BN": 8, "BK": min(bd, 64), "BD": bd, "num_threads": 1,
                "acc_in_memory": bd > 64}
     elif rows >= 1024:
-        # H100 sweep (bench/attention.py --sweep): 128 x 64 blocks over 256
-        # work-items, 2.45 ms at 32 x 2048 x 128 against 2.62 for 64 x 32
-        cfg = {"BM": 128, "BN": 64, "BK": 16, "BD": bd, "num_threads": 256,
+        # H100 sweeps: 128 x 128 blocks over 256 work-items, 2.05 ms at
+        # 32 x 2048 x 128 causal against 2.14 for 128 x 64 and 2.08 for
+        # 64 x 64 over 128 (.scratch sweep, 2026-11-23, with causal query
+        # blocks run longest first); 128 x 64 had beaten 64 x 32 2.45 to 2.62
+        cfg = {"BM": 128, "BN": 128, "BK": 16, "BD": bd, "num_threads": 256,
                "acc_in_memory": False}
     elif rows >= 64:
         # H100 sweep: 64 x 32 blocks over 128 work-items beat 32 x 32 over 64

@@ -45,12 +45,26 @@ def fp4_code_value(q, READING: kl.constexpr):
 @kdsl.jit
 def fp4_dequant(q, s, o, READING: kl.constexpr, DEQ: kl.constexpr):
     """w = s * m(q) + o. DEQ "bits" builds m(q) from bit patterns; "convert"
-    (uniform reading only) converts q to float instead: w = q * s/16 + (s + o)."""
+    (uniform reading only) converts q to float instead: w = q * s/16 + (s + o).
+    (The GPU GEMV's "factor" never forms w: see fp4_gemv_rows.)"""
     if DEQ == "convert" and READING == "e0m4":
         w = q.to(kl.float32) * (s * 0.0625) + (s + o)
     else:
         w = fp4_mantissa(q, READING) * s + o
     return w
+
+
+@kdsl.jit
+def fp4_word_x(x_base, b, k_lo, K, HALF: kl.constexpr, EVEN: kl.constexpr):
+    """The x that byte b's low and high nibbles multiply, for every word lane
+    (k_lo: the lanes' first low-nibble element)."""
+    if EVEN:
+        x_lo = kl.load(x_base + b)
+        x_hi = kl.load(x_base + HALF + b)
+    else:
+        x_lo = kl.load(x_base + b, mask=k_lo + b < K, other=0.0)
+        x_hi = kl.load(x_base + HALF + b, mask=k_lo + b + HALF < K, other=0.0)
+    return x_lo, x_hi
 
 
 @kdsl.jit
@@ -88,17 +102,25 @@ def fp4_gemv_rows(x_ptr, words_ptr, scales_ptr, offsets_ptr, bias_ptr, oidx_ptr,
             c = kl.load(words_ptr + step + w_offs, mask=live, other=0)
             s = kl.load(scales_ptr + g0 + s_offs, mask=live, other=0.0)
             o = kl.load(offsets_ptr + g0 + s_offs, mask=live, other=0.0)
-        for b in kl.static_range(4):
-            if EVEN:
-                x_lo = kl.load(x_base + b)
-                x_hi = kl.load(x_base + HALF + b)
-            else:
-                k_lo = g0 * G + x_off + b
-                x_lo = kl.load(x_base + b, mask=k_lo < K, other=0.0)
-                x_hi = kl.load(x_base + HALF + b, mask=k_lo + HALF < K, other=0.0)
-            w_lo = fp4_dequant((c >> (8 * b)) & 15, s, o, READING, DEQ)
-            w_hi = fp4_dequant((c >> (8 * b + 4)) & 15, s, o, READING, DEQ)
-            acc += w_lo * x_lo[None, :] + w_hi * x_hi[None, :]
+        if DEQ == "factor":
+            # s * sum(m x) + o * sum(x) over the word's 8 codes: per code two integer ops
+            # (m from bits) and one FMA, no int-to-float conversion, and sum(x) is shared by
+            # the BN rows. Per-code dequantisation is 4-5 instructions per weight, which
+            # bounds a GPU GEMV below its memory bandwidth.
+            t = kl.zeros((BN, BW), dtype=kl.float32)
+            sx = kl.zeros((BW,), dtype=kl.float32)
+            for b in kl.static_range(4):
+                x_lo, x_hi = fp4_word_x(x_base, b, g0 * G + x_off, K, HALF, EVEN)
+                t += (fp4_mantissa((c >> (8 * b)) & 15, READING) * x_lo[None, :]
+                      + fp4_mantissa((c >> (8 * b + 4)) & 15, READING) * x_hi[None, :])
+                sx += x_lo + x_hi
+            acc += s * t + o * sx[None, :]
+        else:
+            for b in kl.static_range(4):
+                x_lo, x_hi = fp4_word_x(x_base, b, g0 * G + x_off, K, HALF, EVEN)
+                w_lo = fp4_dequant((c >> (8 * b)) & 15, s, o, READING, DEQ)
+                w_hi = fp4_dequant((c >> (8 * b + 4)) & 15, s, o, READING, DEQ)
+                acc += w_lo * x_lo[None, :] + w_hi * x_hi[None, :]
     y = kl.sum(acc, axis=1)
     return fp4_rows_epilogue(y, x_ptr, bias_ptr, oidx_ptr, ow_ptr, rn, N, n_out, HAS_BIAS)
 
@@ -146,37 +168,47 @@ def fp4_gemv_kernel(x_ptr, words_ptr, scales_ptr, offsets_ptr, y_ptr, bias_ptr,
 @kdsl.jit
 def fp4_gemv_bytes_rows(x_ptr, codes_ptr, step_ptr, base_ptr, bias_ptr, oidx_ptr, ow_ptr, rn,
                         N, K, n_groups, n_out, READING: kl.constexpr, G: kl.constexpr,
-                        HAS_BIAS: kl.constexpr, EVEN: kl.constexpr, BN: kl.constexpr):
+                        HAS_BIAS: kl.constexpr, EVEN: kl.constexpr, BN: kl.constexpr,
+                        BK: kl.constexpr):
     """(W x + bias)[rn] for the BN weight rows rn, one group per step: the CPU GEMV.
 
-    The lanes are a group's G/2 bytes, so the x each byte's low and high
-    nibble multiplies run contiguously (vector loads, no gathers). With
-    w = step * v(q) + base per group, a row's group contributes
-    step * sum(v(q) x) + base * sum(x): the sum of x is taken once per step
-    for all BN rows, and the scaling is one multiply-add per byte lane."""
+    The lanes are BK of a group's G/2 bytes, so the x each byte's low and
+    high nibble multiplies run contiguously (vector loads, no gathers); a
+    group is taken in G/2 / BK unrolled chunks so the BN x BK accumulator
+    stays in registers (BN x 32 floats for G = 64 spilled on AVX2 and ran
+    2x slower than G = 32). With w = step * v(q) + base per group, a row's
+    group contributes step * sum(v(q) x) + base * sum(x): the sum of x is
+    taken once per group for all BN rows, and the scaling is one
+    multiply-add per byte lane."""
     HALF = G // 2
-    rj = kl.arange(0, HALF)
+    rj = kl.arange(0, BK)
     row_bytes = n_groups * HALF
-    acc = kl.zeros((BN, HALF), dtype=kl.float32)
+    acc = kl.zeros((BN, BK), dtype=kl.float32)
     y = kl.zeros((BN,), dtype=kl.float32)
     for g in range(0, n_groups):
-        c_ptrs = codes_ptr + rn[:, None] * row_bytes + g * HALF + rj[None, :]
         if EVEN:
-            x_lo = kl.load(x_ptr + g * G + rj)
-            x_hi = kl.load(x_ptr + g * G + HALF + rj)
-            c = kl.load(c_ptrs)
             a = kl.load(step_ptr + rn * n_groups + g)
             b = kl.load(base_ptr + rn * n_groups + g)
         else:
-            x_lo = kl.load(x_ptr + g * G + rj, mask=g * G + rj < K, other=0.0)
-            x_hi = kl.load(x_ptr + g * G + HALF + rj, mask=g * G + HALF + rj < K, other=0.0)
-            c = kl.load(c_ptrs, mask=rn[:, None] < N, other=0)
             a = kl.load(step_ptr + rn * n_groups + g, mask=rn < N, other=0.0)
             b = kl.load(base_ptr + rn * n_groups + g, mask=rn < N, other=0.0)
-        t = (fp4_code_value(c & 15, READING) * x_lo[None, :]
-             + fp4_code_value(c >> 4, READING) * x_hi[None, :])
-        acc += t * a[:, None]
-        y += b * kl.sum(x_lo + x_hi, axis=0)
+        xs = kl.zeros((BK,), dtype=kl.float32)
+        for j in kl.static_range(0, HALF, BK):
+            c_ptrs = codes_ptr + rn[:, None] * row_bytes + g * HALF + j + rj[None, :]
+            lo = g * G + j + rj
+            if EVEN:
+                x_lo = kl.load(x_ptr + lo)
+                x_hi = kl.load(x_ptr + lo + HALF)
+                c = kl.load(c_ptrs)
+            else:
+                x_lo = kl.load(x_ptr + lo, mask=lo < K, other=0.0)
+                x_hi = kl.load(x_ptr + lo + HALF, mask=lo + HALF < K, other=0.0)
+                c = kl.load(c_ptrs, mask=rn[:, None] < N, other=0)
+            t = (fp4_code_value(c & 15, READING) * x_lo[None, :]
+                 + fp4_code_value(c >> 4, READING) * x_hi[None, :])
+            acc += t * a[:, None]
+            xs += x_lo + x_hi
+        y += b * kl.sum(xs, axis=0)
     y += kl.sum(acc, axis=1)
     return fp4_rows_epilogue(y, x_ptr, bias_ptr, oidx_ptr, ow_ptr, rn, N, n_out, HAS_BIAS)
 
@@ -185,16 +217,17 @@ def fp4_gemv_bytes_rows(x_ptr, codes_ptr, step_ptr, base_ptr, bias_ptr, oidx_ptr
 def fp4_gemv_bytes_kernel(x_ptr, codes_ptr, step_ptr, base_ptr, y_ptr, bias_ptr,
                           oidx_ptr, ow_ptr, N, K, n_groups, n_out, F,
                           READING: kl.constexpr, G: kl.constexpr, HAS_BIAS: kl.constexpr,
-                          EVEN: kl.constexpr, GATED: kl.constexpr, BN: kl.constexpr):
+                          EVEN: kl.constexpr, GATED: kl.constexpr, BN: kl.constexpr,
+                          BK: kl.constexpr):
     """y = W x (+ bias) for BN rows per program (fp4_gemv_bytes_rows); GATED as
     in fp4_gemv_kernel: y[i] = silu(gate_i) * up_i, up row i at F + i."""
     rn = kl.program_id(0) * BN + kl.arange(0, BN)
     y = fp4_gemv_bytes_rows(x_ptr, codes_ptr, step_ptr, base_ptr, bias_ptr, oidx_ptr, ow_ptr,
-                            rn, N, K, n_groups, n_out, READING, G, HAS_BIAS, EVEN, BN)
+                            rn, N, K, n_groups, n_out, READING, G, HAS_BIAS, EVEN, BN, BK)
     if GATED:
         up = fp4_gemv_bytes_rows(x_ptr, codes_ptr, step_ptr, base_ptr, bias_ptr, oidx_ptr,
                                  ow_ptr, rn + F, N, K, n_groups, n_out, READING, G, HAS_BIAS,
-                                 EVEN, BN)
+                                 EVEN, BN, BK)
         y = y * kl.sigmoid(y) * up
     fp4_store_rows(y_ptr, y, rn, F, EVEN)
 
@@ -467,6 +500,13 @@ def _scratch(device, n_floats):
     return buf
 
 
+def _byte_chunk(group_size, bk):
+    """The byte-lane GEMV's bytes per step: bk where it divides a group's
+    G/2 bytes, else the whole group."""
+    half = group_size // 2
+    return bk if bk <= half and half % bk == 0 else half
+
+
 def launch_fp4(x, packed, out, bias=None, config=None, gated=False):
     """Enqueue the GEMV (M == 1) or GEMM for checked arguments; returns the
     kernel's event (None in the interpreter). fp4_linear() is the public
@@ -491,6 +531,7 @@ def launch_fp4(x, packed, out, bias=None, config=None, gated=False):
             return fp4_gemv_bytes_kernel[(kdsl.cdiv(F, cfg["BN"]),)](
                 x, arrays["codes"], arrays["step"], arrays["base"], *args[2:], N, K,
                 packed.n_groups, n_out, F, **common, EVEN=even, GATED=gated, BN=cfg["BN"],
+                BK=_byte_chunk(packed.group_size, cfg.get("BK", 16)),
                 num_threads=cfg["num_threads"])
         # the words of a step must not straddle groups: at least G/8 of them
         words = max(cfg["BW"], packed.group_size // 8)

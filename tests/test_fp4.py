@@ -10,7 +10,7 @@ from kdsl_kernels import fp4
 
 SMALL_GEMM = {"BM": 8, "BN": 8, "DEQ": "bits", "num_threads": 8}      # quick to compile
 SMALL_GEMV = {"BN": 4, "BW": 4, "DEQ": "bits", "num_threads": 1}
-BYTES_GEMV = {"BN": 4, "lanes": "bytes", "num_threads": 1}         # the CPU GEMV
+BYTES_GEMV = {"BN": 4, "BK": 16, "lanes": "bytes", "num_threads": 1}   # the CPU GEMV
 # the weight-stationary GEMM (fp4_gemm_acc_kernel, the CPU default's kind)
 ACC_GEMM = {"BM": 4, "BN": 16, "BK": 16, "DEQ": "bits", "acc_in_memory": True, "num_threads": 1}
 
@@ -158,6 +158,26 @@ def test_int_conversion_dequant_on_device(m):
     _check_linear(m, 24, 96, 32, 0, "e0m4", seed=m, deq="convert")
 
 
+@settings(max_examples=10, deadline=None)
+@given(n=st.integers(1, 40), k=st.integers(1, 300), group_size=st.sampled_from((16, 32, 64)),
+       reading=st.sampled_from(fp4.READINGS), tile=st.sampled_from(((1, 4, 4), (4, 8, 8),
+                                                                     (2, 16, 8))),
+       outliers=st.integers(0, 2), bias=st.booleans(), seed=st.integers(0, 2**16))
+@example(n=96, k=576, group_size=32, reading="e0m4", tile=(4, 8, 8), outliers=0, bias=False,
+         seed=1)                                   # the EVEN path
+def test_factored_gemv_matches_reference(n, k, group_size, reading, tile, outliers, bias, seed):
+    # DEQ="factor": s * sum(m x) + o * sum(x) per word, over K and row tails and both readings
+    bn, bw, threads = tile
+    _check_linear(1, n, k, group_size, min(outliers, k), reading, seed, bias=bias,
+                  deq="factor", config={"BN": bn, "BW": bw, "num_threads": threads})
+
+
+def test_factored_gemv_in_interpreter(monkeypatch):
+    monkeypatch.setenv("KDSL_INTERPRET", "1")
+    _check_linear(1, 10, 70, 16, 1, "e4m0", seed=6, deq="factor",
+                  config={"BN": 2, "BW": 4, "num_threads": 4})
+
+
 # BK <= 16: a [BK, BN] code tile is unrolled, and PoCL takes minutes on 64 x 16.
 # Every new constexpr combination is a new PoCL build (26 s cold for the
 # default 4 x 16 x 16 tile, 9 s for 2 x 8 x 8), so the drawn examples use the
@@ -205,15 +225,17 @@ cpu_only = pytest.mark.skipif(not kdsl.current_device().is_cpu,
 @settings(max_examples=12, deadline=None)
 @given(n=st.integers(1, 40), k=st.integers(1, 300), group_size=st.sampled_from((16, 32, 64)),
        reading=st.sampled_from(fp4.READINGS), bn=st.sampled_from((1, 4, 8)),
-       threads=st.sampled_from((1, 2)), outliers=st.integers(0, 3), bias=st.booleans(),
-       seed=st.integers(0, 2**16))
-@example(n=576, k=576, group_size=32, reading="e0m4", bn=4, threads=1, outliers=0, bias=False,
-         seed=1)                                   # SmolLM2's shape, the EVEN path
-@example(n=1, k=1, group_size=16, reading="e4m0", bn=8, threads=2, outliers=0, bias=True, seed=2)
-def test_byte_lane_gemv_matches_reference(n, k, group_size, reading, bn, threads, outliers,
+       bk=st.sampled_from((4, 8, 16, 32)), threads=st.sampled_from((1, 2)),
+       outliers=st.integers(0, 3), bias=st.booleans(), seed=st.integers(0, 2**16))
+@example(n=576, k=576, group_size=64, reading="e0m4", bn=4, bk=16, threads=1, outliers=0,
+         bias=False, seed=1)                       # SmolLM2's shape, the EVEN path, 2 chunks
+@example(n=1, k=1, group_size=16, reading="e4m0", bn=8, bk=16, threads=2, outliers=0, bias=True,
+         seed=2)
+def test_byte_lane_gemv_matches_reference(n, k, group_size, reading, bn, bk, threads, outliers,
                                           bias, seed):
-    # row and K tails (masked), both readings' step/base, outliers, bias, BN split over threads
-    config = dict(BYTES_GEMV, BN=bn, num_threads=min(threads, bn))
+    # row and K tails (masked), both readings' step/base, outliers, bias, BN split over threads,
+    # a group's bytes in one or several BK chunks (a BK over G/2 takes the whole group)
+    config = dict(BYTES_GEMV, BN=bn, BK=bk, num_threads=min(threads, bn))
     _check_linear(1, n, k, group_size, min(outliers, k), reading, seed, bias=bias, config=config)
 
 
@@ -222,6 +244,7 @@ def test_byte_lane_gemv_in_interpreter(monkeypatch):
     monkeypatch.setenv("KDSL_INTERPRET", "1")
     _check_linear(1, 20, 70, 32, 2, "e0m4", seed=3, config=BYTES_GEMV)
     _check_linear(1, 8, 64, 16, 0, "e4m0", seed=4, config=BYTES_GEMV)
+    _check_linear(1, 5, 130, 64, 1, "e0m4", seed=5, config=dict(BYTES_GEMV, BK=8))
 
 
 def test_group_affine_is_the_dequantisation():
