@@ -10,9 +10,13 @@ of its rows. Per layer (as llama2.c reads):
     h = rms_norm(x)
     x += (silu(h @ Wgate.T) * (h @ Wup.T)) @ Wdown.T
 
-The residual add is fused into the next norm (add_rms_norm). Each step's
-reads and writes are declared next to its code, so plan.py can share arena
-memory between buffers that are never alive together.
+The residual add is fused into the next norm (add_rms_norm). On a GPU a
+decode step with FP4 weights fuses further: the qkv and gate/up GEMVs
+normalise x themselves and the o and down GEMVs add into x, six launches per
+layer instead of eight (`_fused_decode`). Each step's reads and writes are declared
+next to its code, so plan.py can share arena memory between buffers that are
+never alive together (x, which the fused steps read and write in place of h
+and delta, is pinned).
 """
 import numpy as np
 
@@ -48,6 +52,12 @@ class Model:
         # decode steps and prefill chunks replay prepared launches (graph.py);
         # replay=False runs every wrapper
         self.graph = StepGraph() if replay else None
+        # Norms and residual adds inside the FP4 GEMVs of a decode step: on a GPU,
+        # where a step is bound by its launches. Not on a CPU: there the GEMVs are
+        # bound by instructions, and normalising x in every work-group cost
+        # 20-25% more GEMV time (PoCL, SmolLM2's qkv and gate/up) than the
+        # launches it saves (a replayed step 24.2 against 22.2 ms).
+        self.fuse_decode = self.device.is_gpu
         self.ids = kdsl.empty((chunk,), np.int32, device=self.device)
         self.weights = {name: _upload(value, self.device) for name, value in weights.items()
                         if not name.startswith("lm_head.")}
@@ -120,8 +130,7 @@ class Model:
                     graph.run_affine(key, lambda: step(v), past, unit=n)
                 else:
                     run((layer, use.name), lambda: step(v))
-        run(("final_norm",), lambda: kk.add_rms_norm(v["delta"], v["x"], self.weights["norm"],
-                                                     self.config.rms_eps, out=v["h"]))
+        run(("final_norm",), lambda: self._final_norm(v))
         run(("lm_head",), lambda: self._linear(v["h"][first:first + r], self.lm_head, None,
                                                v["logits"]))
         self.cache.length = past + n
@@ -131,15 +140,35 @@ class Model:
     def _w(self, name):
         return self.weights.get(f"layers.{self._layer}.{name}")
 
+    def _fused_decode(self):
+        """A decode step whose projections are all FP4: the GEMVs take the norms
+        and residual adds (fp4.linear's rms_norm= and accumulate=)."""
+        return self.fuse_decode and self._n == 1 and all(isinstance(self._w(name), fp4.PackedWeight)
+                                    for name in ("wqkv", "wo", "w_gate_up", "w_down"))
+
+    def _final_norm(self, v):
+        self._layer = self.config.n_layers - 1
+        if self._fused_decode():       # the last down GEMV already added into x
+            kk.rms_norm(v["x"], self.weights["norm"], self.config.rms_eps, out=v["h"])
+        else:
+            kk.add_rms_norm(v["delta"], v["x"], self.weights["norm"], self.config.rms_eps,
+                            out=v["h"])
+
     def _attn_norm(self, v):
         eps = self.config.rms_eps
+        if self._fused_decode():
+            return                    # done by _qkv's GEMV
         if self._layer == 0:
             kk.rms_norm(v["x"], self._w("attn_norm"), eps, out=v["h"])
         else:
             kk.add_rms_norm(v["delta"], v["x"], self._w("attn_norm"), eps, out=v["h"])
 
     def _qkv(self, v):
-        self._linear(v["h"], self._w("wqkv"), self._w("bqkv"), v["qkv"])
+        if self._fused_decode():
+            fp4.linear(v["x"], self._w("wqkv"), bias=self._w("bqkv"), out=v["qkv"],
+                       rms_norm=(self._w("attn_norm"), self.config.rms_eps))
+        else:
+            self._linear(v["h"], self._w("wqkv"), self._w("bqkv"), v["qkv"])
 
     def _rope_and_cache(self, v):
         cfg, layer, past, n = self.config, self._layer, self._past, self._n
@@ -156,14 +185,24 @@ class Model:
                      window=cfg.sliding_window, out=out)
 
     def _o_proj(self, v):
-        self._linear(v["attn"], self._w("wo"), self._w("bo"), v["delta"])
+        if self._fused_decode():
+            fp4.linear(v["attn"], self._w("wo"), bias=self._w("bo"), out=v["x"],
+                       accumulate=True)
+        else:
+            self._linear(v["attn"], self._w("wo"), self._w("bo"), v["delta"])
 
     def _ffn_norm(self, v):
+        if self._fused_decode():
+            return                    # done by _gate_up's GEMV
         kk.add_rms_norm(v["delta"], v["x"], self._w("ffn_norm"), self.config.rms_eps,
                         out=v["h"])
 
     def _gate_up(self, v):
-        if self._gated_gemv():
+        if self._fused_decode():
+            # the FP4 GEMV normalises x and applies SwiGLU itself
+            fp4.linear(v["x"], self._w("w_gate_up"), out=v["act"], activation="swiglu",
+                       rms_norm=(self._w("ffn_norm"), self.config.rms_eps))
+        elif self._gated_gemv():
             # decode: the FP4 GEMV applies SwiGLU itself, one launch fewer per layer
             fp4.linear(v["h"], self._w("w_gate_up"), out=v["act"], activation="swiglu")
         else:
@@ -180,7 +219,10 @@ class Model:
         return self._n == 1 and isinstance(self._w("w_gate_up"), fp4.PackedWeight)
 
     def _down(self, v):
-        self._linear(v["act"], self._w("w_down"), None, v["delta"])
+        if self._fused_decode():
+            fp4.linear(v["act"], self._w("w_down"), out=v["x"], accumulate=True)
+        else:
+            self._linear(v["act"], self._w("w_down"), None, v["delta"])
 
     # ------------------------------------------------------------ helpers
     def _split_heads(self, qkv):

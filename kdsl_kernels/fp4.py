@@ -222,27 +222,34 @@ def dequantize(packed):
     return w
 
 
-def linear(x, packed, *, bias=None, out=None, config=None, activation=None):
+def linear(x, packed, *, bias=None, out=None, config=None, activation=None, rms_norm=None,
+           accumulate=False):
     """x @ W.T on the device for x [M, K] float32 and W the packed [N, K] weight.
 
     M == 1 runs the fused dequantising GEMV (the decode path), M > 1 the
     fused dequantising GEMM (prefill). bias: [N]. Returns float32 [M, N],
     written into `out` (any view with last stride 1) when given. config:
-    {"BN", "BW", "DEQ", "num_threads"} for the GPU GEMV, {"BN", "lanes":
+    {"BN", "BW", "DEQ", "num_threads"} for the GPU GEMV, {"BN", "BK", "lanes":
     "bytes", "num_threads"} for the CPU one, {"BM", "BN", "DEQ",
     "num_threads"} for the GEMM's register tiles, plus "BK" and
     "acc_in_memory": True for its weight-stationary form (the CPU default);
     None takes the tuned or default config.
 
     activation="swiglu": W holds an MLP's gate rows then its up rows (N = 2F)
-    and the result is silu(x @ Wg.T) * (x @ Wu.T), [M, F]; the GEMV computes
-    it in the same launch, the GEMM path runs the activation kernel after.
+    and the result is silu(x @ Wg.T) * (x @ Wu.T), [M, F].
+    rms_norm=(weight, eps): x is first replaced by rms_norm(x, weight, eps)
+    (weight float32 [K]). accumulate=True: out += the result (a residual add).
+    The GEMV does all three in its one launch; the GEMM path runs the norm,
+    activation and add kernels around it.
 
     >>> out = kdsl.empty((1, packed.shape[0]))
     >>> linear(kdsl.tensor(np.ones((1, packed.shape[1]), np.float32)), packed, out=out)
+    >>> linear(x, w_qkv, rms_norm=(attn_norm, 1e-5))         # the norm in the GEMV
+    >>> linear(attn, w_o, out=residual, accumulate=True)       # residual += attn @ Wo.T
     """
     from .fp4_kernels import fp4_linear
-    return fp4_linear(x, packed, bias=bias, out=out, config=config, activation=activation)
+    return fp4_linear(x, packed, bias=bias, out=out, config=config, activation=activation,
+                      rms_norm=rms_norm, accumulate=accumulate)
 
 
 # ----------------------------------------------------------------- internals

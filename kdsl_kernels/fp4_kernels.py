@@ -19,6 +19,8 @@ import kdsl
 import kdsl.language as kl
 
 from .activations import swiglu
+from .elementwise import add, copy
+from .norms import rms_norm as rms_norm_rows
 from .fp4 import PackedWeight
 
 
@@ -68,12 +70,13 @@ def fp4_word_x(x_base, b, k_lo, K, HALF: kl.constexpr, EVEN: kl.constexpr):
 
 
 @kdsl.jit
-def fp4_gemv_rows(x_ptr, words_ptr, scales_ptr, offsets_ptr, bias_ptr, oidx_ptr, ow_ptr, rn,
-                  N, K, n_groups, n_out, READING: kl.constexpr, DEQ: kl.constexpr,
-                  G: kl.constexpr, HAS_BIAS: kl.constexpr, EVEN: kl.constexpr,
-                  BN: kl.constexpr, BW: kl.constexpr):
-    """(W x + bias)[rn] for the BN weight rows rn, BW 32-bit words (8 codes
-    each) of every row per step.
+def fp4_gemv_rows(x_ptr, norm_ptr, words_ptr, scales_ptr, offsets_ptr, bias_ptr, oidx_ptr,
+                  ow_ptr, rn, N, K, n_groups, n_out, eps, READING: kl.constexpr,
+                  DEQ: kl.constexpr, G: kl.constexpr, HAS_BIAS: kl.constexpr,
+                  EVEN: kl.constexpr, NORM: kl.constexpr, BN: kl.constexpr, BW: kl.constexpr):
+    """(W x' + bias)[rn] for the BN weight rows rn, BW 32-bit words (8 codes
+    each) of every row per step; x' = x, or rms_norm(x) * norm weight with NORM
+    (fp4_norm_x).
 
     The packed codes are read once, as words; word w of a group holds the
     codes of elements 4w..4w+3 (low nibbles) and G/2 + 4w.. (high nibbles),
@@ -90,9 +93,11 @@ def fp4_gemv_rows(x_ptr, words_ptr, scales_ptr, offsets_ptr, bias_ptr, oidx_ptr,
     w_offs = rn[:, None] * row_words + rw[None, :]
     s_offs = rn[:, None] * n_groups + grp[None, :]
     acc = kl.zeros((BN, BW), dtype=kl.float32)
+    squares = kl.zeros((BW,), dtype=kl.float32)
     for step in range(0, row_words, BW):
         g0 = step // QW
         x_base = x_ptr + g0 * G + x_off
+        n_base = norm_ptr + g0 * G + x_off
         if EVEN:
             c = kl.load(words_ptr + step + w_offs)
             s = kl.load(scales_ptr + g0 + s_offs)
@@ -111,6 +116,11 @@ def fp4_gemv_rows(x_ptr, words_ptr, scales_ptr, offsets_ptr, bias_ptr, oidx_ptr,
             sx = kl.zeros((BW,), dtype=kl.float32)
             for b in kl.static_range(4):
                 x_lo, x_hi = fp4_word_x(x_base, b, g0 * G + x_off, K, HALF, EVEN)
+                if NORM:
+                    squares += x_lo * x_lo + x_hi * x_hi
+                    n_lo, n_hi = fp4_word_x(n_base, b, g0 * G + x_off, K, HALF, EVEN)
+                    x_lo = x_lo * n_lo
+                    x_hi = x_hi * n_hi
                 t += (fp4_mantissa((c >> (8 * b)) & 15, READING) * x_lo[None, :]
                       + fp4_mantissa((c >> (8 * b + 4)) & 15, READING) * x_hi[None, :])
                 sx += x_lo + x_hi
@@ -118,59 +128,84 @@ def fp4_gemv_rows(x_ptr, words_ptr, scales_ptr, offsets_ptr, bias_ptr, oidx_ptr,
         else:
             for b in kl.static_range(4):
                 x_lo, x_hi = fp4_word_x(x_base, b, g0 * G + x_off, K, HALF, EVEN)
+                if NORM:
+                    squares += x_lo * x_lo + x_hi * x_hi
+                    n_lo, n_hi = fp4_word_x(n_base, b, g0 * G + x_off, K, HALF, EVEN)
+                    x_lo = x_lo * n_lo
+                    x_hi = x_hi * n_hi
                 w_lo = fp4_dequant((c >> (8 * b)) & 15, s, o, READING, DEQ)
                 w_hi = fp4_dequant((c >> (8 * b + 4)) & 15, s, o, READING, DEQ)
                 acc += w_lo * x_lo[None, :] + w_hi * x_hi[None, :]
     y = kl.sum(acc, axis=1)
-    return fp4_rows_epilogue(y, x_ptr, bias_ptr, oidx_ptr, ow_ptr, rn, N, n_out, HAS_BIAS)
+    return fp4_rows_epilogue(y, x_ptr, norm_ptr, kl.sum(squares, axis=0), eps, bias_ptr,
+                             oidx_ptr, ow_ptr, rn, N, K, n_out, HAS_BIAS, NORM)
 
 
 @kdsl.jit
-def fp4_rows_epilogue(y, x_ptr, bias_ptr, oidx_ptr, ow_ptr, rn, N, n_out, HAS_BIAS: kl.constexpr):
-    """y plus the outlier channels (fp16 residual columns beside the FP4 body) and the bias."""
+def fp4_rows_epilogue(y, x_ptr, norm_ptr, sum_squares, eps, bias_ptr, oidx_ptr, ow_ptr, rn, N, K,
+                      n_out, HAS_BIAS: kl.constexpr, NORM: kl.constexpr):
+    """y plus the outlier channels (fp16 residual columns beside the FP4 body),
+    then with NORM the RMS normalisation's 1/rms(x) (a common factor of the
+    row, so applied once to the sum: rms_norm(x) W^T = (x * w) W^T / rms(x)),
+    then the bias."""
     for i in range(0, n_out):
-        xi = kl.load(x_ptr + kl.load(oidx_ptr + i))
+        col = kl.load(oidx_ptr + i)
+        xi = kl.load(x_ptr + col)
+        if NORM:
+            xi = xi * kl.load(norm_ptr + col)
         y += kl.load(ow_ptr + rn * n_out + i, mask=rn < N, other=0.0) * xi
+    if NORM:
+        y = y * kl.rsqrt(sum_squares / K + eps)
     if HAS_BIAS:
         y += kl.load(bias_ptr + rn, mask=rn < N, other=0.0)
     return y
 
 
 @kdsl.jit
-def fp4_store_rows(y_ptr, y, rn, F, EVEN: kl.constexpr):
-    """y_ptr[rn] = y for the rows below F (all of them when EVEN)."""
+def fp4_store_rows(y_ptr, y, rn, F, EVEN: kl.constexpr, ACCUMULATE: kl.constexpr):
+    """y_ptr[rn] = y (+= y with ACCUMULATE, a residual add) for the rows below F
+    (all of them when EVEN)."""
     if EVEN:
+        if ACCUMULATE:
+            y += kl.load(y_ptr + rn)
         kl.store(y_ptr + rn, y)
     else:
+        if ACCUMULATE:
+            y += kl.load(y_ptr + rn, mask=rn < F, other=0.0)
         kl.store(y_ptr + rn, y, mask=rn < F)
 
 
 @kdsl.jit
-def fp4_gemv_kernel(x_ptr, words_ptr, scales_ptr, offsets_ptr, y_ptr, bias_ptr,
-                    oidx_ptr, ow_ptr, N, K, n_groups, n_out, F,
+def fp4_gemv_kernel(x_ptr, norm_ptr, words_ptr, scales_ptr, offsets_ptr, y_ptr, bias_ptr,
+                    oidx_ptr, ow_ptr, N, K, n_groups, n_out, F, eps,
                     READING: kl.constexpr, DEQ: kl.constexpr, G: kl.constexpr,
                     HAS_BIAS: kl.constexpr, EVEN: kl.constexpr, GATED: kl.constexpr,
-                    BN: kl.constexpr, BW: kl.constexpr):
+                    NORM: kl.constexpr, ACCUMULATE: kl.constexpr, BN: kl.constexpr,
+                    BW: kl.constexpr):
     """y = W x (+ bias) for BN rows per program (fp4_gemv_rows); GATED: W holds
     gate rows 0..F-1 and up rows F..2F-1, and y[i] = silu(gate_i) * up_i (SwiGLU),
-    so a decode step's MLP needs no separate activation launch."""
+    so a decode step's MLP needs no separate activation launch. NORM: x is
+    RMS-normalised (weight norm_ptr, eps) on the way in; ACCUMULATE: y += the
+    result. With both, a decode step needs no norm or residual-add launches."""
     rn = kl.program_id(0) * BN + kl.arange(0, BN)
-    y = fp4_gemv_rows(x_ptr, words_ptr, scales_ptr, offsets_ptr, bias_ptr, oidx_ptr, ow_ptr,
-                      rn, N, K, n_groups, n_out, READING, DEQ, G, HAS_BIAS, EVEN, BN, BW)
+    y = fp4_gemv_rows(x_ptr, norm_ptr, words_ptr, scales_ptr, offsets_ptr, bias_ptr, oidx_ptr,
+                      ow_ptr, rn, N, K, n_groups, n_out, eps, READING, DEQ, G, HAS_BIAS, EVEN,
+                      NORM, BN, BW)
     if GATED:
-        up = fp4_gemv_rows(x_ptr, words_ptr, scales_ptr, offsets_ptr, bias_ptr, oidx_ptr,
-                           ow_ptr, rn + F, N, K, n_groups, n_out, READING, DEQ, G, HAS_BIAS,
-                           EVEN, BN, BW)
+        up = fp4_gemv_rows(x_ptr, norm_ptr, words_ptr, scales_ptr, offsets_ptr, bias_ptr,
+                           oidx_ptr, ow_ptr, rn + F, N, K, n_groups, n_out, eps, READING, DEQ,
+                           G, HAS_BIAS, EVEN, NORM, BN, BW)
         y = y * kl.sigmoid(y) * up
-    fp4_store_rows(y_ptr, y, rn, F, EVEN)
+    fp4_store_rows(y_ptr, y, rn, F, EVEN, ACCUMULATE)
 
 
 @kdsl.jit
-def fp4_gemv_bytes_rows(x_ptr, codes_ptr, step_ptr, base_ptr, bias_ptr, oidx_ptr, ow_ptr, rn,
-                        N, K, n_groups, n_out, READING: kl.constexpr, G: kl.constexpr,
-                        HAS_BIAS: kl.constexpr, EVEN: kl.constexpr, BN: kl.constexpr,
-                        BK: kl.constexpr):
-    """(W x + bias)[rn] for the BN weight rows rn, one group per step: the CPU GEMV.
+def fp4_gemv_bytes_rows(x_ptr, norm_ptr, codes_ptr, step_ptr, base_ptr, bias_ptr, oidx_ptr,
+                        ow_ptr, rn, N, K, n_groups, n_out, eps, READING: kl.constexpr,
+                        G: kl.constexpr, HAS_BIAS: kl.constexpr, EVEN: kl.constexpr,
+                        NORM: kl.constexpr, BN: kl.constexpr, BK: kl.constexpr):
+    """(W x' + bias)[rn] for the BN weight rows rn, one group per step: the CPU
+    GEMV; x' as in fp4_gemv_rows.
 
     The lanes are BK of a group's G/2 bytes, so the x each byte's low and
     high nibble multiplies run contiguously (vector loads, no gathers); a
@@ -185,6 +220,7 @@ def fp4_gemv_bytes_rows(x_ptr, codes_ptr, step_ptr, base_ptr, bias_ptr, oidx_ptr
     row_bytes = n_groups * HALF
     acc = kl.zeros((BN, BK), dtype=kl.float32)
     y = kl.zeros((BN,), dtype=kl.float32)
+    squares = kl.zeros((BK,), dtype=kl.float32)
     for g in range(0, n_groups):
         if EVEN:
             a = kl.load(step_ptr + rn * n_groups + g)
@@ -197,39 +233,44 @@ def fp4_gemv_bytes_rows(x_ptr, codes_ptr, step_ptr, base_ptr, bias_ptr, oidx_ptr
             c_ptrs = codes_ptr + rn[:, None] * row_bytes + g * HALF + j + rj[None, :]
             lo = g * G + j + rj
             if EVEN:
-                x_lo = kl.load(x_ptr + lo)
-                x_hi = kl.load(x_ptr + lo + HALF)
                 c = kl.load(c_ptrs)
             else:
-                x_lo = kl.load(x_ptr + lo, mask=lo < K, other=0.0)
-                x_hi = kl.load(x_ptr + lo + HALF, mask=lo + HALF < K, other=0.0)
                 c = kl.load(c_ptrs, mask=rn[:, None] < N, other=0)
+            x_lo, x_hi = fp4_word_x(x_ptr + lo, 0, lo, K, HALF, EVEN)
+            if NORM:
+                squares += x_lo * x_lo + x_hi * x_hi
+                n_lo, n_hi = fp4_word_x(norm_ptr + lo, 0, lo, K, HALF, EVEN)
+                x_lo = x_lo * n_lo
+                x_hi = x_hi * n_hi
             t = (fp4_code_value(c & 15, READING) * x_lo[None, :]
                  + fp4_code_value(c >> 4, READING) * x_hi[None, :])
             acc += t * a[:, None]
             xs += x_lo + x_hi
         y += b * kl.sum(xs, axis=0)
     y += kl.sum(acc, axis=1)
-    return fp4_rows_epilogue(y, x_ptr, bias_ptr, oidx_ptr, ow_ptr, rn, N, n_out, HAS_BIAS)
+    return fp4_rows_epilogue(y, x_ptr, norm_ptr, kl.sum(squares, axis=0), eps, bias_ptr,
+                             oidx_ptr, ow_ptr, rn, N, K, n_out, HAS_BIAS, NORM)
 
 
 @kdsl.jit
-def fp4_gemv_bytes_kernel(x_ptr, codes_ptr, step_ptr, base_ptr, y_ptr, bias_ptr,
-                          oidx_ptr, ow_ptr, N, K, n_groups, n_out, F,
+def fp4_gemv_bytes_kernel(x_ptr, norm_ptr, codes_ptr, step_ptr, base_ptr, y_ptr, bias_ptr,
+                          oidx_ptr, ow_ptr, N, K, n_groups, n_out, F, eps,
                           READING: kl.constexpr, G: kl.constexpr, HAS_BIAS: kl.constexpr,
-                          EVEN: kl.constexpr, GATED: kl.constexpr, BN: kl.constexpr,
-                          BK: kl.constexpr):
+                          EVEN: kl.constexpr, GATED: kl.constexpr, NORM: kl.constexpr,
+                          ACCUMULATE: kl.constexpr, BN: kl.constexpr, BK: kl.constexpr):
     """y = W x (+ bias) for BN rows per program (fp4_gemv_bytes_rows); GATED as
-    in fp4_gemv_kernel: y[i] = silu(gate_i) * up_i, up row i at F + i."""
+    in fp4_gemv_kernel: y[i] = silu(gate_i) * up_i, up row i at F + i; NORM and
+    ACCUMULATE as there."""
     rn = kl.program_id(0) * BN + kl.arange(0, BN)
-    y = fp4_gemv_bytes_rows(x_ptr, codes_ptr, step_ptr, base_ptr, bias_ptr, oidx_ptr, ow_ptr,
-                            rn, N, K, n_groups, n_out, READING, G, HAS_BIAS, EVEN, BN, BK)
+    y = fp4_gemv_bytes_rows(x_ptr, norm_ptr, codes_ptr, step_ptr, base_ptr, bias_ptr, oidx_ptr,
+                            ow_ptr, rn, N, K, n_groups, n_out, eps, READING, G, HAS_BIAS, EVEN,
+                            NORM, BN, BK)
     if GATED:
-        up = fp4_gemv_bytes_rows(x_ptr, codes_ptr, step_ptr, base_ptr, bias_ptr, oidx_ptr,
-                                 ow_ptr, rn + F, N, K, n_groups, n_out, READING, G, HAS_BIAS,
-                                 EVEN, BN, BK)
+        up = fp4_gemv_bytes_rows(x_ptr, norm_ptr, codes_ptr, step_ptr, base_ptr, bias_ptr,
+                                 oidx_ptr, ow_ptr, rn + F, N, K, n_groups, n_out, eps, READING,
+                                 G, HAS_BIAS, EVEN, NORM, BN, BK)
         y = y * kl.sigmoid(y) * up
-    fp4_store_rows(y_ptr, y, rn, F, EVEN)
+    fp4_store_rows(y_ptr, y, rn, F, EVEN, ACCUMULATE)
 
 
 @kdsl.jit
@@ -445,7 +486,8 @@ def _check_x(x, K):
     return x
 
 
-def fp4_linear(x, packed, *, bias=None, out=None, config=None, activation=None):
+def fp4_linear(x, packed, *, bias=None, out=None, config=None, activation=None, rms_norm=None,
+               accumulate=False):
     """x @ W.T for a PackedWeight W; see kdsl_kernels.fp4.linear."""
     if not isinstance(packed, PackedWeight):
         raise TypeError(f"fp4.linear(): packed must be a PackedWeight (from fp4.quantize), "
@@ -460,29 +502,57 @@ def fp4_linear(x, packed, *, bias=None, out=None, config=None, activation=None):
     x = _check_x(x, K)
     M = x.shape[0]
     if out is None:
+        if accumulate:
+            raise ValueError("fp4.linear(): accumulate=True adds into `out`, so out is needed")
         out = kdsl.empty((M, F), np.float32, device=x.device)
     elif tuple(out.shape) != (M, F) or out.dtype != np.float32:
         raise ValueError(f"fp4.linear(): out must be float32 ({M}, {F}), got {out.dtype} "
                          f"{tuple(out.shape)}")
     elif M > 0 and F > 1 and out.stride(1) != 1:
         raise ValueError("fp4.linear(): out must have stride 1 along N")
-    if bias is not None:
-        if isinstance(bias, np.ndarray):
-            bias = kdsl.tensor(np.ascontiguousarray(bias, dtype=np.float32), device=x.device)
-        if tuple(bias.shape) != (N,) or bias.dtype != np.float32:
-            raise ValueError(f"fp4.linear(): bias must be float32 ({N},), got {bias.dtype} "
-                             f"{tuple(bias.shape)}")
+    bias = _vector(bias, N, "bias", x.device)
+    norm = None
+    if rms_norm is not None:
+        if not (isinstance(rms_norm, tuple) and len(rms_norm) == 2):
+            raise ValueError("fp4.linear(): rms_norm must be a (weight, eps) pair")
+        norm = (_vector(rms_norm[0], K, "rms_norm weight", x.device), float(rms_norm[1]))
     if M == 0 or N == 0:
         return out
-    if activation and (M > 1 or K == 0):
-        # the GEMM has no gated form: the projection, then the activation kernel
-        full = fp4_linear(x, packed, bias=bias, config=config)
-        return swiglu(full[:, :F], full[:, F:], out=out)
-    if K == 0:
-        out.copy_from(np.zeros((M, N), np.float32) + (bias.numpy() if bias is not None else 0))
+    if M == 1 and K > 0:
+        launch_fp4(x, packed, out, bias, config, gated=activation == "swiglu", norm=norm,
+                   accumulate=accumulate)
         return out
-    launch_fp4(x, packed, out, bias, config, gated=activation == "swiglu")
-    return out
+    # the GEMM path: the norm, the projection, the activation and the residual
+    # add are each their own kernel (the fused forms are for decode)
+    if norm is not None and K > 0:
+        x = rms_norm_rows(x, norm[0], norm[1])
+    direct = not activation and not accumulate
+    full = out if direct else kdsl.empty((M, N), np.float32, device=x.device)
+    if K == 0:
+        full.copy_from(np.zeros((M, N), np.float32) + (bias.numpy() if bias is not None else 0))
+    else:
+        launch_fp4(x, packed, full, bias, config)
+    if direct:
+        return out
+    result = swiglu(full[:, :F], full[:, F:]) if activation else full
+    if accumulate:
+        return add(out, result, out=out)
+    return copy(result, out=out)
+
+
+def _vector(v, n, name, device):
+    """A float32 [n] device tensor from v (a tensor or numpy array), or None."""
+    if v is None:
+        return None
+    if isinstance(v, np.ndarray):
+        v = kdsl.tensor(np.ascontiguousarray(v, dtype=np.float32), device=device)
+    if not isinstance(v, kdsl.Tensor) or tuple(v.shape) != (n,) or v.dtype != np.float32:
+        raise ValueError(f"fp4.linear(): {name} must be float32 ({n},), got "
+                         f"{getattr(v, 'dtype', type(v).__name__)} "
+                         f"{tuple(getattr(v, 'shape', ()))}")
+    if n > 1 and v.stride(0) != 1:
+        raise ValueError(f"fp4.linear(): {name} must be contiguous")
+    return v
 
 
 _SCRATCH = {}
@@ -507,11 +577,12 @@ def _byte_chunk(group_size, bk):
     return bk if bk <= half and half % bk == 0 else half
 
 
-def launch_fp4(x, packed, out, bias=None, config=None, gated=False):
+def launch_fp4(x, packed, out, bias=None, config=None, gated=False, norm=None, accumulate=False):
     """Enqueue the GEMV (M == 1) or GEMM for checked arguments; returns the
     kernel's event (None in the interpreter). fp4_linear() is the public
-    form; benchmarks call this for the device time. gated (GEMV only): out
-    gets silu(gate) * up of the weight's two row halves."""
+    form; benchmarks call this for the device time. GEMV only: gated, out
+    gets silu(gate) * up of the weight's two row halves; norm = (weight,
+    eps), x is RMS-normalised on the way in; accumulate, out += the result."""
     M, (N, K) = x.shape[0], packed.shape
     F = N // 2 if gated else N
     arrays = packed.device_arrays(x.device)
@@ -519,6 +590,10 @@ def launch_fp4(x, packed, out, bias=None, config=None, gated=False):
     args = (arrays["scales"], arrays["offsets"], out, bias if bias is not None else out,
             arrays["outlier_idx"], arrays["outlier_w"])
     n_out = len(packed.outlier_idx)
+    if M != 1 and (gated or norm is not None or accumulate):
+        raise ValueError("launch_fp4: gated, norm and accumulate are GEMV (M = 1) forms")
+    norm_w, eps = norm if norm is not None else (x, 0.0)
+    fused = dict(NORM=norm is not None, ACCUMULATE=accumulate, GATED=gated)
     if M == 1:
         cfg = config or _config("fp4_gemv", {"N": N, "K": K, "G": packed.group_size},
                                 gemv_default(x.device, K))
@@ -529,8 +604,8 @@ def launch_fp4(x, packed, out, bias=None, config=None, gated=False):
                                  f"config with BN, BW, DEQ, num_threads, or config=None")
             even = F % cfg["BN"] == 0 and K % packed.group_size == 0
             return fp4_gemv_bytes_kernel[(kdsl.cdiv(F, cfg["BN"]),)](
-                x, arrays["codes"], arrays["step"], arrays["base"], *args[2:], N, K,
-                packed.n_groups, n_out, F, **common, EVEN=even, GATED=gated, BN=cfg["BN"],
+                x, norm_w, arrays["codes"], arrays["step"], arrays["base"], *args[2:], N, K,
+                packed.n_groups, n_out, F, eps, **common, **fused, EVEN=even, BN=cfg["BN"],
                 BK=_byte_chunk(packed.group_size, cfg.get("BK", 16)),
                 num_threads=cfg["num_threads"])
         # the words of a step must not straddle groups: at least G/8 of them
@@ -538,11 +613,9 @@ def launch_fp4(x, packed, out, bias=None, config=None, gated=False):
         even = (F % cfg["BN"] == 0 and K % packed.group_size == 0
                 and packed.codes.shape[1] // 4 % words == 0)
         return fp4_gemv_kernel[(kdsl.cdiv(F, cfg["BN"]),)](
-            x, arrays["words"], *args, N, K, packed.n_groups, n_out, F, **common,
-            DEQ=cfg["DEQ"], EVEN=even, GATED=gated, BN=cfg["BN"], BW=words,
+            x, norm_w, arrays["words"], *args, N, K, packed.n_groups, n_out, F, eps, **common,
+            **fused, DEQ=cfg["DEQ"], EVEN=even, BN=cfg["BN"], BW=words,
             num_threads=cfg["num_threads"])
-    if gated:
-        raise ValueError("launch_fp4(): gated=True is for the GEMV (M == 1)")
     cfg = config or _config("fp4_gemm", {"M": M, "N": N, "K": K, "G": packed.group_size},
                             gemm_default(x.device, M, N))
     if cfg.get("acc_in_memory"):

@@ -196,13 +196,17 @@ def test_greedy_generation_matches_transformers(tiny):
     assert got == ref
 
 
-@pytest.mark.parametrize("quant", ["fp16", "m0e4"])
-def test_quantised_model_matches_transformers_on_its_weights(tmp_path, quant):
+@pytest.mark.parametrize("quant,kind,fuse", [("fp16", "llama", False), ("m0e4", "llama", False),
+                                             ("m0e4", "llama", True), ("m0e4", "qwen2", True)])
+def test_quantised_model_matches_transformers_on_its_weights(tmp_path, quant, kind, fuse):
     """fp16 and FP4 runs compute the model their weights stand for: transformers, given
-    the weights the engine holds (fp16 values, or FP4 dequantised), gives the same logits."""
+    the weights the engine holds (fp16 values, or FP4 dequantised), gives the same logits,
+    in prefill chunks and in decode steps (fuse: the norms and residual adds inside
+    the FP4 projections' GEMVs; qwen2 adds the QKV bias)."""
     from kdsl_kernels import fp4, int8
-    model = save_tiny("llama", tmp_path)
+    model = save_tiny(kind, tmp_path)
     llm = LLM.load(tmp_path, quant=quant, chunk=8, context=64, use_cache=False, progress=False)
+    llm.model.fuse_decode = fuse      # the GPU default; a CPU runs separate norm launches
     held = {name: fp4.dequantize(w) if isinstance(w, fp4.PackedWeight) else
             w.numpy().astype(np.float32) for name, w in llm.model.weights.items()}
     head = llm.model.lm_head         # int8 under m0e4 (a tied head then quantises the table)
@@ -221,9 +225,20 @@ def test_quantised_model_matches_transformers_on_its_weights(tmp_path, quant):
                       hf + "mlp.up_proj.weight": up, hf + "mlp.down_proj.weight": held[p + "w_down"],
                       hf + "input_layernorm.weight": held[p + "attn_norm"],
                       hf + "post_attention_layernorm.weight": held[p + "ffn_norm"]})
+    if kind == "qwen2":
+        for i in range(cfg.n_layers):
+            bq, bk, bv = np.split(held[f"layers.{i}.bqkv"], [cfg.q_size, cfg.q_size + cfg.kv_size])
+            for name, b in (("q", bq), ("k", bk), ("v", bv)):
+                state[f"model.layers.{i}.self_attn.{name}_proj.bias"] = b
     model.load_state_dict({k: torch.tensor(v) for k, v in state.items()})
     ids = np.random.default_rng(1).integers(0, VOCAB, 16).tolist()
-    assert_close(score(llm.generator, ids), reference_logits(model, ids))
+    want = reference_logits(model, ids)
+    assert_close(score(llm.generator, ids), want)
+    llm.generator.cached_ids = []
+    score(llm.generator, ids[:10])
+    steps = [llm.model.forward(np.array([t], np.int32), 10 + i).numpy()
+             for i, t in enumerate(ids[10:])]
+    assert_close(np.concatenate(steps), want[10:])
 
 
 # ---------------------------------------------------------------- SmolLM2

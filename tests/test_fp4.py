@@ -360,6 +360,66 @@ def test_swiglu_linear_matches_reference(m, f, k, group_size, reading, kind, out
                                atol=1e-4 * np.sqrt(k))
 
 
+@settings(max_examples=10, deadline=None)          # each draw compiles; CI builds cold
+@given(m=st.sampled_from((1, 1, 1, 3)), f=st.integers(1, 20), k=st.integers(1, 200),
+       group_size=st.sampled_from((16, 32, 64)), reading=st.sampled_from(fp4.READINGS),
+       kind=st.sampled_from(("words", "bytes")), gated=st.booleans(), norm=st.booleans(),
+       accumulate=st.booleans(), outliers=st.integers(0, 2), bias=st.booleans(),
+       seed=st.integers(0, 2**16))
+@example(m=1, f=1536, k=576, group_size=32, reading="e0m4", kind="bytes", gated=True, norm=True,
+         accumulate=False, outliers=0, bias=False, seed=1)      # SmolLM2's gate_up, EVEN
+@example(m=1, f=576, k=576, group_size=32, reading="e0m4", kind="words", gated=False,
+         norm=False, accumulate=True, outliers=1, bias=True, seed=2)     # o_proj + residual
+def test_fused_norm_and_residual_match_reference(m, f, k, group_size, reading, kind, gated,
+                                                 norm, accumulate, outliers, bias, seed):
+    # linear(rms_norm(x, w, eps)) with the activation and out += ..., against numpy
+    if kind == "bytes" and not kdsl.current_device().is_cpu:
+        kind = "words"
+    rng = np.random.default_rng(seed)
+    n = 2 * f if gated else f
+    packed = fp4.quantize(_weight(rng, n, k), group_size, reading=reading,
+                          outliers=min(outliers, k))
+    x = (rng.standard_normal((m, k)) * 3).astype(np.float32)
+    g = rng.uniform(0.5, 1.5, k).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32) if bias else None
+    start = rng.standard_normal((m, f)).astype(np.float32)
+    out = kdsl.tensor(start)
+    config = (dict(BYTES_GEMV) if kind == "bytes" else dict(SMALL_GEMV)) if m == 1 else SMALL_GEMM
+    fp4.linear(kdsl.tensor(x), packed, bias=b, out=out, config=config,
+               activation="swiglu" if gated else None,
+               rms_norm=(g, 1e-5) if norm else None, accumulate=accumulate)
+    h = x / np.sqrt((x * x).mean(axis=1, keepdims=True) + 1e-5) * g if norm else x
+    full = h @ fp4.dequantize(packed).T + (b if bias else 0)
+    ref = full[:, :f] / (1 + np.exp(-full[:, :f])) * full[:, f:] if gated else full
+    ref = ref + start if accumulate else ref
+    np.testing.assert_allclose(out.numpy(), ref, rtol=1e-4, atol=1e-4 * np.sqrt(k))
+
+
+def test_fused_norm_in_interpreter(monkeypatch):
+    monkeypatch.setenv("KDSL_INTERPRET", "1")
+    rng = np.random.default_rng(8)
+    packed = fp4.quantize(_weight(rng, 12, 40), 16, outliers=1)
+    x = rng.standard_normal((1, 40)).astype(np.float32)
+    g = rng.uniform(0.5, 1.5, 40).astype(np.float32)
+    out = kdsl.tensor(np.ones((1, 6), np.float32))
+    fp4.linear(kdsl.tensor(x), packed, out=out, config=SMALL_GEMV, activation="swiglu",
+               rms_norm=(g, 1e-6), accumulate=True)
+    full = (x / np.sqrt((x * x).mean() + 1e-6) * g) @ fp4.dequantize(packed).T
+    ref = 1 + full[:, :6] / (1 + np.exp(-full[:, :6])) * full[:, 6:]
+    np.testing.assert_allclose(out.numpy(), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_fused_forms_reject_bad_arguments():
+    packed = fp4.quantize(np.ones((4, 64), np.float32))
+    x = np.ones((1, 64), np.float32)
+    with pytest.raises(ValueError, match="rms_norm weight must be float32 \\(64,\\)"):
+        fp4.linear(x, packed, rms_norm=(np.ones(63, np.float32), 1e-6))
+    with pytest.raises(ValueError, match="pair"):
+        fp4.linear(x, packed, rms_norm=np.ones(64, np.float32))
+    with pytest.raises(ValueError, match="accumulate=True adds into `out`"):
+        fp4.linear(x, packed, accumulate=True)
+
+
 def test_swiglu_linear_in_interpreter(monkeypatch):
     monkeypatch.setenv("KDSL_INTERPRET", "1")
     rng = np.random.default_rng(7)
