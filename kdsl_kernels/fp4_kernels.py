@@ -439,7 +439,7 @@ def gemv_default(device, K=None):
     per step for long rows, 128 for short ones (or K not given): the H100's
     best for K = 4096 and 8192, and for K = 576."""
     if device.is_cpu:
-        return {"BN": 4, "lanes": "bytes", "num_threads": 1}
+        return {"BN": 4, "BK": 16, "lanes": "bytes", "num_threads": 1}
     long_rows = K is not None and K >= 2048
     return {"BN": 4, "BW": 512 if long_rows else 128, "DEQ": "convert", "num_threads": 128}
 
