@@ -11,8 +11,8 @@ import numpy as np
 
 from . import language as kl
 from . import capture
-from .errors import LaunchError
-from .parser import parse_function
+from .errors import CompileError, LaunchError
+from .parser import parse_function, read_function_source
 from .tensor import Tensor
 
 _MISSING = inspect.Parameter.empty
@@ -49,6 +49,12 @@ class JITFunction:
                           if p.default is not _MISSING}
         self._ast = None
         self._compiled = {}          # specialisation key -> compiled kernel
+        # the source as Python compiled it, parsed at the first launch: a file
+        # edited in between would otherwise be parsed in its new form
+        try:
+            self._source = read_function_source(fn)
+        except CompileError as error:
+            self._source = error     # raised when the kernel is first used
 
     @property
     def interpret(self):
@@ -58,7 +64,9 @@ class JITFunction:
     def ast(self):
         """The parsed kernel (kdsl.ast_nodes.Function), parsed once."""
         if self._ast is None:
-            self._ast = parse_function(self.fn)
+            if isinstance(self._source, CompileError):
+                raise self._source
+            self._ast = parse_function(self.fn, self._source)
         return self._ast
 
     @property

@@ -474,16 +474,24 @@ def _strip_decorators(lines):
     raise CompileError("could not find the 'def' line of the kernel")
 
 
-def parse_function(fn):
-    """Parse a Python function object's source into an A.Function."""
+def read_function_source(fn):
+    """(source lines, first line number, file name, the file's lines) of a function,
+    read now: a kernel is parsed from the text Python compiled, even if its file
+    changes before its first launch. Raises CompileError for a function with no
+    source (typed at a prompt)."""
     try:
         lines, start = inspect.getsourcelines(fn)
     except (OSError, TypeError) as exc:
         raise CompileError(f"cannot read the source of {getattr(fn, '__name__', fn)!r}: {exc}. "
                            "Kernels must be defined in a file, not typed at a prompt.") from None
     filename = inspect.getsourcefile(fn) or "<kernel>"
-    file_lines = linecache.getlines(filename) or lines
-    if start == 0:     # the whole module (should not happen for functions)
-        start = 1
+    file_lines = list(linecache.getlines(filename)) or lines
+    return lines, max(start, 1), filename, file_lines
+
+
+def parse_function(fn, source=None):
+    """Parse a Python function object's source (or `source`, from
+    read_function_source) into an A.Function."""
+    lines, start, filename, file_lines = source or read_function_source(fn)
     d = _strip_decorators(lines)
     return parse_source("".join(lines[d:]), filename, start + d, file_lines)

@@ -58,8 +58,9 @@ def fp4_dequant(q, s, o, READING: kl.constexpr, DEQ: kl.constexpr):
 
 @kdsl.jit
 def fp4_word_x(x_base, b, k_lo, K, HALF: kl.constexpr, EVEN: kl.constexpr):
-    """The x that byte b's low and high nibbles multiply, for every word lane
-    (k_lo: the lanes' first low-nibble element)."""
+    """The x that byte b's low and high nibbles multiply, for every lane (a
+    word of the GPU GEMV, a byte of the CPU one, b = 0); k_lo: the lanes'
+    low-nibble element indices, for the mask past K."""
     if EVEN:
         x_lo = kl.load(x_base + b)
         x_hi = kl.load(x_base + HALF + b)
@@ -210,8 +211,8 @@ def fp4_gemv_bytes_rows(x_ptr, norm_ptr, codes_ptr, step_ptr, base_ptr, bias_ptr
     The lanes are BK of a group's G/2 bytes, so the x each byte's low and
     high nibble multiplies run contiguously (vector loads, no gathers); a
     group is taken in G/2 / BK unrolled chunks so the BN x BK accumulator
-    stays in registers (BN x 32 floats for G = 64 spilled on AVX2 and ran
-    2x slower than G = 32). With w = step * v(q) + base per group, a row's
+    stays in registers (with a whole G = 64 group as lanes, BN x 32 floats
+    spilled on AVX2 and the kernel ran 1.4-1.9x slower). With w = step * v(q) + base per group, a row's
     group contributes step * sum(v(q) x) + base * sum(x): the sum of x is
     taken once per group for all BN rows, and the scaling is one
     multiply-add per byte lane."""

@@ -859,3 +859,40 @@ def test_str_of_error_format():
     assert first == f"{err.filename}:{line}:{err.col}: error: {err.message}"
     assert source == "    " + text.rstrip("\n")
     assert caret == "    " + " " * (err.col - 1) + "^"
+
+
+KERNEL_MODULE = '''
+import kdsl
+import kdsl.language as kl
+
+
+@kdsl.jit
+def scale_kernel(x_ptr, out_ptr, BLOCK: kl.constexpr):
+    offs = kl.arange(0, BLOCK)
+    kl.store(out_ptr + offs, kl.load(x_ptr + offs) * 2.0)
+
+
+@kdsl.jit
+def broken_kernel(x_ptr, BLOCK: kl.constexpr):
+    kl.store(x_ptr + kl.arange(0, BLOCK), undefined_name)
+'''
+
+
+def test_kernel_source_is_the_one_python_imported(tmp_path, monkeypatch):
+    # a kernel file edited between import and first launch (lines inserted above the
+    # kernels, the body changed) still compiles the code Python imported, and an error
+    # in it points at the line as it was imported
+    import importlib
+    path = tmp_path / "edited_kernels.py"
+    path.write_text(KERNEL_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("edited_kernels")
+    path.write_text("# inserted\n" * 5 + KERNEL_MODULE.replace("* 2.0", "* 3.0"))
+    x = kdsl.tensor(np.arange(N, dtype=np.float32))
+    out = kdsl.empty((N,), np.float32)
+    module.scale_kernel[(1,)](x, out, BLOCK=N)
+    np.testing.assert_array_equal(out.numpy(), np.arange(N, dtype=np.float32) * 2)
+    with pytest.raises(kdsl.CompileError) as err:
+        module.broken_kernel[(1,)](x, BLOCK=N)
+    assert err.value.line == KERNEL_MODULE.splitlines().index(
+        "    kl.store(x_ptr + kl.arange(0, BLOCK), undefined_name)") + 1
