@@ -139,7 +139,7 @@ def test_bad_input_names_the_cause():
 
 
 # ------------------------------------------------------------------ kernels
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=7, deadline=None)           # each draw compiles; CI builds cold
 @given(m=st.sampled_from([1, 1, 2, 7, 9]), n=st.integers(1, 40), k=st.integers(1, 150),
        group_size=st.sampled_from([16, 32, 64]), outliers=st.sampled_from([0, 0, 3]),
        seed=st.integers(0, 2**16))
@@ -184,7 +184,7 @@ def test_factored_gemv_in_interpreter(monkeypatch):
 # small tile and the engine's group of 32, and explicit examples cover the
 # default tile and the other group sizes (the freer version of this test took
 # 6.5 minutes of a cold suite run)
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=5, deadline=None)           # each draw compiles; CI builds cold
 @given(m=st.integers(2, 200), n=st.integers(1, 70), k=st.integers(1, 300),
        group_size=st.just(32), tile=st.just((2, 8)), bk=st.just(8),
        outliers=st.sampled_from([0, 0, 3]), bias=st.booleans(), seed=st.integers(0, 2**16))
@@ -222,7 +222,7 @@ cpu_only = pytest.mark.skipif(not kdsl.current_device().is_cpu,
 
 
 @cpu_only
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=8, deadline=None)           # each draw compiles; CI builds cold
 @given(n=st.integers(1, 40), k=st.integers(1, 300), group_size=st.sampled_from((16, 32, 64)),
        reading=st.sampled_from(fp4.READINGS), bn=st.sampled_from((1, 4, 8)),
        bk=st.sampled_from((4, 8, 16, 32)), threads=st.sampled_from((1, 2)),
@@ -265,7 +265,7 @@ def test_weight_stationary_gemm_in_interpreter(monkeypatch, m, n, k, group_size,
     _check_linear(m, n, k, group_size, outliers, "e0m4", seed=k, config=ACC_GEMM)
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=6, deadline=None)           # each draw compiles; CI builds cold
 @given(m=st.sampled_from([1, 3]), n=st.integers(1, 20), k=st.integers(1, 90),
        group_size=st.sampled_from([16, 32, 64]), outliers=st.sampled_from([0, 2]),
        seed=st.integers(0, 2**16))
@@ -335,7 +335,7 @@ def test_quantise_a_large_weight_quickly():
     assert packed.nbytes < w.nbytes / 7
 
 
-@settings(max_examples=8, deadline=None)          # each draw compiles; CI builds cold
+@settings(max_examples=5, deadline=None)          # each draw compiles; CI builds cold
 @given(m=st.sampled_from((1, 1, 3)), f=st.integers(1, 24), k=st.integers(1, 200),
        group_size=st.sampled_from((16, 32, 64)), reading=st.sampled_from(fp4.READINGS),
        kind=st.sampled_from(("words", "bytes")), outliers=st.integers(0, 2),
