@@ -143,11 +143,12 @@ class Model:
     def _fused_decode(self):
         """A decode step whose projections are all FP4: the GEMVs take the norms
         and residual adds (fp4.linear's rms_norm= and accumulate=)."""
-        return self.fuse_decode and self._n == 1 and all(isinstance(self._w(name), fp4.PackedWeight)
-                                    for name in ("wqkv", "wo", "w_gate_up", "w_down"))
+        return (self.fuse_decode and self._n == 1
+                and all(isinstance(self._w(name), fp4.PackedWeight)
+                        for name in ("wqkv", "wo", "w_gate_up", "w_down")))
 
     def _final_norm(self, v):
-        self._layer = self.config.n_layers - 1
+        self._layer = self.config.n_layers - 1    # whose weights _fused_decode checks
         if self._fused_decode():       # the last down GEMV already added into x
             kk.rms_norm(v["x"], self.weights["norm"], self.config.rms_eps, out=v["h"])
         else:

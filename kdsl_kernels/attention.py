@@ -249,10 +249,10 @@ def attention_config(S, T, D, group, kv_heads, device=None):
         # cache: one work-item per (head, query) row (rows_kernel), 16 keys a
         # step (the engine's replayed SmolLM2 decode step, interleaved: 24.0
         # against 26.1 ms with 8 at 512 cached tokens, 25.1 against 26.1 at
-        # 1200; 32 no better than 16). PoCL, 32 heads x 4096 keys x 128: K and V read at 77% of the
-        # copy bandwidth; SmolLM2's 9/3 heads x 64, replayed: 71 against 95 us
-        # for the packed block at 512 keys, 336 against 377 at 2048, but 397
-        # against 361 at 4096
+        # 1200; 32 no better than 16). PoCL, 32 heads x 4096 keys x 128: K and
+        # V read at 77% of the copy bandwidth; SmolLM2's 9/3 heads x 64,
+        # replayed: 71 against 95 us for the packed block at 512 keys, 336
+        # against 377 at 2048, but 397 against 361 at 4096
         cfg = {"form": "rows", "BN": 16, "BD": bd, "num_threads": 1}
     elif device.is_cpu and rows <= 8:
         # decode with grouped heads: the group's query rows packed in one block

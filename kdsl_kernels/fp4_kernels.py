@@ -71,6 +71,20 @@ def fp4_word_x(x_base, b, k_lo, K, HALF: kl.constexpr, EVEN: kl.constexpr):
 
 
 @kdsl.jit
+def fp4_lane_x(x_base, norm_base, b, k_lo, K, HALF: kl.constexpr, EVEN: kl.constexpr,
+               NORM: kl.constexpr):
+    """fp4_word_x's x, times the norm weight at the same elements with NORM,
+    and x^2 before that weight (the norm's sum of squares takes it)."""
+    x_lo, x_hi = fp4_word_x(x_base, b, k_lo, K, HALF, EVEN)
+    squares = x_lo * x_lo + x_hi * x_hi
+    if NORM:
+        n_lo, n_hi = fp4_word_x(norm_base, b, k_lo, K, HALF, EVEN)
+        x_lo = x_lo * n_lo
+        x_hi = x_hi * n_hi
+    return x_lo, x_hi, squares
+
+
+@kdsl.jit
 def fp4_gemv_rows(x_ptr, norm_ptr, words_ptr, scales_ptr, offsets_ptr, bias_ptr, oidx_ptr,
                   ow_ptr, rn, N, K, n_groups, n_out, eps, READING: kl.constexpr,
                   DEQ: kl.constexpr, G: kl.constexpr, HAS_BIAS: kl.constexpr,
@@ -116,34 +130,30 @@ def fp4_gemv_rows(x_ptr, norm_ptr, words_ptr, scales_ptr, offsets_ptr, bias_ptr,
             t = kl.zeros((BN, BW), dtype=kl.float32)
             sx = kl.zeros((BW,), dtype=kl.float32)
             for b in kl.static_range(4):
-                x_lo, x_hi = fp4_word_x(x_base, b, g0 * G + x_off, K, HALF, EVEN)
+                x_lo, x_hi, sq = fp4_lane_x(x_base, n_base, b, g0 * G + x_off, K, HALF, EVEN,
+                                            NORM)
                 if NORM:
-                    squares += x_lo * x_lo + x_hi * x_hi
-                    n_lo, n_hi = fp4_word_x(n_base, b, g0 * G + x_off, K, HALF, EVEN)
-                    x_lo = x_lo * n_lo
-                    x_hi = x_hi * n_hi
+                    squares += sq
                 t += (fp4_mantissa((c >> (8 * b)) & 15, READING) * x_lo[None, :]
                       + fp4_mantissa((c >> (8 * b + 4)) & 15, READING) * x_hi[None, :])
                 sx += x_lo + x_hi
             acc += s * t + o * sx[None, :]
         else:
             for b in kl.static_range(4):
-                x_lo, x_hi = fp4_word_x(x_base, b, g0 * G + x_off, K, HALF, EVEN)
+                x_lo, x_hi, sq = fp4_lane_x(x_base, n_base, b, g0 * G + x_off, K, HALF, EVEN,
+                                            NORM)
                 if NORM:
-                    squares += x_lo * x_lo + x_hi * x_hi
-                    n_lo, n_hi = fp4_word_x(n_base, b, g0 * G + x_off, K, HALF, EVEN)
-                    x_lo = x_lo * n_lo
-                    x_hi = x_hi * n_hi
+                    squares += sq
                 w_lo = fp4_dequant((c >> (8 * b)) & 15, s, o, READING, DEQ)
                 w_hi = fp4_dequant((c >> (8 * b + 4)) & 15, s, o, READING, DEQ)
                 acc += w_lo * x_lo[None, :] + w_hi * x_hi[None, :]
     y = kl.sum(acc, axis=1)
-    return fp4_rows_epilogue(y, x_ptr, norm_ptr, kl.sum(squares, axis=0), eps, bias_ptr,
-                             oidx_ptr, ow_ptr, rn, N, K, n_out, HAS_BIAS, NORM)
+    return fp4_rows_epilogue(y, x_ptr, norm_ptr, squares, eps, bias_ptr, oidx_ptr, ow_ptr, rn,
+                             N, K, n_out, HAS_BIAS, NORM)
 
 
 @kdsl.jit
-def fp4_rows_epilogue(y, x_ptr, norm_ptr, sum_squares, eps, bias_ptr, oidx_ptr, ow_ptr, rn, N, K,
+def fp4_rows_epilogue(y, x_ptr, norm_ptr, squares, eps, bias_ptr, oidx_ptr, ow_ptr, rn, N, K,
                       n_out, HAS_BIAS: kl.constexpr, NORM: kl.constexpr):
     """y plus the outlier channels (fp16 residual columns beside the FP4 body),
     then with NORM the RMS normalisation's 1/rms(x) (a common factor of the
@@ -156,7 +166,8 @@ def fp4_rows_epilogue(y, x_ptr, norm_ptr, sum_squares, eps, bias_ptr, oidx_ptr, 
             xi = xi * kl.load(norm_ptr + col)
         y += kl.load(ow_ptr + rn * n_out + i, mask=rn < N, other=0.0) * xi
     if NORM:
-        y = y * kl.rsqrt(sum_squares / K + eps)
+        # reduced here, under NORM: on a GPU the sum across work-items costs barriers
+        y = y * kl.rsqrt(kl.sum(squares, axis=0) / K + eps)
     if HAS_BIAS:
         y += kl.load(bias_ptr + rn, mask=rn < N, other=0.0)
     return y
@@ -212,10 +223,10 @@ def fp4_gemv_bytes_rows(x_ptr, norm_ptr, codes_ptr, step_ptr, base_ptr, bias_ptr
     high nibble multiplies run contiguously (vector loads, no gathers); a
     group is taken in G/2 / BK unrolled chunks so the BN x BK accumulator
     stays in registers (with a whole G = 64 group as lanes, BN x 32 floats
-    spilled on AVX2 and the kernel ran 1.4-1.9x slower). With w = step * v(q) + base per group, a row's
-    group contributes step * sum(v(q) x) + base * sum(x): the sum of x is
-    taken once per group for all BN rows, and the scaling is one
-    multiply-add per byte lane."""
+    spilled on AVX2 and the kernel ran 1.4-1.9x slower). With w = step *
+    v(q) + base per group, a row's group contributes step * sum(v(q) x) +
+    base * sum(x): the sum of x is taken once per group for all BN rows, and
+    the scaling is one multiply-add per byte lane."""
     HALF = G // 2
     rj = kl.arange(0, BK)
     row_bytes = n_groups * HALF
@@ -237,20 +248,17 @@ def fp4_gemv_bytes_rows(x_ptr, norm_ptr, codes_ptr, step_ptr, base_ptr, bias_ptr
                 c = kl.load(c_ptrs)
             else:
                 c = kl.load(c_ptrs, mask=rn[:, None] < N, other=0)
-            x_lo, x_hi = fp4_word_x(x_ptr + lo, 0, lo, K, HALF, EVEN)
+            x_lo, x_hi, sq = fp4_lane_x(x_ptr + lo, norm_ptr + lo, 0, lo, K, HALF, EVEN, NORM)
             if NORM:
-                squares += x_lo * x_lo + x_hi * x_hi
-                n_lo, n_hi = fp4_word_x(norm_ptr + lo, 0, lo, K, HALF, EVEN)
-                x_lo = x_lo * n_lo
-                x_hi = x_hi * n_hi
+                squares += sq
             t = (fp4_code_value(c & 15, READING) * x_lo[None, :]
                  + fp4_code_value(c >> 4, READING) * x_hi[None, :])
             acc += t * a[:, None]
             xs += x_lo + x_hi
         y += b * kl.sum(xs, axis=0)
     y += kl.sum(acc, axis=1)
-    return fp4_rows_epilogue(y, x_ptr, norm_ptr, kl.sum(squares, axis=0), eps, bias_ptr,
-                             oidx_ptr, ow_ptr, rn, N, K, n_out, HAS_BIAS, NORM)
+    return fp4_rows_epilogue(y, x_ptr, norm_ptr, squares, eps, bias_ptr, oidx_ptr, ow_ptr, rn,
+                             N, K, n_out, HAS_BIAS, NORM)
 
 
 @kdsl.jit
