@@ -18,6 +18,8 @@ import re
 
 import pyopencl as cl
 
+from . import driver_quirks
+
 _INSTALL_HINT = ("install an OpenCL driver: on Debian/Ubuntu `apt-get install pocl-opencl-icd`, "
                  "elsewhere `pip install pocl-binary-distribution` (or run `bash install.sh`)")
 
@@ -209,10 +211,14 @@ def _platforms():
 
 
 def _platform_devices(platform):
+    driver_quirks.before_devices(platform)
     try:
-        return platform.get_devices()
+        found = platform.get_devices()
     except cl.Error:
         return []
+    for cl_device in found:
+        driver_quirks.check_device(cl_device)
+    return found
 
 
 def current_device():
