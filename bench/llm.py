@@ -26,7 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# Python puts this script's folder first on sys.path; its kernels.py would then
+# shadow Hugging Face's `kernels` package, which transformers imports where it
+# is installed (transformers 5.25: ImportError, peer not measured). Import
+# siblings through the checkout's root instead.
+_here = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
+sys.path.insert(0, str(_here.parent))
 
 from bench import common  # noqa: E402
 
