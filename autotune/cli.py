@@ -56,8 +56,10 @@ def _parser():
                       "(default: %(default)s)")
     tune.add_argument("--kernels", default=",".join(spaces.KERNELS),
                       help="comma-separated kernels to tune (default: %(default)s)")
-    tune.add_argument("--prefill", default="64", help="comma-separated M of prefill chunks "
-                      "(default: %(default)s)")
+    tune.add_argument("--prefill", default=None,
+                      help="comma-separated M of prefill chunks (default: the engine's chunk "
+                      "on this device: " + ", ".join(f"{n} on a {kind.upper()}" for kind, n in
+                                                    shapes.ENGINE_PREFILL_CHUNK.items()) + ")")
     tune.add_argument("--contexts", default="256,1024", help="comma-separated attention lengths "
                       "for softmax (default: %(default)s)")
     tune.add_argument("--budget", type=float, default=None, metavar="MIN",
@@ -110,7 +112,8 @@ def _tune(args):
         if reason:
             print(f"note: not tuning {kernel}: {reason}")
             kernels.remove(kernel)
-    todo_all = shapes.tasks(dims, prefill=_int_list(args.prefill, "--prefill"),
+    prefill = args.prefill or str(shapes.ENGINE_PREFILL_CHUNK["cpu" if device.is_cpu else "gpu"])
+    todo_all = shapes.tasks(dims, prefill=_int_list(prefill, "--prefill"),
                             contexts=_int_list(args.contexts, "--contexts"), kernels=kernels)
     db = tuning_db.database(device)
     todo = [t for t in todo_all if args.retune or db.lookup(t.kernel, t.key) is None]

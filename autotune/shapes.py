@@ -9,8 +9,8 @@ wait for the engine:
     >>> dims = model_dims("SmolLM2-135M-Instruct.Q4_1.gguf")
     >>> dims.hidden, dims.intermediate, dims.heads, dims.kv_heads, dims.head_dim
     (576, 1536, 9, 3, 64)
-    >>> tasks(dims, prefill=[64])[:2]
-    [Task(kernel='gemv', key={'N': 576, 'K': 576, 'trans_b': True}, ...), ...]
+    >>> tasks(dims, prefill=[128])[:2]
+    [Task(kernel='gemv', key={'N': 960, 'K': 576, 'trans_b': True}, ...), ...]
 """
 import dataclasses
 import json
@@ -119,37 +119,56 @@ def _from_gguf(path):
                      vocab=vocab)
 
 
+# How the engine lays out a decoder's weights (engine/weights.py): Q, K and V
+# fused into one weight, gate and up into another, FP4 in groups of 32, the LM
+# head never FP4; prefill in chunks of 128 tokens on a CPU and 256 on a GPU
+# (engine/llm.py). The tuner must time the shapes the engine launches: a
+# config tuned for a shape it never runs only reaches it as the "nearest" key.
+# tests/test_autotune_engine_shapes.py checks these against the engine's launches.
+ENGINE_FP4_GROUP_SIZE = 32
+ENGINE_PREFILL_CHUNK = {"cpu": 128, "gpu": 256}
+
+
 def linear_shapes(dims):
-    """(N, K, what) of every distinct linear layer: weights are [N, K] (x @ W.T)."""
+    """(N, K, what, fp4) of every distinct linear layer the engine runs: weights
+    are [N, K] (x @ W.T); fp4: packed as FP4 with quant="m0e4"."""
     q = dims.heads * dims.head_dim
     kv = dims.kv_heads * dims.head_dim
-    shapes = [(q, dims.hidden, "q_proj"), (kv, dims.hidden, "k_proj/v_proj"),
-              (dims.hidden, q, "o_proj"), (dims.intermediate, dims.hidden, "gate_proj/up_proj"),
-              (dims.hidden, dims.intermediate, "down_proj"), (dims.vocab, dims.hidden, "lm_head")]
+    shapes = [(q + 2 * kv, dims.hidden, "qkv_proj", True),
+              (dims.hidden, q, "o_proj", True),
+              (2 * dims.intermediate, dims.hidden, "gate_up_proj", True),
+              (dims.hidden, dims.intermediate, "down_proj", True),
+              (dims.vocab, dims.hidden, "lm_head", False)]
     seen, distinct = set(), []
-    for n, k, what in shapes:
-        if (n, k) not in seen:
-            seen.add((n, k))
-            distinct.append((n, k, what))
+    for n, k, what, packed in shapes:
+        if (n, k, packed) not in seen:
+            seen.add((n, k, packed))
+            distinct.append((n, k, what, packed))
     return distinct
 
 
-def tasks(dims, prefill=(64,), contexts=(256, 1024), kernels=None, group_size=64):
+def tasks(dims, prefill=(128,), contexts=(256, 1024), kernels=None,
+          group_size=ENGINE_FP4_GROUP_SIZE):
     """Every tuning task for a model: decode (M = 1) first, as it dominates generation.
 
-    prefill: the M of prefill chunks; contexts: attention lengths whose score
-    rows softmax normalises (plus the vocabulary for sampling). `kernels`
-    keeps only those kernel names.
+    prefill: the M of prefill chunks (the engine's chunk size); contexts:
+    attention lengths whose score rows softmax normalises (plus the
+    vocabulary for sampling). `kernels` keeps only those kernel names. The LM
+    head runs at M = 1 only (prefill keeps the last row's logits).
     """
     out = []
-    for n, k, what in linear_shapes(dims):
+    for n, k, what, packed in linear_shapes(dims):
         out.append(Task("gemv", {"N": n, "K": k, "trans_b": True}, f"{what} decode"))
-        out.append(Task("fp4_gemv", {"N": n, "K": k, "G": group_size}, f"{what} decode, fp4"))
+        if packed:
+            out.append(Task("fp4_gemv", {"N": n, "K": k, "G": group_size},
+                            f"{what} decode, fp4"))
     for t in sorted(set(contexts)) + [dims.vocab]:
         what = "sampling" if t == dims.vocab else f"attention over {t} positions"
         out.append(Task("softmax", {"N": t}, what))
     for m in prefill:
-        for n, k, what in linear_shapes(dims):
+        for n, k, what, packed in linear_shapes(dims):
+            if not packed:
+                continue
             out.append(Task("matmul", {"M": m, "N": n, "K": k, "trans_b": True},
                             f"{what} prefill"))
             out.append(Task("fp4_gemm", {"M": m, "N": n, "K": k, "G": group_size},

@@ -142,8 +142,12 @@ def test_tasks_cover_every_projection_decode_first(tiny_model):
     dims = shapes.model_dims(tiny_model)
     tasks = shapes.tasks(dims, prefill=[16], contexts=[128])
     gemv = {(t.key["N"], t.key["K"]) for t in tasks if t.kernel == "gemv"}
-    # q/o: 64x64, k/v: 32x64, gate/up: 96x64, down: 64x96, lm_head: 300x64
-    assert gemv == {(64, 64), (32, 64), (96, 64), (64, 96), (300, 64)}
+    # the engine's fused q/k/v: 128x64, o: 64x64, fused gate/up: 192x64, down: 64x96,
+    # lm_head: 300x64 (never FP4, and at M = 1 only)
+    assert gemv == {(128, 64), (64, 64), (192, 64), (64, 96), (300, 64)}
+    fp4 = {(t.key["N"], t.key["K"], t.key["G"]) for t in tasks if t.kernel == "fp4_gemv"}
+    assert fp4 == {(128, 64, 32), (64, 64, 32), (192, 64, 32), (64, 96, 32)}
+    assert {t.key["N"] for t in tasks if t.kernel == "matmul"} == {128, 64, 192}
     assert {t.key["N"] for t in tasks if t.kernel == "softmax"} == {128, 300}
     assert all(t.key["M"] == 16 for t in tasks if t.kernel in ("matmul", "fp4_gemm"))
     kinds = [t.kernel for t in tasks]
