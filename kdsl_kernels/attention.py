@@ -234,7 +234,8 @@ def attention_config(S, T, D, group, kv_heads, device=None):
     code, so blocks are small (8 x 8, one work-item; a [16, 128] accumulator
     in registers compiled for ten minutes); decode uses rows_kernel without
     grouped heads or while a KV head's K and V fit in cache, else packs a
-    group's query rows into one block. A GPU gets 64 work-items (128 with
+    group's query rows into one block; prefill with heads of 128 or more
+    uses rows_kernel too. A GPU gets 64 work-items (128 with
     64-row blocks for long prefills). Keys are split (flash-decoding) when too few programs
     would otherwise run: about 2 per compute unit on a CPU, 4 on a GPU, with
     at least 256 keys per split so the reduce stays cheap; GPU decode splits
@@ -260,6 +261,18 @@ def attention_config(S, T, D, group, kv_heads, device=None):
         # PoCL, 32/8 heads x 4096 x 128: 4.9 ms against 6.7 for rows_kernel
         cfg = {"BM": rows, "BN": 8, "BK": min(bd, 128), "BD": bd, "num_threads": 1,
                "acc_in_memory": rows * bd > 512}
+    elif device.is_cpu and bd >= 128:
+        # prefill with heads of 128 or more: one work-item per query row
+        # (rows_kernel) as in decode. The 8 x 8 blocks below keep such a
+        # head's [8, D] accumulator in memory and their [8, 64] operand tiles
+        # spilled (45 % of the kernel's samples on stack moves); the row form
+        # re-reads K/V from cache per query row instead. PoCL, interleaved,
+        # two runs: 1x32x512x128 causal 35.2-45.1 against 48.5-59.5 ms,
+        # chunked 32/8 x 128 after 896 32.4-37.0 against 37.8-46.5, 16
+        # queries after 1008 5.2 against 6.8, D = 256 4.1 against 4.0 and
+        # 9.1 against 11.2; at D = 64 (SmolLM2) it was no faster, so the
+        # blocks stay there (.scratch/attn_rows_ab.py, 2026-12-07)
+        cfg = {"form": "rows", "BN": 16, "BD": bd, "num_threads": 1}
     elif device.is_cpu:
         # prefill: one work-item per 8 x 8 block, q k^T as float8 products
         # along D (the back end's dot along K); the [8, D] accumulator stays in
