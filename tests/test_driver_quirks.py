@@ -6,8 +6,10 @@ import pytest
 
 from kdsl import driver_quirks
 
-POCL_15 = "OpenCL 3.0 PoCL 3.1+debian  Linux, None+Asserts, RELOC, SPIR, LLVM 15.0.6, SLEEF"
-POCL_17 = "OpenCL 3.0 PoCL 5.0  Linux, Release, RELOC, SPIR-V, LLVM 17.0.6, SLEEF"
+POCL_15 = ("OpenCL 3.0 PoCL 3.1+debian  Linux, None+Asserts, RELOC, SPIR, LLVM 15.0.6, SLEEF, "
+           "DISTRO, POCL_DEBUG")
+POCL_17 = "OpenCL 3.0 PoCL 5.0  Linux, Release, RELOC, SPIR-V, LLVM 17.0.6, SLEEF, DISTRO"
+POCL_15_ONE_CPU = "OpenCL 3.0 PoCL 3.0-rc2  Linux, Release, RELOC, LLVM 15.0.7, SLEEF"
 
 
 def platform(name="Portable Computing Language", version=POCL_15):
@@ -23,6 +25,7 @@ def no_kernellib(monkeypatch):
     (True, platform(), "avx2"),
     (False, platform(), None),
     (True, platform(version=POCL_17), None),
+    (True, platform(version=POCL_15_ONE_CPU), None),      # no per-ISA libraries to pick from
     (True, platform(name="NVIDIA CUDA", version="OpenCL 3.0 CUDA 12.8"), None),
 ])
 def test_kernellib_is_steered_only_for_pocl_on_llvm15_with_avx512(monkeypatch, no_kernellib,
