@@ -150,6 +150,8 @@ def linear_shapes(dims):
 def tasks(dims, prefill=(128,), contexts=(256, 1024), kernels=None,
           group_size=ENGINE_FP4_GROUP_SIZE):
     """Every tuning task for a model: decode (M = 1) first, as it dominates generation.
+    GEMV and GEMM come with fp32 and with fp16 weights (quant="fp32" and "fp16"),
+    FP4 ones for quant="m0e4".
 
     prefill: the M of prefill chunks (the engine's chunk size); contexts:
     attention lengths whose score rows softmax normalises (plus the
@@ -159,6 +161,8 @@ def tasks(dims, prefill=(128,), contexts=(256, 1024), kernels=None,
     out = []
     for n, k, what, packed in linear_shapes(dims):
         out.append(Task("gemv", {"N": n, "K": k, "trans_b": True}, f"{what} decode"))
+        out.append(Task("gemv", {"N": n, "K": k, "trans_b": True, "b_dtype": "float16"},
+                        f"{what} decode, fp16"))
         if packed:
             out.append(Task("fp4_gemv", {"N": n, "K": k, "G": group_size},
                             f"{what} decode, fp4"))
@@ -171,6 +175,8 @@ def tasks(dims, prefill=(128,), contexts=(256, 1024), kernels=None,
                 continue
             out.append(Task("matmul", {"M": m, "N": n, "K": k, "trans_b": True},
                             f"{what} prefill"))
+            out.append(Task("matmul", {"M": m, "N": n, "K": k, "trans_b": True,
+                                       "b_dtype": "float16"}, f"{what} prefill, fp16"))
             out.append(Task("fp4_gemm", {"M": m, "N": n, "K": k, "G": group_size},
                             f"{what} prefill, fp4"))
     if kernels is not None:

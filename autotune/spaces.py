@@ -197,7 +197,8 @@ def _inputs_cached(kernel, key_text, device_index):
         M = key.get("M", 1)
         a = rng.standard_normal((M, key["K"]), dtype=np.float32)
         w_shape = (key["N"], key["K"]) if key["trans_b"] else (key["K"], key["N"])
-        return kdsl.tensor(a), kdsl.tensor(rng.standard_normal(w_shape, dtype=np.float32))
+        w = rng.standard_normal(w_shape, dtype=np.float32).astype(key.get("b_dtype", "float32"))
+        return kdsl.tensor(a), kdsl.tensor(w)
     if kernel == "softmax":
         rows = 16
         return (kdsl.tensor(rng.standard_normal((rows, key["N"]), dtype=np.float32)),)
@@ -240,10 +241,12 @@ def default_config(kernel, key, device):
     with tuning_db.defaults_only():
         if kernel == "matmul":
             from kdsl_kernels import configs
-            return configs.matmul_config(key["M"], key["N"], key["K"], key["trans_b"], device)
+            return configs.matmul_config(key["M"], key["N"], key["K"], key["trans_b"], device,
+                                         key.get("b_dtype"))
         if kernel == "gemv":
             from kdsl_kernels import configs
-            return configs.gemv_config(key["N"], key["K"], key["trans_b"], device)
+            return configs.gemv_config(key["N"], key["K"], key["trans_b"], device,
+                                       key.get("b_dtype"))
         if kernel == "softmax":
             from kdsl_kernels.softmax import softmax_config
             return softmax_config(key["N"])

@@ -8,6 +8,8 @@ holding a register tile whose columns are contiguous, so LLVM vectorises the
 unrolled FMAs; a GPU wants many work-items sharing operand tiles through
 local memory.
 """
+import numpy as np
+
 import kdsl
 from kdsl import tuning_db
 
@@ -29,8 +31,20 @@ def tuned(kernel_name, key, default, device=None):
     return dict(config)
 
 
-def matmul_config(M, N, K, trans_b=False, device=None):
-    """The GEMM (M > 1) config: tuned for the key {M, N, K, trans_b}, else the default."""
+def weight_key(key, b_dtype):
+    """`key` with the B operand's storage type where it is not fp32: fp16
+    weights halve the bytes a GEMV reads and convert with vload_half runs, so
+    the best config differs (PoCL: one row per work-item 1.5-3x faster than
+    two for fp16 where two won for fp32), and a config tuned for one must
+    not reach the other (keys with different fields never match)."""
+    if b_dtype is not None and np.dtype(b_dtype) == np.float16:
+        return dict(key, b_dtype="float16")
+    return key
+
+
+def matmul_config(M, N, K, trans_b=False, device=None, b_dtype=None):
+    """The GEMM (M > 1) config: tuned for the key {M, N, K, trans_b} (plus
+    b_dtype for fp16 weights, weight_key), else the default."""
     if kdsl.device.as_device(device).is_cpu and trans_b:
         # weights [N, K]: each row of the B tile is a run of K; an 8 x 8 tile
         # with 32-wide K steps ran 1.3-5x the 8 x 32 x 16 tile (38-58 GFLOP/s
@@ -43,11 +57,13 @@ def matmul_config(M, N, K, trans_b=False, device=None):
         default = {"BM": 8, "BN": 16, "BK": 16, "num_threads": 1}
     else:
         default = {"BM": 64, "BN": 64, "BK": 16, "num_threads": 64}
-    return tuned("matmul", {"M": M, "N": N, "K": K, "trans_b": bool(trans_b)}, default, device)
+    return tuned("matmul", weight_key({"M": M, "N": N, "K": K, "trans_b": bool(trans_b)}, b_dtype),
+                 default, device)
 
 
-def gemv_config(N, K, trans_b=True, device=None):
-    """The GEMV (M == 1) config: tuned for the key {N, K, trans_b}, else the default."""
+def gemv_config(N, K, trans_b=True, device=None, b_dtype=None):
+    """The GEMV (M == 1) config: tuned for the key {N, K, trans_b} (plus
+    b_dtype for fp16 weights, weight_key), else the default."""
     if kdsl.device.as_device(device).is_cpu:
         # One work-item per row, 64-wide K steps: 12-16 GB/s fp32 at SmolLM2's
         # shapes against 8-10 for 16 work-items, 7 GB/s fp16 against 1.6 (PoCL 3.1).
@@ -58,4 +74,5 @@ def gemv_config(N, K, trans_b=True, device=None):
         # (0.94 of the float4 copy measured beside it), against 0.76 for 8 rows
         # x 256 over 128; 2 rows x 512 lost to it in the same sweep
         default = {"BN": 1, "BK": 1024 if K >= 2048 else 256, "num_threads": 256}
-    return tuned("gemv", {"N": N, "K": K, "trans_b": bool(trans_b)}, default, device)
+    return tuned("gemv", weight_key({"N": N, "K": K, "trans_b": bool(trans_b)}, b_dtype), default,
+                 device)

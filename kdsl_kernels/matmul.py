@@ -138,14 +138,14 @@ def matmul(a, b, *, out=None, trans_b=False, bias=None, config=None):
         stride_bk, stride_bn = b.stride(-2), b.stride(-1)
     bias_arg = bias if bias is not None else out
     if M == 1 and batch == 1 and stride_ak == 1:
-        cfg = config or gemv_config(N, K, trans_b)
+        cfg = config or gemv_config(N, K, trans_b, b_dtype=b.dtype)
         even = N % cfg["BN"] == 0 and K % cfg["BK"] == 0
         gemv_kernel[(kdsl.cdiv(N, cfg["BN"]),)](
             a, b, out, bias_arg, N, K, stride_bn, stride_bk,
             HAS_BIAS=bias is not None, EVEN=even, BN=cfg["BN"], BK=cfg["BK"],
             num_threads=cfg["num_threads"])
         return out
-    cfg = config or matmul_config(M, N, K, trans_b)
+    cfg = config or matmul_config(M, N, K, trans_b, b_dtype=b.dtype)
     even = M % cfg["BM"] == 0 and N % cfg["BN"] == 0 and K % cfg["BK"] == 0
     grid = (kdsl.cdiv(M, cfg["BM"]), kdsl.cdiv(N, cfg["BN"]), batch)
     matmul_kernel[grid](

@@ -142,6 +142,8 @@ def test_tasks_cover_every_projection_decode_first(tiny_model):
     dims = shapes.model_dims(tiny_model)
     tasks = shapes.tasks(dims, prefill=[16], contexts=[128])
     gemv = {(t.key["N"], t.key["K"]) for t in tasks if t.kernel == "gemv"}
+    assert {t.key.get("b_dtype") for t in tasks if t.kernel in ("gemv", "matmul")} == \
+        {None, "float16"}
     # the engine's fused q/k/v: 128x64, o: 64x64, fused gate/up: 192x64, down: 64x96,
     # lm_head: 300x64 (never FP4, and at M = 1 only)
     assert gemv == {(128, 64), (64, 64), (192, 64), (64, 96), (300, 64)}
