@@ -16,11 +16,15 @@ _POCL = "Portable Computing Language"
 _LAST_BAD_LLVM = 15
 
 
-def _pocl_llvm_major(platform):
-    if platform.name.strip() != _POCL:
+def _affected_llvm(platform):
+    """The LLVM major version of a PoCL DISTRO build on LLVM <= 15, else None.
+
+    Only a DISTRO build ships kernel libraries per instruction set (and reads
+    POCL_KERNELLIB_NAME); a build for one CPU has no avx2 library to switch to."""
+    if platform.name.strip() != _POCL or "DISTRO" not in platform.version:
         return None
     m = re.search(r"LLVM (\d+)\.", platform.version)
-    return int(m.group(1)) if m else None
+    return int(m.group(1)) if m and int(m.group(1)) <= _LAST_BAD_LLVM else None
 
 
 def _cpu_has_avx512():
@@ -32,25 +36,16 @@ def _cpu_has_avx512():
 
 
 def before_devices(platform):
-    """Call before platform.get_devices(): steer PoCL on LLVM <= 15 away from AVX-512.
-
-    Only a "DISTRO" build of PoCL (its version string says so) ships kernel
-    libraries per instruction set and reads POCL_KERNELLIB_NAME; a build for
-    one CPU has no avx2 library to switch to."""
-    llvm = _pocl_llvm_major(platform)
-    if llvm is None or llvm > _LAST_BAD_LLVM or "POCL_KERNELLIB_NAME" in os.environ \
-            or "DISTRO" not in platform.version:
-        return
-    if _cpu_has_avx512():
+    """Call before platform.get_devices(): steer PoCL on LLVM <= 15 away from AVX-512."""
+    if _affected_llvm(platform) and "POCL_KERNELLIB_NAME" not in os.environ \
+            and _cpu_has_avx512():
         os.environ["POCL_KERNELLIB_NAME"] = "avx2"
 
 
 def check_device(cl_device):
     """Warn where the work-around came too late (PoCL's devices were started before kdsl's)."""
-    llvm = _pocl_llvm_major(cl_device.platform)
-    if llvm is not None and llvm <= _LAST_BAD_LLVM and "avx512" in cl_device.name \
-            and "DISTRO" in cl_device.platform.version \
-            and os.environ.get("POCL_KERNELLIB_NAME") is None:
+    llvm = _affected_llvm(cl_device.platform)
+    if llvm and "avx512" in cl_device.name and "POCL_KERNELLIB_NAME" not in os.environ:
         warnings.warn(
             f"OpenCL device {cl_device.name.strip()!r}: PoCL on LLVM {llvm} with its AVX-512 "
             "kernel library aborts the process on some kernels (an LLVM bug); set "

@@ -18,7 +18,10 @@ def platform(name="Portable Computing Language", version=POCL_15):
 
 @pytest.fixture
 def no_kernellib(monkeypatch):
-    monkeypatch.delenv("POCL_KERNELLIB_NAME", raising=False)
+    # set first so that monkeypatch restores the variable's original state,
+    # whatever before_devices() writes into os.environ during the test
+    monkeypatch.setenv("POCL_KERNELLIB_NAME", "placeholder")
+    monkeypatch.delenv("POCL_KERNELLIB_NAME")
 
 
 @pytest.mark.parametrize("avx512, plat, expected", [
