@@ -38,10 +38,12 @@ rm -rf "$RES" && mkdir -p "$RES"
 
 if [ "$QUICK" = 1 ]; then
   q="--quick --no-plot"
+  DEFAULT_ARGS=$q         # a bench named in BENCHES but not listed here
   declare -A ARGS=([matmul]=$q [fp4]=$q [attention]=$q [kernels]=$q [softmax]=$q [elementwise]=$q)
   declare -A MAX_S=([matmul]=240 [fp4]=240 [attention]=240 [kernels]=240 [softmax]=120
                     [elementwise]=120)
 else
+  DEFAULT_ARGS="--no-plot"
   declare -A ARGS=([matmul]="--sweep --no-plot" [fp4]="--sweep --no-plot" [attention]="--no-plot"
                    [kernels]="--no-plot" [softmax]="--no-plot" [elementwise]="--no-plot")
   # each bench's own cap; the deadline (BUDGET_S) cuts the later ones shorter if needed
@@ -101,7 +103,7 @@ main() {
   fi
   for b in $BENCHES; do
     # shellcheck disable=SC2086  # the flags are meant to split
-    step "$b" "${MAX_S[$b]:-90}" python3 "bench/$b.py" ${ARGS[$b]} --json "$RES/$b.json"
+    step "$b" "${MAX_S[$b]:-90}" python3 "bench/$b.py" ${ARGS[$b]-$DEFAULT_ARGS} --json "$RES/$b.json"
   done
   pack
   echo
