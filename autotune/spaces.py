@@ -156,26 +156,17 @@ def fp4_gemm_space(device, key):
     """FP4 GEMM. On a CPU the weight-stationary kernel (acc_in_memory: BN
     weight rows per work-item, BK bytes of a group dequantised once per step,
     all of A in blocks of BM rows, the accumulator in C; 4 x 16 x 16 is the
-    default), and the BM x BN register tile (K in steps of one group; BK
-    unused); on a GPU the BM x BN tiles over work-groups."""
+    default; the GPU's register tiles ran 2-4x slower there and are not
+    tried); on a GPU the BM x BN tiles over work-groups."""
     M, N = key["M"], key["N"]
-    vw = _vector_width(device)
     if device.is_cpu:
-        bms, bns = (4, 8, 16), (vw, 2 * vw, 4 * vw, 8 * vw)
-        tiles = [(bm, bn, 1) for bm in bms for bn in bns if bm * bn <= 64 * vw]
-        configs = [{"BM": bm, "BN": bn, "BK": 16, "DEQ": deq, "acc_in_memory": False,
-                    "num_threads": t} for bm, bn, t in tiles
-                   for deq in DEQUANTISE if _within(bm, M, bms) and _within(bn, N, bns)]
         # the accumulator tile: 2-8 rows x 8-32 columns, at most 64 floats; the
         # code tile BK x BN at most 256 (it is unrolled: 64 x 16 takes PoCL minutes)
-        configs += [{"BM": bm, "BN": bn, "BK": bk, "DEQ": deq, "acc_in_memory": True,
-                     "num_threads": 1}
-                    for bm, bn, bk, deq in itertools.product((2, 4, 8), (8, 16, 32), (8, 16, 32),
-                                                             DEQUANTISE)
-                    if bm * bn <= 64 and bk * bn <= 256 and _within(bn, N, (8, 16, 32))
-                    and bk <= key.get("G", 64) // 2]
-        return _enough_programs(configs, lambda c: -(-N // c["BN"]) * (
-            1 if c["acc_in_memory"] else -(-M // c["BM"])), device)
+        configs = [{"BM": bm, "BN": bn, "BK": bk, "acc_in_memory": True, "num_threads": 1}
+                   for bm, bn, bk in itertools.product((2, 4, 8), (8, 16, 32), (8, 16, 32))
+                   if bm * bn <= 64 and bk * bn <= 256 and _within(bn, N, (8, 16, 32))
+                   and bk <= key.get("G", 64) // 2]
+        return _enough_programs(configs, lambda c: -(-N // c["BN"]), device)
     bms = bns = (32, 64, 128)
     tiles = [(bm, bn, t) for bm in bms for bn in bns
              for t in _work_group_sizes(device, (64, 128, 256)) if 4 <= bm * bn // t <= 64]

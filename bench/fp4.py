@@ -48,7 +48,7 @@ GPU_GEMV = [{"BN": bn, "BW": bw, "DEQ": deq, "num_threads": t}
             for deq in ("bits", "convert", "factor")]
 CPU_GEMM = ([{"BM": bm, "BN": bn, "DEQ": "bits", "num_threads": 1}
              for bm, bn in [(8, 8), (8, 16), (16, 8), (4, 8), (8, 32)]]
-            + [{"BM": bm, "BN": bn, "BK": bk, "DEQ": "bits", "acc_in_memory": True,
+            + [{"BM": bm, "BN": bn, "BK": bk, "acc_in_memory": True,
                 "num_threads": 1} for bm, bn, bk in [(2, 16, 16), (4, 8, 16), (4, 16, 8),
                                                      (4, 16, 32), (2, 32, 16)]])
 GPU_GEMM = [{"BM": bm, "BN": bn, "DEQ": "bits", "num_threads": t}

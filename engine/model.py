@@ -248,6 +248,6 @@ class Model:
 
 def _upload(value, device):
     if isinstance(value, fp4.PackedWeight):
-        value.device_arrays(device)          # once, now, rather than at the first step
+        value.upload(device)                 # once, now, rather than at the first step
         return value
     return kdsl.tensor(np.ascontiguousarray(value), device=device)

@@ -11,7 +11,9 @@ GEMVs: fp4_gemv_kernel (GPUs) reads codes as 32-bit words; fp4_gemv_bytes_kernel
 (CPUs) takes a group's bytes as lanes and fp32 per-group step/base. Both can
 apply SwiGLU to a gate/up weight's two row halves (GATED). GEMMs:
 fp4_gemm_kernel (register tiles, GPUs) and fp4_gemm_acc_kernel (weight-
-stationary, CPUs).
+stationary, CPUs). The CPU kernels read the row-tiled copy of the layout
+(PackedWeight.tiled_layout: rows interleaved in tiles of ROW_TILE, so a
+program's reads are one stream) with fp32 step/base; the GPU ones the rows.
 """
 import numpy as np
 
@@ -21,7 +23,7 @@ import kdsl.language as kl
 from .activations import swiglu
 from .elementwise import add, copy
 from .norms import rms_norm as rms_norm_rows
-from .fp4 import PackedWeight
+from .fp4 import PackedWeight, ROW_TILE
 
 
 @kdsl.jit
@@ -212,12 +214,20 @@ def fp4_gemv_kernel(x_ptr, norm_ptr, words_ptr, scales_ptr, offsets_ptr, y_ptr, 
 
 
 @kdsl.jit
+def fp4_tile_block(rn, n_groups, R: kl.constexpr):
+    """Block index of rows rn's group 0 in the row-tiled layout
+    (PackedWeight.tiled_layout, R rows per tile); group g's is this + g * R."""
+    return (rn // R) * (n_groups * R) + rn % R
+
+
+@kdsl.jit
 def fp4_gemv_bytes_rows(x_ptr, norm_ptr, codes_ptr, step_ptr, base_ptr, bias_ptr, oidx_ptr,
                         ow_ptr, rn, N, K, n_groups, n_out, eps, READING: kl.constexpr,
                         G: kl.constexpr, HAS_BIAS: kl.constexpr, EVEN: kl.constexpr,
-                        NORM: kl.constexpr, BN: kl.constexpr, BK: kl.constexpr):
+                        NORM: kl.constexpr, BN: kl.constexpr, BK: kl.constexpr, R: kl.constexpr):
     """(W x' + bias)[rn] for the BN weight rows rn, one group per step: the CPU
-    GEMV; x' as in fp4_gemv_rows.
+    GEMV, on the row-tiled layout (codes, step, base; R rows per tile); x' as
+    in fp4_gemv_rows.
 
     The lanes are BK of a group's G/2 bytes, so the x each byte's low and
     high nibble multiplies run contiguously (vector loads, no gathers); a
@@ -229,20 +239,21 @@ def fp4_gemv_bytes_rows(x_ptr, norm_ptr, codes_ptr, step_ptr, base_ptr, bias_ptr
     the scaling is one multiply-add per byte lane."""
     HALF = G // 2
     rj = kl.arange(0, BK)
-    row_bytes = n_groups * HALF
+    block0 = fp4_tile_block(rn, n_groups, R)
     acc = kl.zeros((BN, BK), dtype=kl.float32)
     y = kl.zeros((BN,), dtype=kl.float32)
     squares = kl.zeros((BK,), dtype=kl.float32)
     for g in range(0, n_groups):
+        block = block0 + g * R
         if EVEN:
-            a = kl.load(step_ptr + rn * n_groups + g)
-            b = kl.load(base_ptr + rn * n_groups + g)
+            a = kl.load(step_ptr + block)
+            b = kl.load(base_ptr + block)
         else:
-            a = kl.load(step_ptr + rn * n_groups + g, mask=rn < N, other=0.0)
-            b = kl.load(base_ptr + rn * n_groups + g, mask=rn < N, other=0.0)
+            a = kl.load(step_ptr + block, mask=rn < N, other=0.0)
+            b = kl.load(base_ptr + block, mask=rn < N, other=0.0)
         xs = kl.zeros((BK,), dtype=kl.float32)
         for j in kl.static_range(0, HALF, BK):
-            c_ptrs = codes_ptr + rn[:, None] * row_bytes + g * HALF + j + rj[None, :]
+            c_ptrs = codes_ptr + block[:, None] * HALF + j + rj[None, :]
             lo = g * G + j + rj
             if EVEN:
                 c = kl.load(c_ptrs)
@@ -266,18 +277,19 @@ def fp4_gemv_bytes_kernel(x_ptr, norm_ptr, codes_ptr, step_ptr, base_ptr, y_ptr,
                           oidx_ptr, ow_ptr, N, K, n_groups, n_out, F, eps,
                           READING: kl.constexpr, G: kl.constexpr, HAS_BIAS: kl.constexpr,
                           EVEN: kl.constexpr, GATED: kl.constexpr, NORM: kl.constexpr,
-                          ACCUMULATE: kl.constexpr, BN: kl.constexpr, BK: kl.constexpr):
+                          ACCUMULATE: kl.constexpr, BN: kl.constexpr, BK: kl.constexpr,
+                          R: kl.constexpr):
     """y = W x (+ bias) for BN rows per program (fp4_gemv_bytes_rows); GATED as
     in fp4_gemv_kernel: y[i] = silu(gate_i) * up_i, up row i at F + i; NORM and
     ACCUMULATE as there."""
     rn = kl.program_id(0) * BN + kl.arange(0, BN)
     y = fp4_gemv_bytes_rows(x_ptr, norm_ptr, codes_ptr, step_ptr, base_ptr, bias_ptr, oidx_ptr,
                             ow_ptr, rn, N, K, n_groups, n_out, eps, READING, G, HAS_BIAS, EVEN,
-                            NORM, BN, BK)
+                            NORM, BN, BK, R)
     if GATED:
         up = fp4_gemv_bytes_rows(x_ptr, norm_ptr, codes_ptr, step_ptr, base_ptr, bias_ptr,
                                  oidx_ptr, ow_ptr, rn + F, N, K, n_groups, n_out, eps, READING,
-                                 G, HAS_BIAS, EVEN, NORM, BN, BK)
+                                 G, HAS_BIAS, EVEN, NORM, BN, BK, R)
         y = y * kl.sigmoid(y) * up
     fp4_store_rows(y_ptr, y, rn, F, EVEN, ACCUMULATE)
 
@@ -366,29 +378,32 @@ def fp4_acc_rows(a_ptr, c_ptr, w_lo_ptrs, m0, rn, k_lo, M, N, K, stride_am, stri
 
 
 @kdsl.jit
-def fp4_gemm_acc_kernel(a_ptr, codes_ptr, scales_ptr, offsets_ptr, c_ptr, bias_ptr,
+def fp4_gemm_acc_kernel(a_ptr, codes_ptr, step_ptr, base_ptr, c_ptr, bias_ptr,
                         oidx_ptr, ow_ptr, w_ptr, M, N, K, n_groups, n_out, stride_am, stride_cm,
-                        READING: kl.constexpr, DEQ: kl.constexpr, G: kl.constexpr,
-                        HAS_BIAS: kl.constexpr, EVEN: kl.constexpr, BM: kl.constexpr,
-                        BN: kl.constexpr, BK: kl.constexpr, BO: kl.constexpr):
+                        READING: kl.constexpr, G: kl.constexpr, HAS_BIAS: kl.constexpr,
+                        EVEN: kl.constexpr, BM: kl.constexpr, BN: kl.constexpr, BK: kl.constexpr,
+                        BO: kl.constexpr, R: kl.constexpr):
     """C = A @ W.T (+ bias) for BN columns of C (BN weight rows) and all M rows
-    per program: the weight stationary, the accumulator in memory (for CPUs).
+    per program: the weight stationary, the accumulator in memory (for CPUs),
+    on the row-tiled layout (codes, step, base; R rows per tile).
 
     Each step dequantises BK bytes of one group of the BN weight rows (BK
-    low-nibble and BK high-nibble codes, BK <= G/2) once, into this program's
-    2 x BK x BN floats of the scratch w_ptr, then runs over all rows of A in
-    blocks of BM: load the block's [BM, BN] accumulator from C (M x BN
-    floats, which stay in the cache), add two register-tiled kl.dot
-    products, store it back. So each weight is dequantised once per call,
-    not once per BM rows of A as in fp4_gemm_kernel. C starts as the bias.
-    EVEN: N a multiple of BN and K of G (then no masks: rows of A past the
-    last full block of BM are done one at a time)."""
+    low-nibble and BK high-nibble codes, BK <= G/2; w = step * v(q) + base)
+    once, into this program's 2 x BK x BN floats of the scratch w_ptr, then
+    runs over all rows of A in blocks of BM: load the block's [BM, BN]
+    accumulator from C (M x BN floats, which stay in the cache), add two
+    register-tiled kl.dot products, store it back. So each weight is
+    dequantised once per call, not once per BM rows of A as in
+    fp4_gemm_kernel. C starts as the bias. EVEN: N a multiple of BN and K of
+    G (then no masks: rows of A past the last full block of BM are done one
+    at a time)."""
     HALF = G // 2
     rn = kl.program_id(0) * BN + kl.arange(0, BN)
     ri = kl.arange(0, BM)
     rj = kl.arange(0, BK)
     row_bytes = n_groups * HALF
     m_full = M - M % BM
+    block0 = fp4_tile_block(rn, n_groups, R)
     w_lo_ptrs = (w_ptr + kl.program_id(0) * (2 * BK * BN) + rj[:, None] * BN
                  + kl.arange(0, BN)[None, :])
     if HAS_BIAS:
@@ -403,17 +418,18 @@ def fp4_gemm_acc_kernel(a_ptr, codes_ptr, scales_ptr, offsets_ptr, c_ptr, bias_p
     for jb in range(0, row_bytes, BK):
         g = jb // HALF
         k_lo = g * G + jb % HALF
-        c_ptrs = codes_ptr + rn[None, :] * row_bytes + (jb + rj)[:, None]
+        block = block0 + g * R
+        c_ptrs = codes_ptr + block[None, :] * HALF + (jb % HALF + rj)[:, None]
         if EVEN:
             c = kl.load(c_ptrs)
-            s = kl.load(scales_ptr + rn * n_groups + g)
-            o = kl.load(offsets_ptr + rn * n_groups + g)
+            s = kl.load(step_ptr + block)
+            o = kl.load(base_ptr + block)
         else:
             c = kl.load(c_ptrs, mask=rn[None, :] < N, other=0)
-            s = kl.load(scales_ptr + rn * n_groups + g, mask=rn < N, other=0.0)
-            o = kl.load(offsets_ptr + rn * n_groups + g, mask=rn < N, other=0.0)
-        kl.store(w_lo_ptrs, fp4_dequant(c & 15, s[None, :], o[None, :], READING, DEQ))
-        kl.store(w_lo_ptrs + BK * BN, fp4_dequant(c >> 4, s[None, :], o[None, :], READING, DEQ))
+            s = kl.load(step_ptr + block, mask=rn < N, other=0.0)
+            o = kl.load(base_ptr + block, mask=rn < N, other=0.0)
+        kl.store(w_lo_ptrs, fp4_code_value(c & 15, READING) * s[None, :] + o[None, :])
+        kl.store(w_lo_ptrs + BK * BN, fp4_code_value(c >> 4, READING) * s[None, :] + o[None, :])
         # blocks of BM rows, then the rows past the last full block one by one
         # (unmasked single rows run far faster than a masked block on PoCL)
         for m0 in range(0, m_full, BM):
@@ -467,8 +483,7 @@ def gemm_default(device, M=None, N=None):
     32 x 32 won for N = 576 and 1536, 64 x 64 for N = 4096; 64 x 64 when
     M and N are not given)."""
     if device.is_cpu:
-        return {"BM": 4, "BN": 16, "BK": 16, "DEQ": "bits", "acc_in_memory": True,
-                "num_threads": 1}
+        return {"BM": 4, "BN": 16, "BK": 16, "acc_in_memory": True, "num_threads": 1}
     if M is not None and kdsl.cdiv(M, 64) * kdsl.cdiv(N, 64) < device.compute_units // 2:
         return {"BM": 32, "BN": 32, "DEQ": "bits", "num_threads": 64}
     return {"BM": 64, "BN": 64, "DEQ": "bits", "num_threads": 256}
@@ -596,8 +611,8 @@ def launch_fp4(x, packed, out, bias=None, config=None, gated=False, norm=None, a
     F = N // 2 if gated else N
     arrays = packed.device_arrays(x.device)
     common = dict(READING=packed.reading, G=packed.group_size, HAS_BIAS=bias is not None)
-    args = (arrays["scales"], arrays["offsets"], out, bias if bias is not None else out,
-            arrays["outlier_idx"], arrays["outlier_w"])
+    # out, bias, outliers: what every kernel takes after its weight arrays
+    tail = (out, bias if bias is not None else out, arrays["outlier_idx"], arrays["outlier_w"])
     n_out = len(packed.outlier_idx)
     if M != 1 and (gated or norm is not None or accumulate):
         raise ValueError("launch_fp4: gated, norm and accumulate are GEMV (M = 1) forms")
@@ -607,24 +622,24 @@ def launch_fp4(x, packed, out, bias=None, config=None, gated=False, norm=None, a
         cfg = config or _config("fp4_gemv", {"N": N, "K": K, "G": packed.group_size},
                                 gemv_default(x.device, K))
         if cfg.get("lanes") == "bytes":
-            if "step" not in arrays:
+            if not x.device.is_cpu:
                 raise ValueError(f"fp4.linear(): the byte-lane GEMV (config lanes='bytes') "
                                  f"runs on CPU devices only, and {x.device} is not one; pass a "
                                  f"config with BN, BW, DEQ, num_threads, or config=None")
             even = F % cfg["BN"] == 0 and K % packed.group_size == 0
             return fp4_gemv_bytes_kernel[(kdsl.cdiv(F, cfg["BN"]),)](
-                x, norm_w, arrays["codes"], arrays["step"], arrays["base"], *args[2:], N, K,
-                packed.n_groups, n_out, F, eps, **common, **fused, EVEN=even, BN=cfg["BN"],
-                BK=_byte_chunk(packed.group_size, cfg.get("BK", 16)),
-                num_threads=cfg["num_threads"])
+                x, norm_w, arrays["tiled_codes"], arrays["tiled_step"], arrays["tiled_base"],
+                *tail, N, K, packed.n_groups, n_out, F, eps, **common, **fused, EVEN=even,
+                BN=cfg["BN"], BK=_byte_chunk(packed.group_size, cfg.get("BK", 16)),
+                R=ROW_TILE, num_threads=cfg["num_threads"])
         # the words of a step must not straddle groups: at least G/8 of them
         words = max(cfg["BW"], packed.group_size // 8)
         even = (F % cfg["BN"] == 0 and K % packed.group_size == 0
                 and packed.codes.shape[1] // 4 % words == 0)
         return fp4_gemv_kernel[(kdsl.cdiv(F, cfg["BN"]),)](
-            x, norm_w, arrays["words"], *args, N, K, packed.n_groups, n_out, F, eps, **common,
-            **fused, DEQ=cfg["DEQ"], EVEN=even, BN=cfg["BN"], BW=words,
-            num_threads=cfg["num_threads"])
+            x, norm_w, arrays["words"], arrays["scales"], arrays["offsets"], *tail, N, K,
+            packed.n_groups, n_out, F, eps, **common, **fused, DEQ=cfg["DEQ"], EVEN=even,
+            BN=cfg["BN"], BW=words, num_threads=cfg["num_threads"])
     cfg = config or _config("fp4_gemm", {"M": M, "N": N, "K": K, "G": packed.group_size},
                             gemm_default(x.device, M, N))
     if cfg.get("acc_in_memory"):
@@ -634,12 +649,12 @@ def launch_fp4(x, packed, out, bias=None, config=None, gated=False, norm=None, a
         scratch = _scratch(x.device, programs * 2 * bk * cfg["BN"])
         even = N % cfg["BN"] == 0 and K % packed.group_size == 0
         return fp4_gemm_acc_kernel[(programs,)](
-            x, arrays["codes"], *args, scratch, M, N, K, packed.n_groups, n_out, x.stride(0),
-            out.stride(0), **common, DEQ=cfg["DEQ"], EVEN=even, BM=cfg["BM"], BN=cfg["BN"],
-            BK=bk, BO=16, num_threads=cfg["num_threads"])
+            x, arrays["tiled_codes"], arrays["tiled_step"], arrays["tiled_base"], *tail, scratch,
+            M, N, K, packed.n_groups, n_out, x.stride(0), out.stride(0), **common, EVEN=even, BM=cfg["BM"], BN=cfg["BN"], BK=bk, BO=16, R=ROW_TILE,
+            num_threads=cfg["num_threads"])
     even = M % cfg["BM"] == 0 and N % cfg["BN"] == 0 and K % packed.group_size == 0
     grid = (kdsl.cdiv(M, cfg["BM"]), kdsl.cdiv(N, cfg["BN"]))
     return fp4_gemm_kernel[grid](
-        x, arrays["codes"], *args, M, N, K, packed.n_groups, n_out, x.stride(0), out.stride(0),
-        **common, DEQ=cfg["DEQ"], EVEN=even, BM=cfg["BM"], BN=cfg["BN"], BO=16,
+        x, arrays["codes"], arrays["scales"], arrays["offsets"], *tail, M, N, K, packed.n_groups,
+        n_out, x.stride(0), out.stride(0), **common, DEQ=cfg["DEQ"], EVEN=even, BM=cfg["BM"], BN=cfg["BN"], BO=16,
         num_threads=cfg["num_threads"])

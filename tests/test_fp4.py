@@ -12,7 +12,7 @@ SMALL_GEMM = {"BM": 8, "BN": 8, "DEQ": "bits", "num_threads": 8}      # quick to
 SMALL_GEMV = {"BN": 4, "BW": 4, "DEQ": "bits", "num_threads": 1}
 BYTES_GEMV = {"BN": 4, "BK": 16, "lanes": "bytes", "num_threads": 1}   # the CPU GEMV
 # the weight-stationary GEMM (fp4_gemm_acc_kernel, the CPU default's kind)
-ACC_GEMM = {"BM": 4, "BN": 16, "BK": 16, "DEQ": "bits", "acc_in_memory": True, "num_threads": 1}
+ACC_GEMM = {"BM": 4, "BN": 16, "BK": 16, "acc_in_memory": True, "num_threads": 1}
 
 
 def _weight(rng, n, k):
@@ -27,8 +27,8 @@ def _check_linear(m, n, k, group_size, outliers, reading, seed, bias=True, deq="
     b = rng.standard_normal(n).astype(np.float32) if bias else None
     packed = fp4.quantize(w, group_size, reading=reading, outliers=outliers)
     config = dict(config or (SMALL_GEMV if m == 1 else SMALL_GEMM))
-    if config.get("lanes") != "bytes":            # the byte-lane GEMV has no DEQ choice
-        config["DEQ"] = deq
+    if config.get("lanes") != "bytes" and not config.get("acc_in_memory"):
+        config["DEQ"] = deq        # the CPU kernels (step/base per group) have no DEQ choice
     y = fp4.linear(kdsl.tensor(x), packed, bias=b, config=config).numpy()
     ref = x @ fp4.dequantize(packed).T + (b if bias else 0)
     np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4 * np.sqrt(k))
@@ -205,7 +205,7 @@ def test_weight_stationary_gemm_matches_reference(m, n, k, group_size, tile, bk,
 def test_weight_stationary_gemm_readings_and_views():
     small = dict(ACC_GEMM, BM=2, BN=8, BK=8)      # quick to build; the default tile is above
     _check_linear(5, 24, 96, 32, 0, "e4m0", seed=5, config=small)
-    _check_linear(7, 40, 96, 32, 0, "e0m4", seed=7, deq="convert", config=small)
+    _check_linear(7, 40, 96, 32, 0, "e0m4", seed=7, config=small)
     rng = np.random.default_rng(4)
     packed = fp4.quantize(_weight(rng, 32, 64), 32)
     big_x = kdsl.tensor(rng.standard_normal((6, 100)).astype(np.float32))
@@ -257,6 +257,42 @@ def test_group_affine_is_the_dequantisation():
         v = codes if reading == "e0m4" else fp4.mantissa_value(codes, reading)
         w = (v * step[..., None] + base[..., None]).reshape(6, 64)
         np.testing.assert_allclose(w, fp4.dequantize(packed), rtol=1e-6, atol=1e-7)
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(0, 30), k=st.integers(1, 200), group_size=st.sampled_from(fp4.GROUP_SIZES),
+       reading=st.sampled_from(fp4.READINGS), seed=st.integers(0, 2**16))
+def test_tiled_layout_places_each_group_where_documented(n, k, group_size, reading, seed):
+    # row r's group g at block (r // T * n_groups + g) * T + r % T; padded rows are zero
+    rng = np.random.default_rng(seed)
+    packed = fp4.quantize(_weight(rng, n, k), group_size, reading=reading)
+    codes, step, base = packed.tiled_layout()
+    T, ng, half = fp4.ROW_TILE, packed.n_groups, group_size // 2
+    rows = -(-n // T) * T
+    assert codes.shape == (rows * ng * half,) and step.shape == base.shape == (rows * ng,)
+    ref_step, ref_base = packed.group_affine()
+    for r in range(rows):
+        for g in range(ng):
+            block = (r // T * ng + g) * T + r % T
+            got = codes[block * half:(block + 1) * half]
+            if r < n:
+                np.testing.assert_array_equal(got, packed.codes[r, g * half:(g + 1) * half])
+                assert (step[block], base[block]) == (ref_step[r, g], ref_base[r, g])
+            else:
+                assert not got.any() and step[block] == 0 and base[block] == 0
+
+
+def test_device_arrays_upload_what_is_read():
+    # a CPU reads the tiled copy, a GPU the rows: upload() makes only the device's own set
+    packed = fp4.quantize(_weight(np.random.default_rng(1), 12, 64), 32)
+    device = kdsl.current_device()
+    arrays = packed.upload(device)
+    own = ("tiled_codes", "tiled_step", "tiled_base") if device.is_cpu else ("words", "scales")
+    other = ("codes", "scales", "offsets") if device.is_cpu else ("tiled_codes",)
+    assert all(name in arrays for name in own) and not any(name in arrays for name in other)
+    assert packed.device_arrays(device) is arrays
+    with pytest.raises(KeyError, match="no device array 'nonsense'"):
+        arrays["nonsense"]
 
 
 @pytest.mark.parametrize("m,n,k,group_size,outliers", [(6, 20, 70, 32, 2), (8, 32, 128, 64, 0)])
