@@ -77,7 +77,8 @@ def _enough_programs(configs, programs, device):
 
 # -------------------------------------------------------------- the spaces
 def matmul_space(device, key):
-    """Tiled GEMM: BM x BN tile of C per work-group, K in steps of BK."""
+    """Tiled GEMM: BM x BN tile of C per work-group, K in steps of BK; on a
+    CPU with and without B packed into panels first."""
     M, N, K = key["M"], key["N"], key["K"]
     vw = _vector_width(device)
     bks = (8, 16, 32)
@@ -92,7 +93,10 @@ def matmul_space(device, key):
                  for t in _work_group_sizes(device, (64, 128, 256))
                  if 4 <= bm * bn // t <= 64                     # micro-tile per work-item
                  and (bm + bn) * bk * 4 <= device.local_mem_size // 2]
-    configs = [{"BM": bm, "BN": bn, "BK": bk, "num_threads": t} for bm, bn, bk, t in tiles
+    # a CPU also tries B packed into contiguous panels first (pack_b)
+    packs = (False, True) if device.is_cpu else (False,)
+    configs = [{"BM": bm, "BN": bn, "BK": bk, "num_threads": t, "pack_b": pack}
+               for bm, bn, bk, t in tiles for pack in packs
                if _within(bm, M, bms) and _within(bn, N, bns) and _within(bk, K, bks)]
     return _enough_programs(configs, lambda c: -(-M // c["BM"]) * -(-N // c["BN"]), device)
 

@@ -45,18 +45,27 @@ def weight_key(key, b_dtype):
 def matmul_config(M, N, K, trans_b=False, device=None, b_dtype=None):
     """The GEMM (M > 1) config: tuned for the key {M, N, K, trans_b} (plus
     b_dtype for fp16 weights, weight_key), else the default."""
-    if kdsl.device.as_device(device).is_cpu and trans_b:
+    if kdsl.device.as_device(device).is_cpu and M >= 32:
+        # B packed into contiguous panels first (pack_b), then 4 x 16 tiles
+        # with 16-wide K steps: 151-188 GFLOP/s at 512^3-2048^3 and 112-141 at
+        # M = 64-128 with 576- to 4096-wide weights, pack included, against
+        # 50-116 for the tiles below reading B in place (B's rows at a
+        # power-of-two stride fall out of the cache; PoCL 3.1, Zen 4,
+        # .scratch/mm_pack_ab.py, 2026-12-07). At M = 16 the pack of a
+        # 4096 x 4096 weight (7 ms) costs more than it saves.
+        default = {"BM": 4, "BN": 16, "BK": 16, "num_threads": 1, "pack_b": True}
+    elif kdsl.device.as_device(device).is_cpu and trans_b:
         # weights [N, K]: each row of the B tile is a run of K; an 8 x 8 tile
         # with 32-wide K steps ran 1.3-5x the 8 x 32 x 16 tile (38-58 GFLOP/s
         # against 9-36 at M = 16..128, SmolLM2's and 4096-wide shapes, PoCL 3.1)
-        default = {"BM": 8, "BN": 8, "BK": 32, "num_threads": 1}
+        default = {"BM": 8, "BN": 8, "BK": 32, "num_threads": 1, "pack_b": False}
     elif kdsl.device.as_device(device).is_cpu:
         # 8 x 16 x 16, once the back end contracted products into FMAs:
         # replayed, 46-62 GFLOP/s at 256^3-1024^3 against 32-45 for the
         # previous 8 x 32 x 16 (PoCL 3.1, .scratch sweep, 2026-11-23)
-        default = {"BM": 8, "BN": 16, "BK": 16, "num_threads": 1}
+        default = {"BM": 8, "BN": 16, "BK": 16, "num_threads": 1, "pack_b": False}
     else:
-        default = {"BM": 64, "BN": 64, "BK": 16, "num_threads": 64}
+        default = {"BM": 64, "BN": 64, "BK": 16, "num_threads": 64, "pack_b": False}
     return tuned("matmul", weight_key({"M": M, "N": N, "K": K, "trans_b": bool(trans_b)}, b_dtype),
                  default, device)
 

@@ -24,6 +24,7 @@ from .activations import swiglu
 from .elementwise import add, copy
 from .norms import rms_norm as rms_norm_rows
 from .fp4 import PackedWeight, ROW_TILE
+from .scratch import scratch
 
 
 @kdsl.jit
@@ -579,21 +580,6 @@ def _vector(v, n, name, device):
     return v
 
 
-_SCRATCH = {}
-
-
-def _scratch(device, n_floats):
-    """A float32 buffer of at least n_floats on `device` for the weight-stationary
-    GEMM's dequantised tiles, shared by all calls (they run one after another on
-    the device's in-order queue). 4 MiB at first (N up to 32768 at the default
-    BK = 16), so an engine's recorded launches see one buffer; grows as needed."""
-    buf = _SCRATCH.get(device.fingerprint)
-    if buf is None or buf.size < n_floats:
-        buf = kdsl.empty((max(n_floats, 1 << 20),), np.float32, device=device)
-        _SCRATCH[device.fingerprint] = buf
-    return buf
-
-
 def _byte_chunk(group_size, bk):
     """The byte-lane GEMV's bytes per step: bk where it divides a group's
     G/2 bytes, else the whole group."""
@@ -646,10 +632,11 @@ def launch_fp4(x, packed, out, bias=None, config=None, gated=False, norm=None, a
         # the weight-stationary kernel (CPUs): BK bytes of one group per step, at most G/2
         bk = min(cfg["BK"], packed.group_size // 2)
         programs = kdsl.cdiv(N, cfg["BN"])
-        scratch = _scratch(x.device, programs * 2 * bk * cfg["BN"])
+        # the dequantised tiles; 4 MiB at first (N up to 32768 at BK = 16)
+        tiles = scratch("fp4_gemm_tiles", x.device, programs * 2 * bk * cfg["BN"])
         even = N % cfg["BN"] == 0 and K % packed.group_size == 0
         return fp4_gemm_acc_kernel[(programs,)](
-            x, arrays["tiled_codes"], arrays["tiled_step"], arrays["tiled_base"], *tail, scratch,
+            x, arrays["tiled_codes"], arrays["tiled_step"], arrays["tiled_base"], *tail, tiles,
             M, N, K, packed.n_groups, n_out, x.stride(0), out.stride(0), **common, EVEN=even, BM=cfg["BM"], BN=cfg["BN"], BK=bk, BO=16, R=ROW_TILE,
             num_threads=cfg["num_threads"])
     even = M % cfg["BM"] == 0 and N % cfg["BN"] == 0 and K % packed.group_size == 0

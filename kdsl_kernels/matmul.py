@@ -3,6 +3,11 @@
 `matmul(a, b, trans_b=False, bias=None, out=None)` computes a @ b (or
 a @ b.T for weights stored [N, K], the layout of a linear layer) for 2-D or
 batched 3-D operands in fp32 or fp16 storage, accumulating in fp32.
+
+Three kernels: matmul_kernel (tiles of C straight from A and B, any layout),
+the packed pair pack_panels_kernel + panels_kernel (B first copied into
+contiguous fp32 panels, a CPU's choice for larger M: config pack_b), and
+gemv_kernel for M = 1.
 """
 import numpy as np
 
@@ -10,6 +15,7 @@ import kdsl
 import kdsl.language as kl
 
 from .configs import matmul_config, gemv_config
+from .scratch import scratch
 
 
 @kdsl.jit
@@ -41,6 +47,75 @@ def matmul_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, M, N, K,
             a = kl.load(a_ptrs, mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)
             b = kl.load(b_ptrs, mask=(kk[:, None] < K) & (rn[None, :] < N), other=0.0)
         acc += kl.dot(a, b)
+    if HAS_BIAS:
+        acc += kl.load(bias_ptr + rn, mask=rn < N, other=0.0)[None, :]
+    c_ptrs = c_ptr + batch * batch_c + rm[:, None] * stride_cm + rn[None, :]
+    if EVEN:
+        kl.store(c_ptrs, acc)
+    else:
+        kl.store(c_ptrs, acc, mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+
+@kdsl.jit
+def pack_panels_kernel(b_ptr, p_ptr, N, K, Kp, stride_bk, stride_bn, batch_b, batch_p,
+                       TRANS: kl.constexpr, EVEN: kl.constexpr, BN: kl.constexpr,
+                       BK: kl.constexpr):
+    """P[batch, n // BN, k, n % BN] = B[batch, k, n] as fp32, zero for k >= K
+    and n >= N: program (j, batch) copies panel j, the K x BN block of B's
+    columns j*BN .. j*BN + BN-1, as Kp contiguous rows of BN. TRANS: B is
+    stored [N, K] (K contiguous), so the tile is read as BN runs along K and
+    transposed in registers, not gathered element by element."""
+    pid_n = kl.program_id(0)
+    batch = kl.program_id(1)
+    rn = pid_n * BN + kl.arange(0, BN)
+    rk = kl.arange(0, BK)
+    b_base = b_ptr + batch * batch_b
+    panel = p_ptr + batch * batch_p + pid_n * (Kp * BN)
+    for k in range(0, Kp, BK):
+        kk = k + rk
+        if TRANS:
+            ptrs = b_base + rn[:, None] * stride_bn + kk[None, :] * stride_bk
+            if EVEN:
+                tile = kl.trans(kl.load(ptrs))
+            else:
+                tile = kl.trans(kl.load(ptrs, mask=(rn[:, None] < N) & (kk[None, :] < K),
+                                        other=0.0))
+        else:
+            ptrs = b_base + kk[:, None] * stride_bk + rn[None, :] * stride_bn
+            if EVEN:
+                tile = kl.load(ptrs)
+            else:
+                tile = kl.load(ptrs, mask=(kk[:, None] < K) & (rn[None, :] < N), other=0.0)
+        kl.store(panel + kk[:, None] * BN + kl.arange(0, BN)[None, :], tile)
+
+
+@kdsl.jit
+def panels_kernel(a_ptr, p_ptr, c_ptr, bias_ptr, M, N, K, Kp, stride_am, stride_ak, stride_cm,
+                  batch_a, batch_p, batch_c, HAS_BIAS: kl.constexpr, EVEN: kl.constexpr,
+                  BM: kl.constexpr, BN: kl.constexpr, BK: kl.constexpr):
+    """C[b] = A[b] @ B[b] (+ bias) for one BM x BN tile of C per program, B read
+    from its packed panels (pack_panels_kernel): the program's K x BN panel is
+    one contiguous run, where B's own rows are BN columns at a stride of N
+    (a power-of-two stride maps them to few cache sets, and the panel falls
+    out of L1 and L2). Programs along M share a panel, which stays in L2."""
+    pid_m = kl.program_id(0)
+    pid_n = kl.program_id(1)
+    batch = kl.program_id(2)
+    rm = pid_m * BM + kl.arange(0, BM)
+    rn = pid_n * BN + kl.arange(0, BN)
+    rj = kl.arange(0, BN)
+    rk = kl.arange(0, BK)
+    a_base = a_ptr + batch * batch_a
+    panel = p_ptr + batch * batch_p + pid_n * (Kp * BN)
+    acc = kl.zeros((BM, BN), dtype=kl.float32)
+    for k in range(0, K, BK):
+        kk = k + rk
+        a_ptrs = a_base + rm[:, None] * stride_am + kk[None, :] * stride_ak
+        if EVEN:
+            a = kl.load(a_ptrs)
+        else:
+            a = kl.load(a_ptrs, mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)
+        acc += kl.dot(a, kl.load(panel + kk[:, None] * BN + rj[None, :]))
     if HAS_BIAS:
         acc += kl.load(bias_ptr + rn, mask=rn < N, other=0.0)[None, :]
     c_ptrs = c_ptr + batch * batch_c + rm[:, None] * stride_cm + rn[None, :]
@@ -148,6 +223,9 @@ def matmul(a, b, *, out=None, trans_b=False, bias=None, config=None):
     cfg = config or matmul_config(M, N, K, trans_b, b_dtype=b.dtype)
     even = M % cfg["BM"] == 0 and N % cfg["BN"] == 0 and K % cfg["BK"] == 0
     grid = (kdsl.cdiv(M, cfg["BM"]), kdsl.cdiv(N, cfg["BN"]), batch)
+    if cfg.get("pack_b"):
+        _packed_matmul(a, b, out, bias, bias_arg, cfg, grid, even, stride_bk, stride_bn)
+        return out
     matmul_kernel[grid](
         a, b, out, bias_arg, M, N, K, stride_am, stride_ak, stride_bk, stride_bn,
         out.stride(-2), a.stride(0) if a.ndim == 3 else 0, b.stride(0) if b.ndim == 3 else 0,
@@ -155,3 +233,25 @@ def matmul(a, b, *, out=None, trans_b=False, bias=None, config=None):
         HAS_BIAS=bias is not None, EVEN=even,
         BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], num_threads=cfg["num_threads"])
     return out
+
+
+def _packed_matmul(a, b, out, bias, bias_arg, cfg, grid, even, stride_bk, stride_bn):
+    """The pack_b path: B (any layout, fp32 or fp16) into fp32 panels of
+    cfg's BN columns, K padded to BK, in a scratch buffer; then the GEMM."""
+    M, K = a.shape[-2:]
+    N = out.shape[-1]
+    BN, BK = cfg["BN"], cfg["BK"]
+    batch_b = grid[2] if b.ndim == 3 else 1
+    Kp = kdsl.cdiv(K, BK) * BK
+    per_batch = grid[1] * BN * Kp
+    panels = scratch("matmul_panels", a.device, batch_b * per_batch)
+    pack_panels_kernel[(grid[1], batch_b)](
+        b, panels, N, K, Kp, stride_bk, stride_bn, b.stride(0) if b.ndim == 3 else 0,
+        per_batch, TRANS=stride_bk == 1 and stride_bn != 1, EVEN=N % BN == 0 and K % BK == 0,
+        BN=BN, BK=BK, num_threads=1)
+    panels_kernel[grid](
+        a, panels, out, bias_arg, M, N, K, Kp, a.stride(-2), a.stride(-1), out.stride(-2),
+        a.stride(0) if a.ndim == 3 else 0, per_batch if b.ndim == 3 else 0,
+        out.stride(0) if out.ndim == 3 else 0,
+        HAS_BIAS=bias is not None, EVEN=even, BM=cfg["BM"], BN=BN, BK=BK,
+        num_threads=cfg["num_threads"])

@@ -7,6 +7,7 @@ import kdsl
 from kdsl_kernels.matmul import matmul
 
 SMALL = {"BM": 8, "BN": 8, "BK": 8, "num_threads": 8}     # quick to compile
+PACKED = {"BM": 4, "BN": 16, "BK": 16, "num_threads": 1, "pack_b": True}   # the CPU's M >= 32
 
 
 def _ref(a, b, trans_b, bias=None):
@@ -62,6 +63,35 @@ def test_strided_views_match_numpy(m, n, k, pads, trans_b, transposed_view, seed
     np.testing.assert_allclose(got[:, :n], _ref(a_wide[:, :k], b_np, trans_b),
                                rtol=1e-4, atol=1e-4)
     assert not got[:, n:].any()                           # nothing written past the view
+
+
+@settings(max_examples=12, deadline=None)     # each draw compiles; CI builds cold
+@given(m=st.integers(1, 40), n=st.integers(1, 40), k=st.integers(1, 70), batch=st.integers(1, 3),
+       shared_b=st.booleans(), trans_b=st.booleans(), fp16=st.booleans(), bias=st.booleans(),
+       tile=st.sampled_from([(4, 16, 16), (2, 8, 8), (8, 8, 32)]), seed=st.integers(0, 2**16))
+def test_packed_b_matches_numpy(m, n, k, batch, shared_b, trans_b, fp16, bias, tile, seed):
+    # pack_b: B (either layout, fp32 or fp16, per batch or shared) copied into zero-padded
+    # panels, then the GEMM; M, N, K tails of every tile, and the EVEN path
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((batch, m, k)).astype(np.float32)
+    b_shape = (n, k) if trans_b else (k, n)
+    b = rng.standard_normal(b_shape if shared_b else (batch,) + b_shape)
+    b = b.astype(np.float16 if fp16 else np.float32)
+    c = rng.standard_normal(n).astype(np.float32) if bias else None
+    config = dict(PACKED, BM=tile[0], BN=tile[1], BK=tile[2])
+    out = matmul(a, b, trans_b=trans_b, bias=c, config=config).numpy()
+    ref = a @ (np.swapaxes(b, -1, -2) if trans_b else b).astype(np.float32)
+    np.testing.assert_allclose(out, ref + (c if bias else 0), rtol=1e-4, atol=1e-4)
+
+
+def test_packed_b_in_interpreter(monkeypatch):
+    monkeypatch.setenv("KDSL_INTERPRET", "1")
+    rng = np.random.default_rng(3)
+    for m, n, k, trans_b in [(5, 9, 13, False), (8, 32, 32, True)]:
+        a = rng.standard_normal((m, k)).astype(np.float32)
+        b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
+        out = matmul(a, b, trans_b=trans_b, config=dict(PACKED, BM=4, BN=8, BK=8)).numpy()
+        np.testing.assert_allclose(out, _ref(a, b, trans_b), rtol=1e-4, atol=1e-4)
 
 
 def test_fp16_storage_and_batched():
