@@ -153,7 +153,7 @@ def _tune_one(task, device, max_configs):
                 task.kernel, task.key, space,
                 lambda config: spaces.launch(task.kernel, task.key, config.as_dict(), operands),
                 trial=lambda config: (spaces.trial, (task.kernel, task.key, config.as_dict())),
-                default=default, device=device)
+                default=default, device=device, flush_cache=tunable.cold)
     except RuntimeError as error:
         return f"{label} FAILED: {error}"
     line = (f"{label} {_config_label(result.best.as_dict()):34} "

@@ -257,10 +257,13 @@ def default_config(kernel, key, device):
 class Tunable:
     """A library kernel the command line can tune."""
 
-    def __init__(self, name, space, module):
+    def __init__(self, name, space, module, cold=False):
         self.name = name
         self._space = space
         self.module = module          # the library module it needs, for availability
+        # timed with the caches flushed: its operands (a layer's weights) come
+        # from memory in a model, once per step or chunk
+        self.cold = cold
 
     def space(self, device, key, max_configs=MAX_CONFIGS):
         """The configs to time at `key` on `device`, the default first, then the nearest."""
@@ -278,9 +281,9 @@ class Tunable:
 
 
 KERNELS = {t.name: t for t in [
-    Tunable("matmul", matmul_space, "kdsl_kernels.matmul"),
-    Tunable("gemv", gemv_space, "kdsl_kernels.matmul"),
+    Tunable("matmul", matmul_space, "kdsl_kernels.matmul", cold=True),
+    Tunable("gemv", gemv_space, "kdsl_kernels.matmul", cold=True),
     Tunable("softmax", softmax_space, "kdsl_kernels.softmax"),
-    Tunable("fp4_gemv", fp4_gemv_space, "kdsl_kernels.fp4_kernels"),
-    Tunable("fp4_gemm", fp4_gemm_space, "kdsl_kernels.fp4_kernels"),
+    Tunable("fp4_gemv", fp4_gemv_space, "kdsl_kernels.fp4_kernels", cold=True),
+    Tunable("fp4_gemm", fp4_gemm_space, "kdsl_kernels.fp4_kernels", cold=True),
 ]}

@@ -457,15 +457,17 @@ def fp4_gemm_acc_kernel(a_ptr, codes_ptr, step_ptr, base_ptr, c_ptr, bias_ptr,
 
 def gemv_default(device, K=None):
     """The GEMV's default config, from bench/fp4.py --sweep. On a CPU the
-    byte-lane kernel, 4 rows per one-work-item program (a barrier costs a
-    pass over the work-group on PoCL): 1.3-1.7x the word kernel's 8 x 4 at
-    SmolLM2's shapes, and in the engine's replayed decode step 4 rows beat
-    2 by 5 % and 8 or 16 by 1.3-1.4x (PoCL, 2026-11-23). On a GPU the word
-    kernel, 4 rows over 128 work-items, 512 words (4096 weights) of each row
-    per step for long rows, 128 for short ones (or K not given): the H100's
-    best for K = 4096 and 8192, and for K = 576."""
+    byte-lane kernel, 8 rows per one-work-item program (a barrier costs a
+    pass over the work-group on PoCL): one tile of the row-tiled layout, so
+    one contiguous stream; with the weights rotated out of cache as in a
+    decode step, 8 rows beat 2, 4 and 16 at all four of SmolLM2's shapes
+    (e.g. gate/up 3072 x 576 with SwiGLU 0.087 against 0.126-0.136 ms, min of
+    4 x 40 launches; .scratch/gemv_bn_cold.py, PoCL 3.1, 2026-12-07). On a
+    GPU the word kernel, 4 rows over 128 work-items, 512 words (4096
+    weights) of each row per step for long rows, 128 for short ones (or K
+    not given): the H100's best for K = 4096 and 8192, and for K = 576."""
     if device.is_cpu:
-        return {"BN": 4, "BK": 16, "lanes": "bytes", "num_threads": 1}
+        return {"BN": 8, "BK": 16, "lanes": "bytes", "num_threads": 1}
     long_rows = K is not None and K >= 2048
     return {"BN": 4, "BW": 512 if long_rows else 128, "DEQ": "convert", "num_threads": 128}
 

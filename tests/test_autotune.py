@@ -198,3 +198,24 @@ def test_time_call_measures_device_time():
         lambda: pyopencl.enqueue_copy(queue, out.buffer, x.buffer, byte_count=big * 4),
         warmup=1, rep=3)
     assert copy_time > 0
+
+
+def test_flushed_timing_leaves_the_flush_out():
+    """flush_cache fills a buffer past the device's caches before each call, outside
+    the call's time: an empty call stays near zero while the fill itself does not."""
+    device = kdsl.current_device()
+    flush = autotuner._cache_flusher(device)
+    buffer = autotuner._FLUSH_BUFFERS[device.fingerprint]
+    assert buffer.size >= min(64 << 20, device.cl_device.max_mem_alloc_size)
+    fill_time = autotuner.time_call(lambda: flush(device.queue), warmup=1, rep=3)
+    empty_time = autotuner.time_call(lambda: None, warmup=1, rep=3, flush_cache=True)
+    assert empty_time < fill_time
+    x, out = kdsl.tensor(np.ones(4096, np.float32)), kdsl.empty((4096,))
+
+    def run(cfg):
+        block = cfg.kwargs["BLOCK"]
+        scale_kernel.fn[(4096 // block,)](x, out, 4096, 2.0, BLOCK=block,
+                                          num_threads=cfg.num_threads)
+    result = autotuner.tune("scale", {"n": 4096}, CONFIGS, run, record=False, flush_cache=True)
+    assert result.best in CONFIGS
+    np.testing.assert_array_equal(out.numpy(), 2.0)
