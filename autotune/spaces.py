@@ -157,20 +157,28 @@ def fp4_gemv_space(device, key):
 
 
 def fp4_gemm_space(device, key):
-    """FP4 GEMM. On a CPU the weight-stationary kernel (acc_in_memory: BN
-    weight rows per work-item, BK bytes of a group dequantised once per step,
-    all of A in blocks of BM rows, the accumulator in C; 4 x 16 x 16 is the
-    default; the GPU's register tiles ran 2-4x slower there and are not
-    tried); on a GPU the BM x BN tiles over work-groups."""
+    """FP4 GEMM. On a CPU the weight dequantised into fp32 panels and the
+    matmul's panel GEMM (pack_b, the default for M >= 32), and the
+    weight-stationary kernel (acc_in_memory: BN weight rows per work-item,
+    BK bytes of a group dequantised once per step, all of A in blocks of BM
+    rows, the accumulator in C); the GPU's register tiles ran 2-4x slower
+    there and are not tried. On a GPU the BM x BN tiles over work-groups."""
     M, N = key["M"], key["N"]
     if device.is_cpu:
         # the accumulator tile: 2-8 rows x 8-32 columns, at most 64 floats; the
         # code tile BK x BN at most 256 (it is unrolled: 64 x 16 takes PoCL minutes)
-        configs = [{"BM": bm, "BN": bn, "BK": bk, "acc_in_memory": True, "num_threads": 1}
+        configs = [{"BM": bm, "BN": bn, "BK": bk, "acc_in_memory": True, "pack_b": False,
+                    "num_threads": 1}
                    for bm, bn, bk in itertools.product((2, 4, 8), (8, 16, 32), (8, 16, 32))
                    if bm * bn <= 64 and bk * bn <= 256 and _within(bn, N, (8, 16, 32))
                    and bk <= key.get("G", 64) // 2]
-        return _enough_programs(configs, lambda c: -(-N // c["BN"]), device)
+        # the weight dequantised into fp32 panels, then the matmul's panel GEMM
+        configs += [{"BM": bm, "BN": bn, "BK": bk, "acc_in_memory": False, "pack_b": True,
+                     "num_threads": 1}
+                    for bm, bn, bk in itertools.product((2, 4), (8, 16), (8, 16, 32))
+                    if _within(bn, N, (8, 16))]
+        return _enough_programs(configs, lambda c: -(-N // c["BN"]) * (
+            -(-M // c["BM"]) if c["pack_b"] else 1), device)
     bms = bns = (32, 64, 128)
     tiles = [(bm, bn, t) for bm in bms for bn in bns
              for t in _work_group_sizes(device, (64, 128, 256)) if 4 <= bm * bn // t <= 64]

@@ -24,6 +24,7 @@ from .activations import swiglu
 from .elementwise import add, copy
 from .norms import rms_norm as rms_norm_rows
 from .fp4 import PackedWeight, ROW_TILE
+from .matmul import panels_kernel
 from .scratch import scratch
 
 
@@ -455,6 +456,40 @@ def fp4_gemm_acc_kernel(a_ptr, codes_ptr, step_ptr, base_ptr, c_ptr, bias_ptr,
             kl.store(c_out, acc, mask=live)
 
 
+@kdsl.jit
+def fp4_pack_panels_kernel(codes_ptr, step_ptr, base_ptr, oidx_ptr, ow_ptr, p_ptr, N, n_groups,
+                           n_out, READING: kl.constexpr, G: kl.constexpr, BN: kl.constexpr,
+                           BK: kl.constexpr, R: kl.constexpr):
+    """The weight dequantised into matmul's fp32 panels (panels_kernel's B):
+    P[n // BN, k, n % BN] = W[n, k] for k < n_groups * G, zero rows past N.
+    Program j reads its BN rows from the row-tiled layout, BK bytes of a
+    group at a time (BK low- and BK high-nibble codes, w = step * v(q) +
+    base), and writes them transposed; then adds the outlier channels'
+    residuals to their rows of the panel."""
+    HALF = G // 2
+    pid = kl.program_id(0)
+    rn = pid * BN + kl.arange(0, BN)
+    rj = kl.arange(0, BK)
+    cols = kl.arange(0, BN)
+    panel = p_ptr + pid * (n_groups * G * BN)
+    block0 = fp4_tile_block(rn, n_groups, R)
+    live = rn < N
+    for jb in range(0, n_groups * HALF, BK):
+        g = jb // HALF
+        k_lo = g * G + jb % HALF
+        block = block0 + g * R
+        c = kl.load(codes_ptr + block[:, None] * HALF + (jb % HALF + rj)[None, :],
+                    mask=live[:, None], other=0)
+        s = kl.load(step_ptr + block, mask=live, other=0.0)[:, None]
+        o = kl.load(base_ptr + block, mask=live, other=0.0)[:, None]
+        lo_ptrs = panel + (k_lo + rj)[:, None] * BN + cols[None, :]
+        kl.store(lo_ptrs, kl.trans(fp4_code_value(c & 15, READING) * s + o))
+        kl.store(lo_ptrs + HALF * BN, kl.trans(fp4_code_value(c >> 4, READING) * s + o))
+    for i in range(0, n_out):
+        row = panel + kl.load(oidx_ptr + i) * BN + cols
+        kl.store(row, kl.load(row) + kl.load(ow_ptr + rn * n_out + i, mask=live, other=0.0))
+
+
 def gemv_default(device, K=None):
     """The GEMV's default config, from bench/fp4.py --sweep. On a CPU the
     byte-lane kernel, 8 rows per one-work-item program (a barrier costs a
@@ -473,20 +508,26 @@ def gemv_default(device, K=None):
 
 
 def gemm_default(device, M=None, N=None):
-    """The GEMM's default config. On a CPU the weight-stationary kernel
-    (acc_in_memory, fp4_gemm_acc_kernel): 16 weight rows per work-item,
-    16 bytes (32 weights) of each per step dequantised once, then all of A
-    in blocks of 4 rows against them, the 4 x 16 accumulator in C (PoCL,
-    2026-11-23, a sweep at M = 64 and 128, groups of 32 and 64:
-    0.2-0.55x the fp32 matmul's device time, where the 8 x 8 register tile
-    of fp4_gemm_kernel took 0.85-1.35x; 4 x 16 beat 8 x 8, 2 x 16, 4 x 8,
-    2 x 32, 8 x 16 and 8- or 32-byte steps). On a GPU fp4_gemm_kernel with
-    64 x 64 tiles over 256 work-items, or 32 x 32 over 64 where there would
-    be fewer 64 x 64 tiles than half the compute units (on the H100, M = 128:
-    32 x 32 won for N = 576 and 1536, 64 x 64 for N = 4096; 64 x 64 when
-    M and N are not given)."""
+    """The GEMM's default config. On a CPU, for M >= 32 (or M not given):
+    the weight dequantised into fp32 panels (fp4_pack_panels_kernel), then
+    kdsl_kernels.matmul's panel GEMM over them (pack_b; the fp32 matmul's
+    CPU path, 4 x 16 tiles). PoCL, M = 128, device time with the
+    dequantisation, interleaved (.scratch/fp4_gemm_panels_ab.py,
+    2026-12-07): 3072 x 576 3.3 against 4.0-6.8 ms for the weight-stationary
+    kernel, 4096 x 4096 31.3 against 37.7; 576 x 1536 and 960 x 576 within
+    15 % either way. For smaller M the weight-stationary kernel
+    (acc_in_memory, fp4_gemm_acc_kernel): 16 weight rows per work-item, 16
+    bytes (32 weights) of each per step dequantised once, then all of A in
+    blocks of 4 rows against them, the 4 x 16 accumulator in C (PoCL,
+    2026-11-23: 4 x 16 beat 8 x 8, 2 x 16, 4 x 8, 2 x 32, 8 x 16 and 8- or
+    32-byte steps). On a GPU fp4_gemm_kernel with 64 x 64 tiles over 256
+    work-items, or 32 x 32 over 64 where there would be fewer 64 x 64 tiles
+    than half the compute units (on the H100, M = 128: 32 x 32 won for N =
+    576 and 1536, 64 x 64 for N = 4096; 64 x 64 when M and N are not given)."""
     if device.is_cpu:
-        return {"BM": 4, "BN": 16, "BK": 16, "acc_in_memory": True, "num_threads": 1}
+        packed = M is None or M >= 32
+        return {"BM": 4, "BN": 16, "BK": 16, "acc_in_memory": not packed, "pack_b": packed,
+                "num_threads": 1}
     if M is not None and kdsl.cdiv(M, 64) * kdsl.cdiv(N, 64) < device.compute_units // 2:
         return {"BM": 32, "BN": 32, "DEQ": "bits", "num_threads": 64}
     return {"BM": 64, "BN": 64, "DEQ": "bits", "num_threads": 256}
@@ -630,6 +671,8 @@ def launch_fp4(x, packed, out, bias=None, config=None, gated=False, norm=None, a
             BN=cfg["BN"], BW=words, num_threads=cfg["num_threads"])
     cfg = config or _config("fp4_gemm", {"M": M, "N": N, "K": K, "G": packed.group_size},
                             gemm_default(x.device, M, N))
+    if cfg.get("pack_b"):
+        return _launch_panels(x, packed, out, bias, cfg, arrays)
     if cfg.get("acc_in_memory"):
         # the weight-stationary kernel (CPUs): BK bytes of one group per step, at most G/2
         bk = min(cfg["BK"], packed.group_size // 2)
@@ -639,11 +682,34 @@ def launch_fp4(x, packed, out, bias=None, config=None, gated=False, norm=None, a
         even = N % cfg["BN"] == 0 and K % packed.group_size == 0
         return fp4_gemm_acc_kernel[(programs,)](
             x, arrays["tiled_codes"], arrays["tiled_step"], arrays["tiled_base"], *tail, tiles,
-            M, N, K, packed.n_groups, n_out, x.stride(0), out.stride(0), **common, EVEN=even, BM=cfg["BM"], BN=cfg["BN"], BK=bk, BO=16, R=ROW_TILE,
+            M, N, K, packed.n_groups, n_out, x.stride(0), out.stride(0), **common, EVEN=even,
+            BM=cfg["BM"], BN=cfg["BN"], BK=bk, BO=16, R=ROW_TILE,
             num_threads=cfg["num_threads"])
     even = M % cfg["BM"] == 0 and N % cfg["BN"] == 0 and K % packed.group_size == 0
     grid = (kdsl.cdiv(M, cfg["BM"]), kdsl.cdiv(N, cfg["BN"]))
     return fp4_gemm_kernel[grid](
         x, arrays["codes"], arrays["scales"], arrays["offsets"], *tail, M, N, K, packed.n_groups,
-        n_out, x.stride(0), out.stride(0), **common, DEQ=cfg["DEQ"], EVEN=even, BM=cfg["BM"], BN=cfg["BN"], BO=16,
-        num_threads=cfg["num_threads"])
+        n_out, x.stride(0), out.stride(0), **common, DEQ=cfg["DEQ"], EVEN=even, BM=cfg["BM"],
+        BN=cfg["BN"], BO=16, num_threads=cfg["num_threads"])
+
+
+def _launch_panels(x, packed, out, bias, cfg, arrays):
+    """The pack_b GEMM: the weight into fp32 panels of BN rows (a scratch
+    buffer of N x Kp floats, Kp = K rounded up to the group), then
+    kdsl_kernels.matmul's panel GEMM; returns the GEMM's event."""
+    M, (N, K) = x.shape[0], packed.shape
+    G = packed.group_size
+    BN, BK = cfg["BN"], min(cfg["BK"], G)
+    programs = kdsl.cdiv(N, BN)
+    Kp = packed.n_groups * G
+    panels = scratch("matmul_panels", x.device, programs * BN * Kp)
+    fp4_pack_panels_kernel[(programs,)](
+        arrays["tiled_codes"], arrays["tiled_step"], arrays["tiled_base"],
+        arrays["outlier_idx"], arrays["outlier_w"], panels, N, packed.n_groups,
+        len(packed.outlier_idx), READING=packed.reading, G=G, BN=BN, BK=min(BK, G // 2),
+        R=ROW_TILE, num_threads=1)
+    even = M % cfg["BM"] == 0 and N % BN == 0 and K % BK == 0
+    return panels_kernel[(kdsl.cdiv(M, cfg["BM"]), programs, 1)](
+        x, panels, out, bias if bias is not None else out, M, N, K, Kp, x.stride(0), 1,
+        out.stride(0), 0, 0, 0, HAS_BIAS=bias is not None, EVEN=even, BM=cfg["BM"], BN=BN,
+        BK=BK, num_threads=cfg["num_threads"])

@@ -13,6 +13,9 @@ SMALL_GEMV = {"BN": 4, "BW": 4, "DEQ": "bits", "num_threads": 1}
 BYTES_GEMV = {"BN": 4, "BK": 16, "lanes": "bytes", "num_threads": 1}   # the CPU GEMV
 # the weight-stationary GEMM (fp4_gemm_acc_kernel, the CPU default's kind)
 ACC_GEMM = {"BM": 4, "BN": 16, "BK": 16, "acc_in_memory": True, "num_threads": 1}
+# the weight dequantised into fp32 panels, then matmul's panel GEMM (the CPU default, M >= 32)
+PANEL_GEMM = {"BM": 4, "BN": 16, "BK": 16, "acc_in_memory": False, "pack_b": True,
+              "num_threads": 1}
 
 
 def _weight(rng, n, k):
@@ -27,7 +30,8 @@ def _check_linear(m, n, k, group_size, outliers, reading, seed, bias=True, deq="
     b = rng.standard_normal(n).astype(np.float32) if bias else None
     packed = fp4.quantize(w, group_size, reading=reading, outliers=outliers)
     config = dict(config or (SMALL_GEMV if m == 1 else SMALL_GEMM))
-    if config.get("lanes") != "bytes" and not config.get("acc_in_memory"):
+    if config.get("lanes") != "bytes" and not config.get("acc_in_memory") \
+            and not config.get("pack_b"):
         config["DEQ"] = deq        # the CPU kernels (step/base per group) have no DEQ choice
     y = fp4.linear(kdsl.tensor(x), packed, bias=b, config=config).numpy()
     ref = x @ fp4.dequantize(packed).T + (b if bias else 0)
@@ -200,6 +204,26 @@ def test_weight_stationary_gemm_matches_reference(m, n, k, group_size, tile, bk,
     config = dict(ACC_GEMM, BM=tile[0], BN=tile[1], BK=bk)
     _check_linear(m, n, k, group_size, min(outliers, k), "e0m4", seed, bias=bias,
                   config=config)
+
+
+@settings(max_examples=10, deadline=None)          # each draw compiles; CI builds cold
+@given(m=st.integers(2, 40), n=st.integers(1, 40), k=st.integers(1, 200),
+       group_size=st.sampled_from(fp4.GROUP_SIZES), reading=st.sampled_from(fp4.READINGS),
+       tile=st.sampled_from([(4, 16, 16), (2, 8, 8), (4, 8, 32)]), outliers=st.integers(0, 3),
+       bias=st.booleans(), seed=st.integers(0, 2**16))
+@example(m=128, n=64, k=576, group_size=32, reading="e0m4", tile=(4, 16, 16), outliers=0,
+         bias=False, seed=0)                                    # the EVEN path
+def test_panel_gemm_matches_reference(m, n, k, group_size, reading, tile, outliers, bias, seed):
+    # panels of BN rows from the row-tiled layout (rows past N zero), K padded to the group,
+    # BK clamped to G, outlier residuals added to their panel rows, M/N/K tails
+    config = dict(PANEL_GEMM, BM=tile[0], BN=tile[1], BK=tile[2])
+    _check_linear(m, n, k, group_size, min(outliers, k), reading, seed, bias=bias,
+                  config=config)
+
+
+def test_panel_gemm_in_interpreter(monkeypatch):
+    monkeypatch.setenv("KDSL_INTERPRET", "1")
+    _check_linear(6, 20, 70, 32, 2, "e0m4", seed=6, config=dict(PANEL_GEMM, BN=8, BK=8))
 
 
 def test_weight_stationary_gemm_readings_and_views():
