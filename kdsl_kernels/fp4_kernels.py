@@ -507,25 +507,27 @@ def gemv_default(device, K=None):
     return {"BN": 4, "BW": 512 if long_rows else 128, "DEQ": "convert", "num_threads": 128}
 
 
-def gemm_default(device, M=None, N=None):
-    """The GEMM's default config. On a CPU, for M >= 32 (or M not given):
+def gemm_default(device, M=None, N=None, K=None):
+    """The GEMM's default config. On a CPU, for M >= 32 and weights of 1M
+    elements or more (or M, N, K not given):
     the weight dequantised into fp32 panels (fp4_pack_panels_kernel), then
     kdsl_kernels.matmul's panel GEMM over them (pack_b; the fp32 matmul's
     CPU path, 4 x 16 tiles). PoCL, M = 128, device time with the
     dequantisation, interleaved (.scratch/fp4_gemm_panels_ab.py,
     2026-12-07): 3072 x 576 3.3 against 4.0-6.8 ms for the weight-stationary
     kernel, 4096 x 4096 31.3 against 37.7; 576 x 1536 and 960 x 576 within
-    15 % either way. For smaller M the weight-stationary kernel
-    (acc_in_memory, fp4_gemm_acc_kernel): 16 weight rows per work-item, 16
-    bytes (32 weights) of each per step dequantised once, then all of A in
-    blocks of 4 rows against them, the 4 x 16 accumulator in C (PoCL,
+    15 % either way, so smaller weights, and M < 32, keep the
+    weight-stationary kernel (acc_in_memory, fp4_gemm_acc_kernel): 16
+    weight rows per work-item, 16 bytes (32 weights) of each per step
+    dequantised once, then all of A in blocks of 4 rows against them, the
+    4 x 16 accumulator in C (PoCL,
     2026-11-23: 4 x 16 beat 8 x 8, 2 x 16, 4 x 8, 2 x 32, 8 x 16 and 8- or
     32-byte steps). On a GPU fp4_gemm_kernel with 64 x 64 tiles over 256
     work-items, or 32 x 32 over 64 where there would be fewer 64 x 64 tiles
     than half the compute units (on the H100, M = 128: 32 x 32 won for N =
     576 and 1536, 64 x 64 for N = 4096; 64 x 64 when M and N are not given)."""
     if device.is_cpu:
-        packed = M is None or M >= 32
+        packed = (M is None or M >= 32) and (N is None or K is None or N * K >= 1 << 20)
         return {"BM": 4, "BN": 16, "BK": 16, "acc_in_memory": not packed, "pack_b": packed,
                 "num_threads": 1}
     if M is not None and kdsl.cdiv(M, 64) * kdsl.cdiv(N, 64) < device.compute_units // 2:
@@ -670,7 +672,7 @@ def launch_fp4(x, packed, out, bias=None, config=None, gated=False, norm=None, a
             packed.n_groups, n_out, F, eps, **common, **fused, DEQ=cfg["DEQ"], EVEN=even,
             BN=cfg["BN"], BW=words, num_threads=cfg["num_threads"])
     cfg = config or _config("fp4_gemm", {"M": M, "N": N, "K": K, "G": packed.group_size},
-                            gemm_default(x.device, M, N))
+                            gemm_default(x.device, M, N, K))
     if cfg.get("pack_b"):
         return _launch_panels(x, packed, out, bias, cfg, arrays)
     if cfg.get("acc_in_memory"):
