@@ -190,15 +190,17 @@ def test_tune_show_reuse_export_import(cache, tiny_model, tmp_path):
     db = tuning_db.database()
     db.reload()
     tuned = dict(((k, tuning_db.key_text(e["key"])), e) for k, e in db.entries())
-    assert len(tuned) == 5 + 2          # 5 distinct projections, softmax at 64 and the vocab
+    # 5 distinct projections, each with fp32 and with fp16 weights (keys of their own),
+    # and softmax at 64 and at the vocab
+    assert len(tuned) == 2 * 5 + 2
     assert all(e["default_time_s"] and e["time_s"] > 0 for e in tuned.values())
 
     # a new process picks the tuned config without timing anything
-    entry = db.lookup("gemv", {"N": 96, "K": 64, "trans_b": True})
+    entry = db.lookup("gemv", {"N": 192, "K": 64, "trans_b": True})   # the fused gate/up
     check = ("from kdsl import autotuner\n"
              "autotuner.time_call = None\n"
              "from kdsl_kernels import configs\n"
-             "print(configs.gemv_config(96, 64, True))")
+             "print(configs.gemv_config(192, 64, True))")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     out = subprocess.run([sys.executable, "-c", check], env=env, text=True,
                          capture_output=True, timeout=120)
@@ -206,7 +208,7 @@ def test_tune_show_reuse_export_import(cache, tiny_model, tmp_path):
 
     again = run_cli(*args)              # resumable: nothing left to tune
     assert again.returncode == 0
-    assert "0 of 7 shapes to tune, 7 already in" in again.stdout
+    assert "0 of 12 shapes to tune, 12 already in" in again.stdout
 
     show = run_cli("show")
     assert show.returncode == 0
@@ -219,7 +221,7 @@ def test_tune_show_reuse_export_import(cache, tiny_model, tmp_path):
                              PYTHONPATH=os.pathsep.join(sys.path))}
     imported = subprocess.run([sys.executable, "-m", "autotune", "import", str(exported)],
                               text=True, capture_output=True, timeout=120, **env_other)
-    assert imported.returncode == 0 and "imported 7" in imported.stdout
+    assert imported.returncode == 0 and "imported 12" in imported.stdout
     copy = json.loads((other_cache / "tuning" / db.path.name).read_text())
     assert copy["entries"] == json.loads(db.path.read_text())["entries"]
 
@@ -242,10 +244,10 @@ def test_interrupt_then_resume(cache, tiny_model):
         pytest.skip("the run finished before it could be interrupted")
     assert proc.returncode == 130, stderr
     assert "run kdsl-autotune again to resume" in stderr
-    assert 1 <= saved < 5
+    assert 1 <= saved < 10              # 5 projections with fp32 and with fp16 weights
     resumed = run_cli(*args[2:])
     assert resumed.returncode == 0, resumed.stderr
-    assert f"{5 - saved} of 5 shapes to tune, {saved} already in" in resumed.stdout
+    assert f"{10 - saved} of 10 shapes to tune, {saved} already in" in resumed.stdout
 
 
 def test_budget_and_bad_arguments(cache, tiny_model, capsys):
