@@ -313,7 +313,7 @@ def attention_config(S, T, D, group, kv_heads, device=None):
 def _launch_config(S, T, D, group, kv_heads, device, config=None):
     """(config without "splits", the number of key splits) of one call."""
     cfg = dict(attention_config(S, T, D, group, kv_heads, device))
-    if config and config.get("form", "blocks") != cfg.get("form", "blocks"):
+    if config and _form(config, cfg.get("form", "blocks")) != cfg.get("form", "blocks"):
         # a config of the other form keeps only what both forms share
         cfg = {"BD": cfg["BD"], "splits": cfg["splits"], "num_threads": cfg["num_threads"]}
     cfg.update(config or {})
@@ -325,6 +325,17 @@ def _launch_config(S, T, D, group, kv_heads, device, config=None):
     # few lengths (a replayed decode step is recorded anew at each change)
     blocks = kdsl.cdiv(T, cfg["BN"])
     return cfg, min(splits, 1 << (blocks.bit_length() - 1))
+
+
+def _form(config, default_form):
+    """The form a caller's config asks for: its "form", else "blocks" where it
+    sets a block-only parameter, else the default's (so {"splits": 2} only
+    changes the split count)."""
+    if "form" in config:
+        return config["form"]
+    if any(name in config for name in ("BM", "BK", "acc_in_memory")):
+        return "blocks"
+    return default_form
 
 
 def launch_signature(q_shape, k_shape, device=None, config=None):

@@ -155,3 +155,18 @@ def test_bad_input_names_the_cause():
         attention(q, np.zeros((2, 5, 4), np.float32), np.zeros((2, 5, 4), np.float32))
     with pytest.raises(ValueError, match="window must be a positive"):
         attention(q, np.zeros((2, 5, 8), np.float32), np.zeros((2, 5, 8), np.float32), window=0)
+
+
+def test_partial_config_keeps_the_default_form():
+    # {"splits": 2} changes the split count of whichever form the default picks (decode on a
+    # CPU: the row form) rather than switching to blocks without their sizes; a block-only
+    # parameter asks for the block form
+    rng = np.random.default_rng(11)
+    q = rng.standard_normal((9, 1, 64)).astype(np.float32)
+    k = rng.standard_normal((3, 300, 64)).astype(np.float32)
+    v = rng.standard_normal((3, 300, 64)).astype(np.float32)
+    expected = attention_ref(q, k, v, causal=False)
+    for config in ({"splits": 2}, {"BN": 8}, {"BM": 4, "BN": 8}):
+        out = attention(kdsl.tensor(q), kdsl.tensor(k), kdsl.tensor(v), causal=False,
+                        config=config).numpy()
+        np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
