@@ -52,12 +52,15 @@ class Model:
         # decode steps and prefill chunks replay prepared launches (graph.py);
         # replay=False runs every wrapper
         self.graph = StepGraph() if replay else None
-        # Norms and residual adds inside the FP4 GEMVs of a decode step: on a GPU,
-        # where a step is bound by its launches. Not on a CPU: there the GEMVs are
-        # bound by instructions, and normalising x in every work-group cost
-        # 20-25% more GEMV time (PoCL, SmolLM2's qkv and gate/up) than the
-        # launches it saves (a replayed step 24.2 against 22.2 ms).
-        self.fuse_decode = self.device.is_gpu
+        # Norms and residual adds inside the FP4 GEMVs of a decode step (183
+        # launches instead of 243 for SmolLM2). On a GPU a step is bound by its
+        # launches (H100: 4.59 against 5.40 ms). On PoCL it once cost more than it
+        # saved (24.2 against 22.2 ms), when each program normalised x for 4 rows;
+        # with 8-row programs on the row-tiled layout it is 2-4 % faster (two
+        # engines in one process, blocks of 16 replayed steps alternated, two
+        # runs: medians 12.61 against 13.14 and 11.82 against 12.11 ms,
+        # .scratch/fuse_cpu_ab2.py, 2026-12-07).
+        self.fuse_decode = True
         self.ids = kdsl.empty((chunk,), np.int32, device=self.device)
         self.weights = {name: _upload(value, self.device) for name, value in weights.items()
                         if not name.startswith("lm_head.")}
