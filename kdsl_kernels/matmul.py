@@ -95,9 +95,10 @@ def panels_kernel(a_ptr, p_ptr, c_ptr, bias_ptr, M, N, K, Kp, stride_am, stride_
                   BM: kl.constexpr, BN: kl.constexpr, BK: kl.constexpr):
     """C[b] = A[b] @ B[b] (+ bias) for one BM x BN tile of C per program, B read
     from its packed panels (pack_panels_kernel): the program's K x BN panel is
-    one contiguous run, where B's own rows are BN columns at a stride of N
-    (a power-of-two stride maps them to few cache sets, and the panel falls
-    out of L1 and L2). Programs along M share a panel, which stays in L2."""
+    one contiguous run. Read in place, the same panel is K pieces of BN floats
+    N floats apart; at a power-of-two N they map to a few cache sets and the
+    panel falls out of L1 and L2. Programs along M share a panel, which stays
+    in L2."""
     pid_m = kl.program_id(0)
     pid_n = kl.program_id(1)
     batch = kl.program_id(2)
