@@ -24,7 +24,7 @@ from .activations import swiglu
 from .elementwise import add, copy
 from .norms import rms_norm as rms_norm_rows
 from .fp4 import PackedWeight, ROW_TILE
-from .matmul import panels_kernel
+from .matmul import panels_kernel, store_tile
 from .scratch import scratch
 
 
@@ -344,13 +344,7 @@ def fp4_gemm_kernel(a_ptr, codes_ptr, scales_ptr, offsets_ptr, c_ptr, bias_ptr,
         w_out = kl.load(ow_ptr + rn[None, :] * n_out + (o0 + ro)[:, None],
                         mask=(rn[None, :] < N) & (o0 + ro[:, None] < n_out), other=0.0)
         acc = kl.dot(a_out, w_out, acc)
-    if HAS_BIAS:
-        acc += kl.load(bias_ptr + rn, mask=rn < N, other=0.0)[None, :]
-    c_out = c_ptr + rm[:, None] * stride_cm + rn[None, :]
-    if EVEN:
-        kl.store(c_out, acc)
-    else:
-        kl.store(c_out, acc, mask=(rm[:, None] < M) & (rn[None, :] < N))
+    store_tile(c_ptr, acc, bias_ptr, rm, rn, M, N, stride_cm, HAS_BIAS, EVEN)
 
 
 @kdsl.jit

@@ -19,6 +19,19 @@ from .scratch import scratch
 
 
 @kdsl.jit
+def store_tile(c_ptr, acc, bias_ptr, rm, rn, M, N, stride_cm, HAS_BIAS: kl.constexpr,
+               EVEN: kl.constexpr):
+    """C[rm, rn] = acc (+ bias[rn]); masked to M x N unless EVEN."""
+    if HAS_BIAS:
+        acc += kl.load(bias_ptr + rn, mask=rn < N, other=0.0)[None, :]
+    c_ptrs = c_ptr + rm[:, None] * stride_cm + rn[None, :]
+    if EVEN:
+        kl.store(c_ptrs, acc)
+    else:
+        kl.store(c_ptrs, acc, mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+
+@kdsl.jit
 def matmul_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, M, N, K,
                   stride_am, stride_ak, stride_bk, stride_bn, stride_cm,
                   batch_a, batch_b, batch_c,
@@ -47,13 +60,7 @@ def matmul_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, M, N, K,
             a = kl.load(a_ptrs, mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)
             b = kl.load(b_ptrs, mask=(kk[:, None] < K) & (rn[None, :] < N), other=0.0)
         acc += kl.dot(a, b)
-    if HAS_BIAS:
-        acc += kl.load(bias_ptr + rn, mask=rn < N, other=0.0)[None, :]
-    c_ptrs = c_ptr + batch * batch_c + rm[:, None] * stride_cm + rn[None, :]
-    if EVEN:
-        kl.store(c_ptrs, acc)
-    else:
-        kl.store(c_ptrs, acc, mask=(rm[:, None] < M) & (rn[None, :] < N))
+    store_tile(c_ptr + batch * batch_c, acc, bias_ptr, rm, rn, M, N, stride_cm, HAS_BIAS, EVEN)
 
 
 @kdsl.jit
@@ -117,13 +124,7 @@ def panels_kernel(a_ptr, p_ptr, c_ptr, bias_ptr, M, N, K, Kp, stride_am, stride_
         else:
             a = kl.load(a_ptrs, mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)
         acc += kl.dot(a, kl.load(panel + kk[:, None] * BN + rj[None, :]))
-    if HAS_BIAS:
-        acc += kl.load(bias_ptr + rn, mask=rn < N, other=0.0)[None, :]
-    c_ptrs = c_ptr + batch * batch_c + rm[:, None] * stride_cm + rn[None, :]
-    if EVEN:
-        kl.store(c_ptrs, acc)
-    else:
-        kl.store(c_ptrs, acc, mask=(rm[:, None] < M) & (rn[None, :] < N))
+    store_tile(c_ptr + batch * batch_c, acc, bias_ptr, rm, rn, M, N, stride_cm, HAS_BIAS, EVEN)
 
 
 @kdsl.jit
