@@ -386,8 +386,36 @@ class Codegen:
         if product is not None:
             return self._define(v, self._multiply_add(v, product, layout))
         args = [self.val(a, layout) for a in v.args]
+        if self._vector_math(v, n):
+            return self._vector_math_slots(v, args, n)
         exprs = [self._expr(v, [a[r] for a in args]) for r in range(n)]
         return self._define(v, exprs)
+
+    _VECTOR_MATH = frozenset({"exp", "exp2", "log", "log2", "sqrt", "rsqrt", "sin", "cos",
+                              "sigmoid"})
+
+    def _vector_math(self, v, n):
+        """Whether a one-work-item CPU kernel computes this math function 8 slots at a time.
+
+        Written per slot, PoCL's LLVM expanded each exp inline as scalar (at
+        best 4-wide) code, which in the decode attention's row kernel took
+        more time than its dot products; called on a float8, the function is
+        the kernel library's 8-wide version. Kernels of several work-items
+        are left to PoCL's work-group vectoriser, which widens across them."""
+        return (v.op == "math" and v.attrs["fn"] in self._VECTOR_MATH and v.dtype == kl.float32
+                and self.T == 1 and self.device.get("is_cpu") and n >= self.VECTOR)
+
+    def _vector_math_slots(self, v, args, n):
+        W = self.VECTOR
+        base = self.fresh(v.name or v.attrs["fn"])
+        out = []
+        for r0 in range(0, n - n % W, W):
+            operands = [f"(float{W})({', '.join(a[r0:r0 + W])})" for a in args]
+            vec = f"{base}_v{r0 // W}"
+            self.line(f"const float{W} {vec} = {self._expr(v, operands)};")
+            out += [f"{vec}.s{i:x}" for i in range(W)]
+        tail = [self._expr(v, [a[r] for a in args]) for r in range(n - n % W, n)]
+        return self._define(v, out + tail)
 
     def _contractible_product(self, v):
         """The operand index of a float `x * y` that only this `+`/`-` uses, else None.
@@ -599,7 +627,8 @@ class Codegen:
         x = v.args[0]
         op, axis = v.attrs["op"], v.attrs["axis"]
         src = self.layout_for(x)
-        xs = self.val(x, src)
+        factors = self._summed_product(v, src)
+        xs = self.val(x, src) if factors is None else [f"{a} * {b}" for a, b in zip(*factors)]
         is_arg = op.startswith("arg")
         ctype = c_type(x.dtype)
         # 1. within the work-item: combine slots that differ only along axis
@@ -614,7 +643,7 @@ class Codegen:
         base = self.fresh((v.name or "red") + "_acc")
         acc, idx = [], []
         if self.device.get("is_cpu") and x.dtype == kl.float32 and not is_arg:
-            acc = self._vector_reduce(op, xs, members, base) or []
+            acc = self._vector_reduce(op, xs, members, base, factors) or []
         for o in range(0 if acc else nout):
             a = f"{base}_{o}"
             self.line(f"{ctype} {a} = {xs[members[o][0]]};")
@@ -698,7 +727,21 @@ class Codegen:
 
     VECTOR = 8          # AVX2's float lanes
 
-    def _vector_reduce(self, op, xs, members, base):
+    def _summed_product(self, v, layout):
+        """For kl.sum(x * y) with a float product nothing else uses: the slot
+        expressions of x and y, so each product is written inline into the
+        running sum and the device's compiler can fuse the pair into an FMA
+        (as _contractible_product does for x * y + z). Written as separate
+        statements the products stayed vmulps + vaddps: PoCL's decode
+        attention (row sums of k * q, column sums of p * v) ran 924 vmulps
+        and 936 vaddps to 24 FMAs. None where the reduction is another op."""
+        x = v.args[0]
+        if (v.attrs["op"] != "sum" or x.op != "binop" or x.attrs["op"] != "*"
+                or not x.dtype.is_float or not self._used_once(x)):
+            return None
+        return tuple([_paren(e) for e in self.val(a, layout)] for a in x.args)
+
+    def _vector_reduce(self, op, xs, members, base, factors=None):
         """A CPU reduction written with float8 vectors, or None where it does not fit.
 
         PoCL's LLVM turns a long scalar chain (or tree) of adds into 2-wide
@@ -717,6 +760,9 @@ class Codegen:
         fn = {"sum": "{a} + {b}", "max": "fmax({a}, {b})", "min": "fmin({a}, {b})"}[op]
 
         def build(slots):
+            if factors is not None:      # the products as one vector multiply (see _summed_product)
+                return " * ".join(f"(float{W})({', '.join(f[r] for r in slots)})"
+                                  for f in factors)
             return f"(float{W})({', '.join(xs[r] for r in slots)})"
 
         def consecutive(slots):

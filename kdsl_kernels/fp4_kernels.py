@@ -216,20 +216,34 @@ def fp4_gemv_kernel(x_ptr, norm_ptr, words_ptr, scales_ptr, offsets_ptr, y_ptr, 
 
 
 @kdsl.jit
-def fp4_tile_block(rn, n_groups, R: kl.constexpr):
-    """Block index of rows rn's group 0 in the row-tiled layout
-    (PackedWeight.tiled_layout, R rows per tile); group g's is this + g * R."""
-    return (rn // R) * (n_groups * R) + rn % R
+def fp4_tile_block(row0, n_groups, BN: kl.constexpr, R: kl.constexpr, ALIGNED: kl.constexpr):
+    """Block index of rows row0 + arange(BN)'s group 0 in the row-tiled layout
+    (PackedWeight.tiled_layout, R rows per tile); group g's is this + g * R.
+
+    ALIGNED: row0 is a multiple of BN, and BN divides R or R divides BN. Then
+    row i's tile and place in it are row0's plus constants, (row0 // R + i //
+    R) and (row0 % R + i % R), which the device compiler folds: it sees the
+    BN rows' blocks at consecutive addresses and loads them as vectors.
+    Computed per row instead ((row0 + i) // R), the CPU GEMV's code loads
+    were one scalar load per row, and its address arithmetic spilled."""
+    i = kl.arange(0, BN)
+    if ALIGNED:
+        block = (row0 // R + i // R) * (n_groups * R) + row0 % R + i % R
+    else:
+        rn = row0 + i
+        block = (rn // R) * (n_groups * R) + rn % R
+    return block
 
 
 @kdsl.jit
 def fp4_gemv_bytes_rows(x_ptr, norm_ptr, codes_ptr, step_ptr, base_ptr, bias_ptr, oidx_ptr,
-                        ow_ptr, rn, N, K, n_groups, n_out, eps, READING: kl.constexpr,
+                        ow_ptr, row0, N, K, n_groups, n_out, eps, READING: kl.constexpr,
                         G: kl.constexpr, HAS_BIAS: kl.constexpr, EVEN: kl.constexpr,
-                        NORM: kl.constexpr, BN: kl.constexpr, BK: kl.constexpr, R: kl.constexpr):
-    """(W x' + bias)[rn] for the BN weight rows rn, one group per step: the CPU
-    GEMV, on the row-tiled layout (codes, step, base; R rows per tile); x' as
-    in fp4_gemv_rows.
+                        NORM: kl.constexpr, BN: kl.constexpr, BK: kl.constexpr, R: kl.constexpr,
+                        ALIGNED: kl.constexpr):
+    """(W x' + bias)[rn] for the BN weight rows rn = row0 + arange(BN), one
+    group per step: the CPU GEMV, on the row-tiled layout (codes, step, base;
+    R rows per tile; ALIGNED as in fp4_tile_block); x' as in fp4_gemv_rows.
 
     The lanes are BK of a group's G/2 bytes, so the x each byte's low and
     high nibble multiplies run contiguously (vector loads, no gathers); a
@@ -241,7 +255,8 @@ def fp4_gemv_bytes_rows(x_ptr, norm_ptr, codes_ptr, step_ptr, base_ptr, bias_ptr
     the scaling is one multiply-add per byte lane."""
     HALF = G // 2
     rj = kl.arange(0, BK)
-    block0 = fp4_tile_block(rn, n_groups, R)
+    rn = row0 + kl.arange(0, BN)
+    block0 = fp4_tile_block(row0, n_groups, BN, R, ALIGNED)
     acc = kl.zeros((BN, BK), dtype=kl.float32)
     y = kl.zeros((BN,), dtype=kl.float32)
     squares = kl.zeros((BK,), dtype=kl.float32)
@@ -280,18 +295,19 @@ def fp4_gemv_bytes_kernel(x_ptr, norm_ptr, codes_ptr, step_ptr, base_ptr, y_ptr,
                           READING: kl.constexpr, G: kl.constexpr, HAS_BIAS: kl.constexpr,
                           EVEN: kl.constexpr, GATED: kl.constexpr, NORM: kl.constexpr,
                           ACCUMULATE: kl.constexpr, BN: kl.constexpr, BK: kl.constexpr,
-                          R: kl.constexpr):
+                          R: kl.constexpr, ALIGNED: kl.constexpr):
     """y = W x (+ bias) for BN rows per program (fp4_gemv_bytes_rows); GATED as
     in fp4_gemv_kernel: y[i] = silu(gate_i) * up_i, up row i at F + i; NORM and
-    ACCUMULATE as there."""
-    rn = kl.program_id(0) * BN + kl.arange(0, BN)
+    ACCUMULATE as there; ALIGNED as in fp4_tile_block, for the up rows too."""
+    row0 = kl.program_id(0) * BN
+    rn = row0 + kl.arange(0, BN)
     y = fp4_gemv_bytes_rows(x_ptr, norm_ptr, codes_ptr, step_ptr, base_ptr, bias_ptr, oidx_ptr,
-                            ow_ptr, rn, N, K, n_groups, n_out, eps, READING, G, HAS_BIAS, EVEN,
-                            NORM, BN, BK, R)
+                            ow_ptr, row0, N, K, n_groups, n_out, eps, READING, G, HAS_BIAS, EVEN,
+                            NORM, BN, BK, R, ALIGNED)
     if GATED:
         up = fp4_gemv_bytes_rows(x_ptr, norm_ptr, codes_ptr, step_ptr, base_ptr, bias_ptr,
-                                 oidx_ptr, ow_ptr, rn + F, N, K, n_groups, n_out, eps, READING,
-                                 G, HAS_BIAS, EVEN, NORM, BN, BK, R)
+                                 oidx_ptr, ow_ptr, row0 + F, N, K, n_groups, n_out, eps, READING,
+                                 G, HAS_BIAS, EVEN, NORM, BN, BK, R, ALIGNED)
         y = y * kl.sigmoid(y) * up
     fp4_store_rows(y_ptr, y, rn, F, EVEN, ACCUMULATE)
 
@@ -378,7 +394,7 @@ def fp4_gemm_acc_kernel(a_ptr, codes_ptr, step_ptr, base_ptr, c_ptr, bias_ptr,
                         oidx_ptr, ow_ptr, w_ptr, M, N, K, n_groups, n_out, stride_am, stride_cm,
                         READING: kl.constexpr, G: kl.constexpr, HAS_BIAS: kl.constexpr,
                         EVEN: kl.constexpr, BM: kl.constexpr, BN: kl.constexpr, BK: kl.constexpr,
-                        BO: kl.constexpr, R: kl.constexpr):
+                        BO: kl.constexpr, R: kl.constexpr, ALIGNED: kl.constexpr):
     """C = A @ W.T (+ bias) for BN columns of C (BN weight rows) and all M rows
     per program: the weight stationary, the accumulator in memory (for CPUs),
     on the row-tiled layout (codes, step, base; R rows per tile).
@@ -399,7 +415,7 @@ def fp4_gemm_acc_kernel(a_ptr, codes_ptr, step_ptr, base_ptr, c_ptr, bias_ptr,
     rj = kl.arange(0, BK)
     row_bytes = n_groups * HALF
     m_full = M - M % BM
-    block0 = fp4_tile_block(rn, n_groups, R)
+    block0 = fp4_tile_block(kl.program_id(0) * BN, n_groups, BN, R, ALIGNED)
     w_lo_ptrs = (w_ptr + kl.program_id(0) * (2 * BK * BN) + rj[:, None] * BN
                  + kl.arange(0, BN)[None, :])
     if HAS_BIAS:
@@ -453,7 +469,7 @@ def fp4_gemm_acc_kernel(a_ptr, codes_ptr, step_ptr, base_ptr, c_ptr, bias_ptr,
 @kdsl.jit
 def fp4_pack_panels_kernel(codes_ptr, step_ptr, base_ptr, oidx_ptr, ow_ptr, p_ptr, N, n_groups,
                            n_out, READING: kl.constexpr, G: kl.constexpr, BN: kl.constexpr,
-                           BK: kl.constexpr, R: kl.constexpr):
+                           BK: kl.constexpr, R: kl.constexpr, ALIGNED: kl.constexpr):
     """The weight dequantised into matmul's fp32 panels (panels_kernel's B):
     P[n // BN, k, n % BN] = W[n, k] for k < n_groups * G, zero rows past N.
     Program j reads its BN rows from the row-tiled layout, BK bytes of a
@@ -466,7 +482,7 @@ def fp4_pack_panels_kernel(codes_ptr, step_ptr, base_ptr, oidx_ptr, ow_ptr, p_pt
     rj = kl.arange(0, BK)
     cols = kl.arange(0, BN)
     panel = p_ptr + pid * (n_groups * G * BN)
-    block0 = fp4_tile_block(rn, n_groups, R)
+    block0 = fp4_tile_block(pid * BN, n_groups, BN, R, ALIGNED)
     live = rn < N
     for jb in range(0, n_groups * HALF, BK):
         g = jb // HALF
@@ -626,6 +642,16 @@ def _byte_chunk(group_size, bk):
     return bk if bk <= half and half % bk == 0 else half
 
 
+def _tile_aligned(bn, row_shift=0):
+    """fp4_tile_block's ALIGNED for programs of bn rows starting at multiples
+    of bn (plus row_shift, the up half of a gated weight)."""
+    if ROW_TILE % bn == 0:          # a program's rows sit in one tile
+        return row_shift % bn == 0
+    if bn % ROW_TILE == 0:          # a program's rows are whole tiles
+        return row_shift % ROW_TILE == 0
+    return False
+
+
 def launch_fp4(x, packed, out, bias=None, config=None, gated=False, norm=None, accumulate=False):
     """Enqueue the GEMV (M == 1) or GEMM for checked arguments; returns the
     kernel's event (None in the interpreter). fp4_linear() is the public
@@ -656,7 +682,8 @@ def launch_fp4(x, packed, out, bias=None, config=None, gated=False, norm=None, a
                 x, norm_w, arrays["tiled_codes"], arrays["tiled_step"], arrays["tiled_base"],
                 *tail, N, K, packed.n_groups, n_out, F, eps, **common, **fused, EVEN=even,
                 BN=cfg["BN"], BK=_byte_chunk(packed.group_size, cfg.get("BK", 16)),
-                R=ROW_TILE, num_threads=cfg["num_threads"])
+                R=ROW_TILE, ALIGNED=_tile_aligned(cfg["BN"], F if gated else 0),
+                num_threads=cfg["num_threads"])
         # the words of a step must not straddle groups: at least G/8 of them
         words = max(cfg["BW"], packed.group_size // 8)
         even = (F % cfg["BN"] == 0 and K % packed.group_size == 0
@@ -680,6 +707,7 @@ def launch_fp4(x, packed, out, bias=None, config=None, gated=False, norm=None, a
             x, arrays["tiled_codes"], arrays["tiled_step"], arrays["tiled_base"], *tail, tiles,
             M, N, K, packed.n_groups, n_out, x.stride(0), out.stride(0), **common, EVEN=even,
             BM=cfg["BM"], BN=cfg["BN"], BK=bk, BO=16, R=ROW_TILE,
+            ALIGNED=_tile_aligned(cfg["BN"]),
             num_threads=cfg["num_threads"])
     even = M % cfg["BM"] == 0 and N % cfg["BN"] == 0 and K % packed.group_size == 0
     grid = (kdsl.cdiv(M, cfg["BM"]), kdsl.cdiv(N, cfg["BN"]))
@@ -703,7 +731,7 @@ def _launch_panels(x, packed, out, bias, cfg, arrays):
         arrays["tiled_codes"], arrays["tiled_step"], arrays["tiled_base"],
         arrays["outlier_idx"], arrays["outlier_w"], panels, N, packed.n_groups,
         len(packed.outlier_idx), READING=packed.reading, G=G, BN=BN, BK=min(BK, G // 2),
-        R=ROW_TILE, num_threads=1)
+        R=ROW_TILE, ALIGNED=_tile_aligned(BN), num_threads=1)
     even = M % cfg["BM"] == 0 and N % BN == 0 and K % BK == 0
     return panels_kernel[(kdsl.cdiv(M, cfg["BM"]), programs, 1)](
         x, panels, out, bias if bias is not None else out, M, N, K, Kp, x.stride(0), 1,

@@ -501,3 +501,21 @@ def test_swiglu_linear_rejects_bad_arguments():
     with pytest.raises(ValueError, match=r"out must be float32 \(1, 3\)"):
         fp4.linear(np.ones((1, 32), np.float32), even, out=kdsl.empty((1, 6)),
                    activation="swiglu")
+
+
+@pytest.mark.parametrize("bn,f", [(4, 12), (8, 20), (16, 24), (16, 16), (2, 7)])
+def test_byte_gemv_rows_straddling_tiles(bn, f):
+    # the up half of a gated weight starts at row f: where f is not a multiple of
+    # the row tile, programs' rows straddle tiles and the per-row block form runs
+    from kdsl_kernels.fp4_kernels import _tile_aligned
+    if not kdsl.current_device().is_cpu:
+        pytest.skip("the byte-lane GEMV is the CPU kernel")
+    assert _tile_aligned(bn) and _tile_aligned(bn, f) == (f % min(bn, fp4.ROW_TILE) == 0)
+    rng = np.random.default_rng(bn + f)
+    packed = fp4.quantize(_weight(rng, 2 * f, 96), 32)
+    x = rng.standard_normal((1, 96)).astype(np.float32)
+    out = fp4.linear(kdsl.tensor(x), packed, activation="swiglu",
+                     config={"BN": bn, "BK": 16, "lanes": "bytes", "num_threads": 1}).numpy()
+    full = x @ fp4.dequantize(packed).T
+    ref = full[:, :f] / (1 + np.exp(-full[:, :f])) * full[:, f:]
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.sqrt(96))

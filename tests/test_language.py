@@ -989,6 +989,42 @@ def test_products_contracted_into_sums(interpret):
 
 
 @kdsl.jit
+def dots_and_exps(a_ptr, b_ptr, out_ptr, R: kl.constexpr, C: kl.constexpr):
+    """Row and column sums of a product (contracted into the sums) and an exp."""
+    rows = kl.arange(0, R)
+    cols = kl.arange(0, C)
+    a = kl.load(a_ptr + rows[:, None] * C + cols[None, :])
+    b = kl.load(b_ptr + cols)
+    kl.store(out_ptr + rows, kl.sum(a * b[None, :], axis=1))
+    kl.store(out_ptr + R + cols, kl.sum(a * b[None, :], axis=0))
+    kl.store(out_ptr + R + C + cols, kl.exp(b))
+
+
+@both_backends
+@pytest.mark.parametrize("shape", [(16, 64), (2, 4)])
+def test_summed_products_and_vector_math(interpret, shape):
+    from kdsl.launch import compile_kernel
+    R, C = shape
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((R, C)).astype(np.float32)
+    b = rng.standard_normal(C).astype(np.float32)
+    out = kdsl.empty((R + 2 * C,))
+    args = (kdsl.tensor(a), kdsl.tensor(b), out)
+    launch(dots_and_exps, interpret, (1,), *args, R=R, C=C, num_threads=1)
+    want = np.concatenate([a @ b, (a * b).sum(0), np.exp(b)])
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-5)
+    if interpret or not kdsl.current_device().is_cpu:
+        return
+    values, threads = dots_and_exps.bind(args, {"R": R, "C": C, "num_threads": 1})
+    source = compile_kernel(dots_and_exps, values, threads).source
+    # products inline in the sums (one FMA each on the device), no product statements
+    assert not any(line.strip().startswith("float binop") and " * " in line
+                   for line in source.splitlines())
+    # a CPU work-item with 8+ exps calls the 8-wide exp
+    assert ("= exp((float8)(" in source) == (C >= 8)
+
+
+@kdsl.jit
 def accumulate_into(total, x_ptr, n):
     """A helper that reassigns its parameter in a loop."""
     for i in range(0, n):
