@@ -141,11 +141,20 @@ class StepGraph:
     >>> graph = StepGraph()
     >>> graph.run(("layer", 0, "qkv"), lambda: model._qkv(views))   # records (and runs)
     >>> graph.run(("layer", 0, "qkv"), lambda: model._qkv(views))   # replays
+
+    A whole step (every sub-step of a forward, in order) is also kept as one
+    flat list once all its sub-steps replay: `trace()` around a forward
+    notes the sub-steps it runs, `replay(key, past)` runs the list in one
+    loop. On a 2-core CPU the host's Python per step competes with the
+    device's worker threads for the cores; walking the model's layers and
+    sub-steps cost more than the launches themselves.
     """
 
     def __init__(self):
         self.prepared = {}
         self.affine = {}
+        self.flat = {}                # step key -> [(launch, changes, base past)]
+        self._trace = None
 
     def run_affine(self, key, step, past, unit=1):
         """Run a step of `unit` new tokens whose launches move with the past length
@@ -153,17 +162,55 @@ class StepGraph:
         if key not in self.affine:
             self.affine[key] = AffineStep(unit)
         self.affine[key].run(past, step)
+        if self._trace is not None:
+            self._trace.append(self.affine[key])
 
     def run(self, key, step):
         launches = self.prepared.get(key)
         if launches is None:
             with captured_launches() as records:
                 step()
-            self.prepared[key] = [jit_fn.prepare(grid, **values, num_threads=num_threads)
-                                  for jit_fn, grid, values, num_threads in records]
-            return
-        for launch in launches:
+            launches = self.prepared[key] = [
+                jit_fn.prepare(grid, **values, num_threads=num_threads)
+                for jit_fn, grid, values, num_threads in records]
+        else:
+            for launch in launches:
+                launch()
+        if self._trace is not None:
+            self._trace.append(launches)
+
+    @contextlib.contextmanager
+    def trace(self, key):
+        """Note the sub-steps run in the block; where every one of them replays
+        (no AffineStep still recording or gone eager), keep them as the flat
+        step `key`."""
+        self._trace = []
+        try:
+            yield
+            flat = []
+            for part in self._trace:
+                if isinstance(part, AffineStep):
+                    if part.launches is None:
+                        return
+                    base_past, changes = part.base
+                    flat += [(launch, changed, base_past)
+                             for launch, changed in zip(part.launches, changes)]
+                else:
+                    flat += [(launch, (), 0) for launch in part]
+            self.flat[key] = flat
+        finally:
+            self._trace = None
+
+    def replay(self, key, past):
+        """Run the flat step `key` at this past length; False where there is none yet."""
+        flat = self.flat.get(key)
+        if flat is None:
+            return False
+        for launch, changed, base_past in flat:
+            for name, a, per_token in changed:
+                launch.advance(name, _shifted(a, per_token, past - base_past))
             launch()
+        return True
 
     @property
     def n_launches(self):

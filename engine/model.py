@@ -117,11 +117,22 @@ class Model:
         shape = (n, last)
         run = ((lambda key, step: graph.run(shape + key, step)) if graph is not None
                else (lambda key, step: step()))
-        run(("embed",), lambda: kk.embedding(self.ids[:n], self.weights["embed"], out=v["x"]))
-        if graph is not None:
+        if graph is None:
+            self._layers(v, run, None, None, shape, past, n, first, r)
+        else:
             cfg = self.config
             signature = launch_signature((cfg.n_heads, n, cfg.head_dim),
                                          (cfg.n_kv_heads, past + n, cfg.head_dim), self.device)
+            if not graph.replay(shape + (signature,), past):
+                with graph.trace(shape + (signature,)):
+                    self._layers(v, run, graph, signature, shape, past, n, first, r)
+        self.cache.length = past + n
+        return v["logits"]
+
+    def _layers(self, v, run, graph, signature, shape, past, n, first, r):
+        """The step's sub-steps in order: embedding, every layer, final norm, LM
+        head; through `graph` (sub-steps recorded and replayed) where not None."""
+        run(("embed",), lambda: kk.embedding(self.ids[:n], self.weights["embed"], out=v["x"]))
         for layer in range(self.config.n_layers):
             self._layer = layer
             for use, step in self._layer_steps:
@@ -136,8 +147,6 @@ class Model:
         run(("final_norm",), lambda: self._final_norm(v))
         run(("lm_head",), lambda: self._linear(v["h"][first:first + r], self.lm_head, None,
                                                v["logits"]))
-        self.cache.length = past + n
-        return v["logits"]
 
     # ------------------------------------------------------------ the layer's steps
     def _w(self, name):

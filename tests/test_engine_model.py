@@ -130,6 +130,7 @@ def test_replayed_decode_steps_equal_eager_ones(tiny):
     llm.model.graph = graph
     assert graph.n_launches > 0
     assert all(step.launches for step in graph.affine.values())     # RoPE/cache replayed
+    assert graph.flat          # whole steps replayed as one flat list of launches
     np.testing.assert_array_equal(replayed, eager)
 
 
