@@ -15,8 +15,12 @@ rows are still written. A folder made by bench/random_model.py holds random
 weights: the result file says so ("weights": "random"), since speed is all
 it can show. Prefill runs a random prompt of
 --prompt-tokens ids from an empty cache; decode makes --gen-tokens tokens
-after it, one at a time, never stopping early. The best of --repeat runs
-is kept. Ratios are engine / peer.
+after it, one at a time, never stopping early. The runs go in --repeat
+rounds, each round running every engine and peer once in turn, so a burst
+of load from elsewhere on a shared machine falls on all of them alike (run
+one after the other, one engine's repeats could all land in a quiet minute
+and a peer's in a busy one); the best run of each is kept. Ratios are
+engine / peer.
 """
 import argparse
 import os
@@ -58,13 +62,8 @@ def parse_args(argv=None):
     return args
 
 
-def best_of(repeat, run):
-    """The (prefill tok/s, decode tok/s) of the fastest of `repeat` runs of `run()`."""
-    results = [run() for _ in range(repeat)]
-    return max(r[0] for r in results), max(r[1] for r in results)
-
-
-def bench_engine(path, quant, args):
+def engine_runner(path, quant, args):
+    """A run() -> (prefill tok/s, decode tok/s) of the engine in this quant, kernels compiled."""
     from engine import LLM
     from engine.generate import bench_ids
     context = args.prompt_tokens + args.gen_tokens + 1
@@ -75,14 +74,15 @@ def bench_engine(path, quant, args):
     def run():
         t = bench_ids(llm.generator, args.prompt_tokens, args.gen_tokens, vocab=llm.config.vocab)
         return t.prefill_tok_s, t.decode_tok_s
-    return best_of(args.repeat, run)
+    return run
 
 
 def random_ids(n, vocab, seed=0):
     return np.random.default_rng(seed).integers(0, vocab, n).tolist()
 
 
-def bench_llama_cpp(path, args):
+def llama_cpp_runner(path, args):
+    """llama.cpp's run() on the GGUF file, warmed up; None where llama-cpp-python is missing."""
     try:
         import llama_cpp
     except ImportError:
@@ -104,10 +104,11 @@ def bench_llama_cpp(path, args):
         decode = time.perf_counter() - start
         return args.prompt_tokens / prefill, args.gen_tokens / decode
     run()
-    return best_of(args.repeat, run)
+    return run
 
 
-def bench_transformers(path, args):
+def transformers_runner(path, args):
+    """(run(), "cpu" or "cuda") of transformers in fp32, warmed up; (None, None) where missing."""
     try:
         import torch
         import transformers
@@ -148,7 +149,7 @@ def bench_transformers(path, args):
         decode = time.perf_counter() - start
         return args.prompt_tokens / prefill, args.gen_tokens / decode
     run()
-    return best_of(args.repeat, run), device
+    return run, device
 
 
 def random_weights(path):
@@ -161,13 +162,36 @@ def random_weights(path):
         return bool(json.load(f).get("kdsl_random_weights"))
 
 
-def measure_peer(name, bench, path, args):
-    """bench(path, args), or None (printed) where the peer fails: the engine's rows still count."""
+def setup_peer(name, setup, path, args):
+    """setup(path, args), or None (printed) where the peer fails: the engine's rows still count."""
     try:
-        return bench(path, args)
+        return setup(path, args)
     except Exception as error:       # a peer's failure must not lose the engine's numbers
         print(f"{name}: failed ({type(error).__name__}: {error}); not measured", flush=True)
         return None
+
+
+def run_rounds(runners, repeat):
+    """{name: (best prefill tok/s, best decode tok/s)} over `repeat` rounds, each running
+    every runner once in turn; a peer whose run fails is dropped (printed)."""
+    best = {}
+    for round_ in range(repeat):
+        for name, run in list(runners.items()):
+            try:
+                prefill, decode = run()
+            except Exception as error:
+                if name.startswith("kdsl"):
+                    raise
+                print(f"{name}: failed ({type(error).__name__}: {error}); not measured",
+                      flush=True)
+                del runners[name]
+                best.pop(name, None)
+                continue
+            old = best.get(name, (0.0, 0.0))
+            best[name] = (max(old[0], prefill), max(old[1], decode))
+            print(f"round {round_ + 1}/{repeat} {name}: pp {prefill:.1f} tok/s, tg {decode:.1f} "
+                  f"tok/s", flush=True)
+    return best
 
 
 def plot(rows, path, title):
@@ -204,30 +228,28 @@ def main(argv=None):
     print(f"model: {path}\ndevice: {device}", flush=True)
     load_before = os.getloadavg()[0]
     common.warn_if_busy()
-    rows = []
+    runners = {}
     for quant in args.quants.split(","):
-        prefill, decode = bench_engine(path, quant, args)
-        rows.append({"name": f"kdsl {quant}", "prefill_tok_s": prefill, "decode_tok_s": decode})
-        print(f"kdsl {quant}: pp{args.prompt_tokens} {prefill:.1f} tok/s, "
-              f"tg{args.gen_tokens} {decode:.1f} tok/s", flush=True)
+        runners[f"kdsl {quant}"] = engine_runner(path, quant, args)
     peers = args.peers.split(",")
     if "llama.cpp" in peers and os.path.isdir(path):
         print("llama.cpp: reads GGUF files only; not measured on a folder")
     elif "llama.cpp" in peers:
-        result = measure_peer("llama.cpp", bench_llama_cpp, path, args)
-        if result is None:
+        run = setup_peer("llama.cpp", llama_cpp_runner, path, args)
+        if run is None:
             print("llama.cpp: llama-cpp-python is not importable or failed; not measured")
         else:
-            rows.append({"name": f"llama.cpp Q4_1 ({args.threads} threads)",
-                         "prefill_tok_s": result[0], "decode_tok_s": result[1]})
+            runners[f"llama.cpp Q4_1 ({args.threads} threads)"] = run
     if "transformers" in peers:
-        result, where = measure_peer("transformers", bench_transformers, path, args) or (None, None)
-        if result is None:
+        run, where = setup_peer("transformers", transformers_runner, path, args) or (None, None)
+        if run is None:
             print("transformers: not importable or failed; not measured")
         else:
             threads = f"{args.threads} threads" if where == "cpu" else "CUDA"
-            rows.append({"name": f"transformers fp32 ({threads})",
-                         "prefill_tok_s": result[0], "decode_tok_s": result[1]})
+            runners[f"transformers fp32 ({threads})"] = run
+    best = run_rounds(runners, args.repeat)
+    rows = [{"name": name, "prefill_tok_s": prefill, "decode_tok_s": decode}
+            for name, (prefill, decode) in best.items()]
     for row in rows:
         for peer in rows:
             if not peer["name"].startswith("kdsl") and row["name"].startswith("kdsl"):
