@@ -247,14 +247,17 @@ def attention_config(S, T, D, group, kv_heads, device=None):
     if device.is_cpu and rows <= 8 and (group == 1 or T * bd <= 1 << 17):
         # decode without grouped heads, or with a KV head's K and V small
         # enough (<= 1 MiB as fp32) that the group's rows re-read them from
-        # cache: one work-item per (head, query) row (rows_kernel), 16 keys a
-        # step (the engine's replayed SmolLM2 decode step, interleaved: 24.0
-        # against 26.1 ms with 8 at 512 cached tokens, 25.1 against 26.1 at
-        # 1200; 32 no better than 16). PoCL, 32 heads x 4096 keys x 128: K and
-        # V read at 77% of the copy bandwidth; SmolLM2's 9/3 heads x 64,
-        # replayed: 71 against 95 us for the packed block at 512 keys, 336
-        # against 377 at 2048, but 397 against 361 at 4096
-        cfg = {"form": "rows", "BN": 16, "BD": bd, "num_threads": 1}
+        # cache: one work-item per (head, query) row (rows_kernel), 32 keys a
+        # step. 8 lost to 16 in the engine's replayed SmolLM2 decode step
+        # (24.0 against 26.1 ms at 512 cached tokens); since scores and the
+        # p v sums compile to FMAs and exp runs 8-wide, 32 beats 16 (PoCL,
+        # caches flushed, interleaved, 2026-12-07: 32 x 4096 x 128 MHA 3.21
+        # against 3.72 ms; SmolLM2's 9/3 x 64 at 512 keys 32.0 against 38.3
+        # us, at 1024 57.0 against 61.8; the engine's decode step equal,
+        # 10.03 against 10.05 ms). SmolLM2's shapes, replayed: 71 against 95
+        # us for the packed block at 512 keys, 336 against 377 at 2048, but
+        # 397 against 361 at 4096
+        cfg = {"form": "rows", "BN": 32, "BD": bd, "num_threads": 1}
     elif device.is_cpu and rows <= 8:
         # decode with grouped heads: the group's query rows packed in one block
         # read each K/V head once; q k^T is the back end's dot along K.
