@@ -40,6 +40,15 @@ def test_softmax_matches_numpy(interpret, lead, s, extra, causal, scale, streame
                                rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("n", [1025, 3000])
+def test_long_rows_with_the_default_config(n):
+    # rows past one block: the default streams them (on a CPU in 64-column
+    # blocks of one work-item), causal and scaled
+    x = np.random.default_rng(n).standard_normal((2, 3, n)).astype(np.float32)
+    out = softmax(x, scale=0.5, causal=True).numpy()
+    np.testing.assert_allclose(out, softmax_ref(x, 0.5, True), rtol=1e-5, atol=1e-6)
+
+
 @MODES
 def test_softmax_in_place_on_a_view_with_infinities(interpret):
     x = np.random.default_rng(0).standard_normal((3, 50)).astype(np.float32)
