@@ -10,7 +10,7 @@ import math
 import kdsl
 import kdsl.language as kl
 
-from .elementwise import as_tensor, check_out, launch_elementwise, new_out
+from .elementwise import as_tensor, check_out, launch_elementwise, load_block, new_out, store_block
 
 # gelu_tanh(x) = 0.5 x (1 + tanh(c (x + 0.044715 x^3))), c = sqrt(2 / pi), and
 # 0.5 (1 + tanh(y)) = sigmoid(2 y), so it is x * sigmoid(2 c (x + 0.044715 x^3)).
@@ -29,19 +29,19 @@ def gelu_tanh(x):
 
 @kdsl.jit
 def gated_kernel(gate_ptr, up_ptr, out_ptr, B, C, stride_g0, stride_g1, stride_u0, stride_u1,
-                 stride_o0, stride_o1, ACT: kl.constexpr, BLOCK: kl.constexpr):
+                 stride_o0, stride_o1, ACT: kl.constexpr, BLOCK: kl.constexpr,
+                 EVEN: kl.constexpr):
     """out = act(gate) * up for one BLOCK of the last dimension per program."""
     offs = kl.program_id(0) * BLOCK + kl.arange(0, BLOCK)
     j = kl.program_id(1)
     i = kl.program_id(2)
-    mask = offs < C
-    gate = kl.load(gate_ptr + i * stride_g0 + j * stride_g1 + offs, mask=mask, other=0.0)
-    up = kl.load(up_ptr + i * stride_u0 + j * stride_u1 + offs, mask=mask, other=0.0)
+    gate = load_block(gate_ptr + i * stride_g0 + j * stride_g1 + offs, offs, C, EVEN)
+    up = load_block(up_ptr + i * stride_u0 + j * stride_u1 + offs, offs, C, EVEN)
     if ACT == "silu":
         y = silu(gate) * up
     else:
         y = gelu_tanh(gate) * up
-    kl.store(out_ptr + i * stride_o0 + j * stride_o1 + offs, y, mask=mask)
+    store_block(out_ptr + i * stride_o0 + j * stride_o1 + offs, y, offs, C, EVEN)
 
 
 def _gated(gate, up, out, config, act, fn):

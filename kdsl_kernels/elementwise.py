@@ -43,28 +43,48 @@ def check_out(out, shape, fn, dtypes=(np.float32,), name="out"):
 
 
 @kdsl.jit
+def load_block(ptrs, offs, C, EVEN: kl.constexpr):
+    """A block of elements offs of a row of C; EVEN (C a multiple of the block):
+    no mask. A masked access is a masked vector load or store on a CPU, and
+    AMD's masked stores are microcoded: SwiGLU over 512 x 11264 ran 7.0 ms
+    masked, 5.9 with only the loads masked and 2.5 unmasked (PoCL, Zen 4)."""
+    if EVEN:
+        x = kl.load(ptrs)
+    else:
+        x = kl.load(ptrs, mask=offs < C, other=0.0)
+    return x
+
+
+@kdsl.jit
+def store_block(ptrs, value, offs, C, EVEN: kl.constexpr):
+    """Store a block loaded by load_block, masked only where not EVEN."""
+    if EVEN:
+        kl.store(ptrs, value)
+    else:
+        kl.store(ptrs, value, mask=offs < C)
+
+
+@kdsl.jit
 def add_kernel(a_ptr, b_ptr, out_ptr, B, C, stride_a0, stride_a1, stride_b0, stride_b1,
-               stride_o0, stride_o1, BLOCK: kl.constexpr):
+               stride_o0, stride_o1, BLOCK: kl.constexpr, EVEN: kl.constexpr):
     """out[i, j, k] = a[i, j, k] + b[i, j, k] for one BLOCK of k per program."""
     offs = kl.program_id(0) * BLOCK + kl.arange(0, BLOCK)
     j = kl.program_id(1)
     i = kl.program_id(2)
-    mask = offs < C
-    a = kl.load(a_ptr + i * stride_a0 + j * stride_a1 + offs, mask=mask, other=0.0)
-    b = kl.load(b_ptr + i * stride_b0 + j * stride_b1 + offs, mask=mask, other=0.0)
-    kl.store(out_ptr + i * stride_o0 + j * stride_o1 + offs, a + b, mask=mask)
+    a = load_block(a_ptr + i * stride_a0 + j * stride_a1 + offs, offs, C, EVEN)
+    b = load_block(b_ptr + i * stride_b0 + j * stride_b1 + offs, offs, C, EVEN)
+    store_block(out_ptr + i * stride_o0 + j * stride_o1 + offs, a + b, offs, C, EVEN)
 
 
 @kdsl.jit
 def copy_kernel(src_ptr, out_ptr, B, C, stride_s0, stride_s1, stride_o0, stride_o1,
-                BLOCK: kl.constexpr):
+                BLOCK: kl.constexpr, EVEN: kl.constexpr):
     """out[i, j, k] = src[i, j, k], converting to out's dtype (fp32 <-> fp16)."""
     offs = kl.program_id(0) * BLOCK + kl.arange(0, BLOCK)
     j = kl.program_id(1)
     i = kl.program_id(2)
-    mask = offs < C
-    x = kl.load(src_ptr + i * stride_s0 + j * stride_s1 + offs, mask=mask, other=0.0)
-    kl.store(out_ptr + i * stride_o0 + j * stride_o1 + offs, x, mask=mask)
+    x = load_block(src_ptr + i * stride_s0 + j * stride_s1 + offs, offs, C, EVEN)
+    store_block(out_ptr + i * stride_o0 + j * stride_o1 + offs, x, offs, C, EVEN)
 
 
 @kdsl.jit
@@ -124,8 +144,15 @@ def collapse(shape, *strides):
 
 def elementwise_config(C):
     """Tuned, else one element per work-item in blocks of up to 1024 (the
-    fastest layout for memory-bound kernels on PoCL, coalesced on a GPU)."""
+    fastest layout for memory-bound kernels on PoCL, coalesced on a GPU). On
+    a CPU the block is the largest power of two up to 1024 that divides C
+    where that is 64 or more, so no block needs masks (load_block): SwiGLU
+    over 512 x 11008 in 256-element blocks, unmasked, against 1024 masked."""
     block = min(1024, 1 << max(C - 1, 0).bit_length())
+    if kdsl.current_device().is_cpu and C % block:
+        divisor = min(1024, C & -C)            # the largest power of two dividing C
+        if divisor >= 64:
+            block = divisor
     return tuned("elementwise", {"C": C}, {"BLOCK": block, "num_threads": block})
 
 
@@ -141,7 +168,7 @@ def launch_elementwise(kernel, operands, config=None, **constexprs):
     cfg = config or elementwise_config(C)
     flat_strides = [s for pair in strides for s in pair]
     kernel[(kdsl.cdiv(C, cfg["BLOCK"]), B, A)](*operands, B, C, *flat_strides,
-                                               BLOCK=cfg["BLOCK"],
+                                               BLOCK=cfg["BLOCK"], EVEN=C % cfg["BLOCK"] == 0,
                                                num_threads=cfg["num_threads"], **constexprs)
 
 

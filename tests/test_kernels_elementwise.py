@@ -101,3 +101,19 @@ def test_bad_input_names_the_cause():
         swiglu(np.zeros(3, np.float32), np.zeros(3, np.float32), out=kdsl.empty((4,)))
     with pytest.raises(TypeError, match="out must be a kdsl.Tensor"):
         copy(np.zeros(3, np.float32), np.zeros(3, np.float32))
+
+
+@pytest.mark.parametrize("c", [100, 576, 1536, 11008 // 4])
+def test_blocks_without_masks_where_they_divide_the_row(c):
+    # the default block divides these rows (no masks, EVEN) except 100 (masked tail)
+    from kdsl_kernels.elementwise import elementwise_config
+    block = elementwise_config(c)["BLOCK"]
+    if kdsl.current_device().is_cpu:
+        assert (c % block == 0) == (c != 100)
+    rng = np.random.default_rng(c)
+    gate, up = (rng.standard_normal((3, c)).astype(np.float32) for _ in range(2))
+    np.testing.assert_allclose(swiglu(gate, up).numpy(), gate / (1 + np.exp(-gate)) * up,
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(add(gate, up).numpy(), gate + up, rtol=1e-6)
+    out = kdsl.tensor(np.zeros((3, c), np.float16))
+    np.testing.assert_array_equal(copy(gate, out).numpy(), gate.astype(np.float16))
