@@ -770,11 +770,22 @@ class Codegen:
 
         out = []
         if n >= 2 * W and n % W == 0 and all(consecutive(m) for m in members):
+            vecs = []
             for o, m in enumerate(members):
                 vec = f"{base}_v{o}"
                 self.line(f"float{W} {vec} = {build(m[:W])};")
                 for j in range(W, n, W):
                     self.line(f"{vec} = {fn.format(a=vec, b=build(m[j:j + W]))};")
+                vecs.append(vec)
+            grouped = len(members) - len(members) % W if op == "sum" else 0
+            for o0 in range(0, grouped, W):      # 8 outputs' folds at once (_fold8)
+                total = self._fold8(vecs[o0:o0 + W], f"{base}_f{o0}")
+                for i in range(W):
+                    a = f"{base}_{o0 + i}"
+                    self.line(f"const float {a} = {total}.s{i:x};")
+                    out.append(a)
+            for o in range(grouped, len(members)):
+                vec = vecs[o]
                 # 8 -> 4 -> 2 -> 1 lanes
                 h4, h2, a = f"{vec}_4", f"{vec}_2", f"{base}_{o}"
                 self.line(f"const float4 {h4} = {fn.format(a=vec + '.lo', b=vec + '.hi')};")
@@ -921,16 +932,49 @@ class Codegen:
         avec = vectors(a, a_op, rows, lambda i, k0: (i, k0), "a")
         bvec = vectors(b, b_op, cols, lambda j, k0: (k0, j), "b")
         for i in range(rows):
+            accs = []
             for j in range(cols):
                 acc = f"{base}_{i}_{j}"
                 self.line(f"float{W} {acc} = {avec[i, 0]} * {bvec[j, 0]};")
                 for k0 in range(W, kdim, W):
                     self.line(f"{acc} = fma({avec[i, k0]}, {bvec[j, k0]}, {acc});")
+                accs.append(acc)
+            for j0 in range(0, cols - cols % W, W):
+                total = self._fold8(accs[j0:j0 + W], f"{base}_{i}_f{j0}")
+                for j in range(W):
+                    r = i * cols + j0 + j
+                    self.line(f"{cs[r]} = {cs[r]} + {total}.s{j:x};")
+            for j in range(cols - cols % W, cols):
+                acc = accs[j]
                 self.line(f"const float4 {acc}_4 = {acc}.lo + {acc}.hi;")
                 self.line(f"const float2 {acc}_2 = {acc}_4.lo + {acc}_4.hi;")
                 r = i * cols + j
                 self.line(f"{cs[r]} = {cs[r]} + ({acc}_2.x + {acc}_2.y);")
         return True
+
+    def _fold8(self, vectors, name):
+        """The lane sums of 8 float8 values as one float8 (lane j: the sum of
+        vectors[j]), by a transposing tree: pairwise sums within 128-bit halves
+        (two in-lane shuffles and an add per pair, vshufps + vaddps on AVX2),
+        then the halves added. 23 vector operations for 8 sums, where folding
+        each vector on its own (8 -> 4 -> 2 -> 1) takes about 48."""
+        even = "(uint8)(0, 2, 8, 10, 4, 6, 12, 14)"
+        odd = "(uint8)(1, 3, 9, 11, 5, 7, 13, 15)"
+        level = list(vectors)
+        depth = 0
+        while len(level) > 2:
+            nxt = []
+            for k in range(0, len(level), 2):
+                x, y = level[k], level[k + 1]
+                t = f"{name}_l{depth}_{k // 2}"
+                self.line(f"const float8 {t} = shuffle2({x}, {y}, {even}) + "
+                          f"shuffle2({x}, {y}, {odd});")
+                nxt.append(t)
+            level = nxt
+            depth += 1
+        x, y = level
+        self.line(f"const float8 {name} = (float8)({x}.lo + {x}.hi, {y}.lo + {y}.hi);")
+        return name
 
     # ------------------------------------------------------------- statements
     def push(self):

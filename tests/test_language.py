@@ -1022,6 +1022,8 @@ def test_summed_products_and_vector_math(interpret, shape):
                    for line in source.splitlines())
     # a CPU work-item with 8+ exps calls the 8-wide exp
     assert ("= exp((float8)(" in source) == (C >= 8)
+    # 8+ row sums over 16+ columns fold 8 at a time (codegen _fold8)
+    assert ("shuffle2(" in source) == (R >= 8 and C >= 16)
 
 
 @kdsl.jit
