@@ -406,6 +406,7 @@ class Codegen:
                 and self.T == 1 and self.device.get("is_cpu") and n >= self.VECTOR)
 
     def _vector_math_slots(self, v, args, n):
+        """v's slots as float8 calls of its function, 8 slots each; the tail per slot."""
         W = self.VECTOR
         base = self.fresh(v.name or v.attrs["fn"])
         out = []
@@ -897,8 +898,9 @@ class Codegen:
         The scalar form vectorises across the N slots of a row of C, which
         here would gather B's elements one by one; this one loads 8 K-neighbours
         with one vload8 (vload_half8 for fp16 storage), multiplies 8 at a time,
-        and folds each output's vector once per call. The fold costs about
-        five instructions per output, so K must be 64 or more for it to pay:
+        and folds the outputs' vectors once per call, 8 at a time where a row
+        of C has 8 or more (_fold8; about three instructions per output, five
+        folding one alone), so K must be 64 or more for it to pay:
         PoCL, one thread, attention's 8 x 8 x 64 q k^T ran 4x faster than
         the scalar form, while a linear layer's 8 x 8 x 32 tile ran 0.7x and
         4 x 4 x 64 equal. Returns False (nothing emitted) where it does not apply."""
