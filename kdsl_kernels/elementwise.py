@@ -89,16 +89,17 @@ def copy_kernel(src_ptr, out_ptr, B, C, stride_s0, stride_s1, stride_o0, stride_
 
 @kdsl.jit
 def embedding_kernel(ids_ptr, table_ptr, out_ptr, V, D, stride_table, stride_out,
-                     BLOCK: kl.constexpr):
+                     BLOCK: kl.constexpr, EVEN: kl.constexpr):
     """out[s] = table[ids[s]]; an id outside [0, V) gives a row of zeros rather
-    than a read outside the table."""
+    than a read outside the table (row 0 is read in its place and zeroed, so
+    the loads stay unmasked where EVEN: D a multiple of BLOCK)."""
     s = kl.program_id(0)
     offs = kl.program_id(1) * BLOCK + kl.arange(0, BLOCK)
     row = kl.load(ids_ptr + s)
     valid = (row >= 0) & (row < V)
-    mask = offs < D
-    x = kl.load(table_ptr + row * stride_table + offs, mask=mask & valid, other=0.0)
-    kl.store(out_ptr + s * stride_out + offs, x, mask=mask)
+    safe_row = kl.where(valid, row, 0)
+    x = load_block(table_ptr + safe_row * stride_table + offs, offs, D, EVEN)
+    store_block(out_ptr + s * stride_out + offs, kl.where(valid, x, 0.0), offs, D, EVEN)
 
 
 def collapse(shape, *strides):
@@ -236,5 +237,6 @@ def embedding(ids, table, *, out=None, config=None):
     cfg = config or elementwise_config(D)
     embedding_kernel[(S, kdsl.cdiv(D, cfg["BLOCK"]))](ids, table, out, V, D, table.stride(0),
                                                       out.stride(0), BLOCK=cfg["BLOCK"],
+                                                      EVEN=D % cfg["BLOCK"] == 0,
                                                       num_threads=cfg["num_threads"])
     return out

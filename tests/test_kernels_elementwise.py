@@ -117,3 +117,15 @@ def test_blocks_without_masks_where_they_divide_the_row(c):
     np.testing.assert_allclose(add(gate, up).numpy(), gate + up, rtol=1e-6)
     out = kdsl.tensor(np.zeros((3, c), np.float16))
     np.testing.assert_array_equal(copy(gate, out).numpy(), gate.astype(np.float16))
+
+
+@MODES
+@pytest.mark.parametrize("d", [64, 70])
+def test_embedding_of_ids_outside_the_table_gives_zero_rows(interpret, d):
+    # device ids are not checked on the host: -1 and V read nothing and give zeros,
+    # with rows that fill whole blocks (unmasked) and rows that do not
+    table = np.arange(3 * d, dtype=np.float32).reshape(3, d) + 1
+    ids = kdsl.tensor(np.array([2, -1, 3, 0], np.int32))
+    out = _run(interpret, lambda: embedding(ids, kdsl.tensor(table)).numpy())
+    np.testing.assert_array_equal(out, np.stack([table[2], 0 * table[0], 0 * table[0],
+                                                 table[0]]))
