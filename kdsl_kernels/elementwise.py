@@ -157,16 +157,17 @@ def elementwise_config(C):
     return tuned("elementwise", {"C": C}, {"BLOCK": block, "num_threads": block})
 
 
-def launch_elementwise(kernel, operands, config=None, **constexprs):
-    """Launch `kernel(*operands, B, C, <s0, s1 per operand>, BLOCK)` over their common shape.
+def launch_elementwise(kernel, operands, config=None, default_config=None, **constexprs):
+    """Launch `kernel(*operands, B, C, <s0, s1 per operand>, BLOCK, EVEN)` over their common shape.
 
     The layout shared by add, copy, swiglu and gelu_tanh_mul: grid
-    (cdiv(C, BLOCK), B, A) after `collapse`.
+    (cdiv(C, BLOCK), B, A) after `collapse`. default_config(C) gives the
+    config where none is passed (elementwise_config unless said otherwise).
     """
     (A, B, C), strides = collapse(operands[0].shape, *[t.strides for t in operands])
     if A * B * C == 0:
         return
-    cfg = config or elementwise_config(C)
+    cfg = config or (default_config or elementwise_config)(C)
     flat_strides = [s for pair in strides for s in pair]
     kernel[(kdsl.cdiv(C, cfg["BLOCK"]), B, A)](*operands, B, C, *flat_strides,
                                                BLOCK=cfg["BLOCK"], EVEN=C % cfg["BLOCK"] == 0,
