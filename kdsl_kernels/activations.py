@@ -11,8 +11,8 @@ import kdsl
 import kdsl.language as kl
 
 from .configs import tuned
-from .elementwise import (as_tensor, check_out, elementwise_config, launch_elementwise,
-                          load_block, new_out, store_block)
+from .elementwise import (as_tensor, check_out, dividing_block, elementwise_config,
+                          launch_elementwise, load_block, new_out, store_block)
 
 # gelu_tanh(x) = 0.5 x (1 + tanh(c (x + 0.044715 x^3))), c = sqrt(2 / pi), and
 # 0.5 (1 + tanh(y)) = sigmoid(2 y), so it is x * sigmoid(2 c (x + 0.044715 x^3)).
@@ -57,9 +57,7 @@ def gated_config(C):
     work-items: one was 1.1-2x slower for them."""
     if not kdsl.current_device().is_cpu:
         return elementwise_config(C)
-    divisor = C & -C
-    block = min(128, divisor) if divisor >= 16 else min(128, 1 << max(C - 1, 0).bit_length())
-    return tuned("gated", {"C": C}, {"BLOCK": block, "num_threads": 1})
+    return tuned("gated", {"C": C}, {"BLOCK": dividing_block(C, 128, 16), "num_threads": 1})
 
 
 def _gated(gate, up, out, config, act, fn):
