@@ -55,6 +55,27 @@ def test_rope_matches_reference(interpret, h, s, half_d, rotary_fraction, interl
 
 
 @MODES
+@pytest.mark.parametrize("as_array", [False, True])
+@pytest.mark.parametrize("S, D", [(16, 128), (8, 64), (1, 32)])
+def test_rope_full_blocks_write_only_their_slot(interpret, as_array, S, D):
+    """Shapes whose blocks are all live (the unmasked path: the pairs fill the
+    block, the tokens a multiple of its rows): the slot holds the rotation and
+    the cache rows around it keep their values."""
+    H, p0 = 3, 40
+    rng = np.random.default_rng(S + D)
+    x = rng.standard_normal((S, H * D)).astype(np.float32)
+    cache = kdsl.tensor(np.full((H, p0 + S + 4, D), 7, np.float32))
+    positions = p0 + np.arange(S, dtype=np.int32)
+    view = kdsl.tensor(x).reshape(S, H, D).permute(1, 0, 2)
+    _run(interpret, lambda: rope(view, positions if as_array else p0, 1e4,
+                                 out=cache[:, p0:p0 + S]))
+    expected = np.full(cache.shape, 7, np.float64)
+    expected[:, p0:p0 + S] = rope_ref(x.reshape(S, H, D).transpose(1, 0, 2), positions, 1e4, D,
+                                      False)
+    np.testing.assert_allclose(cache.numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+@MODES
 @pytest.mark.parametrize("fp16", [False, True])
 def test_rope_from_a_projection_view_into_a_cache_slot(interpret, fp16):
     S, KVH, D, p0 = 5, 2, 16, 3
