@@ -42,11 +42,12 @@ def _py(v):
     return v
 
 
-def _assigned_names(stmts, counts, known=None):
+def _assigned_names(stmts, counts, known=None, in_loop=None):
     """Count assignment sites per name (static_range loop variables excluded).
 
     `known` maps names to compile-time values, so that the branch an
-    `if EVEN:` on a constexpr does not take does not count."""
+    `if EVEN:` on a constexpr does not take does not count. `in_loop`, a set
+    when given, collects the names assigned inside a runtime loop's body."""
     known = known or {}
     for s in stmts:
         if isinstance(s, A.Assign):
@@ -55,17 +56,28 @@ def _assigned_names(stmts, counts, known=None):
         elif isinstance(s, A.AugAssign):
             counts[s.target.id] = counts.get(s.target.id, 0) + 2
         elif isinstance(s, A.For):
-            if not _is_static_range(s.iter):
+            static = _is_static_range(s.iter)
+            if not static:
                 counts[s.var] = counts.get(s.var, 0) + 2
-            _assigned_names(s.body, counts, known)
+            body = {} if in_loop is not None and not static else counts
+            _assigned_names(s.body, body, known, in_loop)
+            if body is not counts:
+                in_loop.update(body)
+                for name, c in body.items():
+                    counts[name] = counts.get(name, 0) + c
         elif isinstance(s, (A.While,)):
-            _assigned_names(s.body, counts, known)
+            body = {} if in_loop is not None else counts
+            _assigned_names(s.body, body, known, in_loop)
+            if body is not counts:
+                in_loop.update(body)
+                for name, c in body.items():
+                    counts[name] = counts.get(name, 0) + c
         elif isinstance(s, A.If):
             taken = _static_truth(s.cond, known)
             if taken is not False:
-                _assigned_names(s.body, counts, known)
+                _assigned_names(s.body, counts, known, in_loop)
             if taken is not True:
-                _assigned_names(s.orelse, counts, known)
+                _assigned_names(s.orelse, counts, known, in_loop)
     return counts
 
 
@@ -90,12 +102,16 @@ def _is_static_range(node):
 class _Frame:
     """One function being checked: the kernel itself or an inlined helper."""
 
-    def __init__(self, fn_ast, globals_, prefix, known):
+    def __init__(self, fn_ast, globals_, prefix, known, runtime_params):
         self.ast = fn_ast
         self.globals = globals_
         self.prefix = prefix                       # unique prefix for helper variables
         known = {**{k: v for k, v in globals_.items() if isinstance(v, (bool, int))}, **known}
-        self.mutable = {n for n, c in _assigned_names(fn_ast.body, {}, known).items() if c > 1}
+        in_loop = set()
+        counts = _assigned_names(fn_ast.body, {}, known, in_loop)
+        # a name assigned twice is a variable; so is a runtime parameter assigned
+        # in a loop (`m = kl.maximum(m, x)` carries m from one iteration to the next)
+        self.mutable = {n for n, c in counts.items() if c > 1} | (in_loop & set(runtime_params))
         self.scopes = [{}]                         # SSA bindings, innermost last
         self.vars = {}                             # name -> ir.Var
         self.defined = set()                       # mutable vars definitely assigned
@@ -131,7 +147,8 @@ class Checker:
     def check(self):
         fn = self.jit_fn.ast
         constexprs = {n: _py(self.values[n]) for n in self.jit_fn.constexpr_names}
-        self.frame = _Frame(fn, self.jit_fn.globals, "", constexprs)
+        self.frame = _Frame(fn, self.jit_fn.globals, "", constexprs,
+                            [p.name for p in fn.params if p.name not in constexprs])
         params = []
         body = []
         self.stmts = body
@@ -618,13 +635,16 @@ class Checker:
             raise self.error(node, "too many nested helper calls (recursion is not supported)")
         caller = self.frame
         frame = _Frame(callee, fn.globals, f"{callee.name}{self.inline_count}_",
-                       {k: v for k, v in bound.items() if _is_compile_time(v)})
+                       {k: v for k, v in bound.items() if _is_compile_time(v)},
+                       [p.name for p in callee.params if p.name not in fn.constexpr_names])
         reassigned = []
         for p in callee.params:
             v = bound[p.name]
             if p.name in fn.constexpr_names and not _is_compile_time(v):
                 raise self.error(node, f"{fn.__name__}(): constexpr parameter '{p.name}' needs "
                                        "a compile-time value")
+            if p.name in frame.mutable and isinstance(v, _PY_NUMBER) and not isinstance(v, str):
+                v = self._const(_py(v), python_dtype(_py(v)), node)
             if p.name in frame.mutable and isinstance(v, ir.Value):
                 reassigned.append((p, v))       # `y += ...` in a loop: a variable, defined
             else:

@@ -1045,3 +1045,43 @@ def test_helper_parameter_reassigned_in_loop(interpret):
     out = kdsl.tensor(np.array([1.0], np.float32))
     launch(helper_accumulates, interpret, (1,), x, out, 5)
     assert out.numpy()[0] == 12.0
+
+
+@kdsl.jit
+def running_max_of(m, x_ptr, n, BLOCK: kl.constexpr):
+    """A helper whose parameter is assigned once, in a loop: a loop-carried variable."""
+    for start in range(0, n, BLOCK):
+        m = kl.maximum(m, kl.load(x_ptr + start + kl.arange(0, BLOCK)))
+    return m
+
+
+@kdsl.jit
+def scalar_max_of(m, x_ptr, n):
+    for i in range(0, n):
+        m = kl.maximum(m, kl.load(x_ptr + i))
+    return m
+
+
+@kdsl.jit
+def running_max_kernel(x_ptr, out_ptr, n, scale, BLOCK: kl.constexpr):
+    m = running_max_of(kl.full((BLOCK,), -1.0e30, kl.float32), x_ptr, n, BLOCK)
+    kl.store(out_ptr + kl.arange(0, BLOCK), m)
+    # a Python number for the parameter, and a kernel parameter assigned in a loop
+    kl.store(out_ptr + BLOCK, scalar_max_of(0.0, x_ptr, n))
+    for i in range(0, 3):
+        scale = scale * 2.0
+    kl.store(out_ptr + BLOCK + 1 + kl.arange(0, 1), kl.zeros((1,), kl.float32) + scale)
+
+
+@both_backends
+@pytest.mark.parametrize("num_threads", [1, 4])
+def test_parameter_assigned_once_in_a_loop_carries_its_value(interpret, num_threads):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(64).astype(np.float32) - 3.0
+    out = kdsl.empty((10,))
+    launch(running_max_kernel, interpret, (1,), kdsl.tensor(x), out, 64, 1.5, BLOCK=8,
+           num_threads=num_threads)
+    got = out.numpy()
+    np.testing.assert_array_equal(got[:8], x.reshape(8, 8).max(axis=0))
+    assert got[8] == max(0.0, x.max())
+    assert got[9] == 12.0
