@@ -117,15 +117,17 @@ def gemv_space(device, key):
 
 
 def softmax_space(device, key):
-    """Softmax: one row per work-group, BLOCK columns at a time (one pass when N <= BLOCK)."""
+    """Softmax: one row per work-group, BLOCK columns at a time (one pass when
+    N <= BLOCK; else streamed in the "stored" or the "online" form)."""
     N = key["N"]
     threads = (1, 4, 16, 64) if device.is_cpu else (32, 64, 128, 256)
     per_item = (4, 128) if device.is_cpu else (1, 64)
-    options = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
+    options = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
     blocks = [b for b in options if _within(b, N, options)]
-    return [{"BLOCK": b, "num_threads": t}
+    return [{"BLOCK": b, "num_threads": t, **({"form": form} if b < N else {})}
             for b, t in itertools.product(blocks, _work_group_sizes(device, threads))
-            if t <= b and per_item[0] <= b // t <= per_item[1]]
+            if t <= b and per_item[0] <= b // t <= per_item[1]
+            for form in (("stored", "online") if b < N else (None,))]
 
 
 # FP4 dequantisation: from bit patterns, or by an int-to-float conversion; the

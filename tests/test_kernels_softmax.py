@@ -29,18 +29,23 @@ def softmax_ref(x, scale, causal):
 @MODES
 @given(lead=st.lists(st.integers(1, 4), min_size=0, max_size=2), s=st.integers(1, 8),
        extra=st.integers(0, 300), causal=st.booleans(), scale=st.sampled_from([None, 0.125, -2.0]),
-       streamed=st.booleans(), seed=st.integers(0, 2**16))
-def test_softmax_matches_numpy(interpret, lead, s, extra, causal, scale, streamed, seed):
+       config=st.sampled_from([None, {"BLOCK": 16, "num_threads": 4},
+                               {"BLOCK": 16, "num_threads": 4, "form": "stored"},
+                               {"BLOCK": 8, "num_threads": 1, "form": "stored"},
+                               {"BLOCK": 8, "num_threads": 1, "form": "online"}]),
+       seed=st.integers(0, 2**16))
+def test_softmax_matches_numpy(interpret, lead, s, extra, causal, scale, config, seed):
+    # rows that fit a block and rows streamed in each form, with whole blocks
+    # only (N a multiple of BLOCK: unmasked) or a partial last block
     shape = tuple(lead) + (s, s + extra)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape).astype(np.float32)
-    config = {"BLOCK": 16, "num_threads": 4} if streamed else None
     out = _run(interpret, lambda: softmax(x, scale=scale, causal=causal, config=config).numpy())
     np.testing.assert_allclose(out, softmax_ref(x, 1.0 if scale is None else scale, causal),
                                rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("n", [1025, 3000])
+@pytest.mark.parametrize("n", [64, 1024, 1025, 3000])
 def test_long_rows_with_the_default_config(n):
     # rows past one block: the default streams them (on a CPU in 64-column
     # blocks of one work-item), causal and scaled
@@ -50,12 +55,16 @@ def test_long_rows_with_the_default_config(n):
 
 
 @MODES
-def test_softmax_in_place_on_a_view_with_infinities(interpret):
+@pytest.mark.parametrize("form", ["online", "stored"])
+@pytest.mark.parametrize("block", [8, 16])
+def test_softmax_in_place_on_a_view_with_infinities(interpret, form, block):
+    # in place: the stored form's exps overwrite x's row before it is rescaled
     x = np.random.default_rng(0).standard_normal((3, 50)).astype(np.float32)
     x[:, 7] = -np.inf
     t = kdsl.tensor(x)
     view = t[:, 2:42]
-    _run(interpret, lambda: softmax(view, out=view, config={"BLOCK": 16, "num_threads": 4}))
+    _run(interpret, lambda: softmax(view, out=view, config={"BLOCK": block, "num_threads": 4,
+                                                            "form": form}))
     expected = x.copy()
     expected[:, 2:42] = softmax_ref(x[:, 2:42], 1.0, False)
     np.testing.assert_allclose(t.numpy(), expected, rtol=1e-5, atol=1e-7)
