@@ -24,6 +24,7 @@ import kdsl
 import kdsl_kernels as kk
 from kdsl_kernels import fp4, int8
 from kdsl_kernels.attention import launch_signature
+from kdsl_kernels.rope import reserve_positions
 
 from .graph import StepGraph
 from .kvcache import KVCache
@@ -71,6 +72,10 @@ class Model:
             self.lm_head = self.weights.get("lm_head", self.weights["embed"])
         self.cache = KVCache(config.n_layers, config.n_kv_heads, config.head_dim, context,
                              device=self.device)
+        # RoPE's cos/sin tables for the whole context now: a replayed step keeps
+        # the tables it was recorded with, and a table regrown later would not be them
+        reserve_positions(context, config.rope_base, rotary_dim=config.head_dim,
+                          device=self.device)
         cfg = config
         self._layer_steps = [
             (Use("attn_norm", ["delta", "x"], ["x", "h"]), self._attn_norm),

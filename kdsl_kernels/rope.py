@@ -182,10 +182,25 @@ def _device_inv_freq(base, rotary_dim, device, given):
     return _inv_freq_cache[key]
 
 
+def reserve_positions(positions, base=10000.0, *, rotary_dim, device=None):
+    """Size the cos/sin tables that rope() and rope_qkv() read (default inv_freq
+    of `base`) for positions below `positions` now, so they are not regrown later.
+
+    A caller that records launches and replays them (engine/graph.py) holds the
+    table a launch was recorded with; a table regrown for a later position is a
+    new buffer the recording never sees, and positions past the old one would
+    read beyond it. The engine reserves its context when a model loads.
+
+    >>> reserve_positions(4096, 1e4, rotary_dim=128)
+    """
+    device = device or kdsl.current_device()
+    _cos_sin_tables(_default_inv_freq(base, rotary_dim), positions, device)
+
+
 def _cos_sin_tables(freqs, positions_needed, device):
     """Device tables cos, sin [P, n_pairs] of float32(p) * freqs for p < P >= positions_needed,
     computed on the host as transformers computes them, kept per (device, freqs) and grown to
-    the next power of two when a later position needs more."""
+    the next power of two when a later position needs more (see reserve_positions)."""
     key = (device.fingerprint, freqs.tobytes())
     have = _tables.get(key)
     if have is None or have[0].shape[0] < positions_needed:

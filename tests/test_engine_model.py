@@ -134,6 +134,31 @@ def test_replayed_decode_steps_equal_eager_ones(tiny):
     np.testing.assert_array_equal(replayed, eager)
 
 
+def test_replayed_decode_steps_past_the_first_rope_table(tmp_path, monkeypatch):
+    """Decode steps replayed across position 256, where RoPE's cos/sin table (first
+    made for the prompt's 250 positions) would have been regrown as a new buffer
+    the recorded launches never see: the model reserves its context's table at
+    load, so replayed and eager steps agree."""
+    import sys
+    from engine.graph import StepGraph
+    monkeypatch.setattr(sys.modules["kdsl_kernels.rope"], "_tables", {})
+    save_tiny("llama", tmp_path)
+    llm = LLM.load(tmp_path, quant="fp32", chunk=64, context=300, use_cache=False,
+                   progress=False)
+    ids = np.random.default_rng(5).integers(0, VOCAB, 262).tolist()
+
+    def logits(graph):
+        llm.model.graph = graph
+        llm.generator.cached_ids = []
+        score(llm.generator, ids[:250])
+        return np.concatenate([llm.model.forward(np.array([token], np.int32), 250 + i).numpy()
+                               for i, token in enumerate(ids[250:])])
+    replayed = logits(StepGraph())      # first, while the tables are the ones made at load
+    eager = logits(None)
+    assert np.isfinite(replayed).all()
+    np.testing.assert_allclose(replayed, eager, rtol=1e-5, atol=1e-5)
+
+
 def test_replayed_prefill_chunks_equal_eager_ones(tiny):
     """Prefill chunks (8 tokens, the last row's logits) replayed from prepared
     launches give the eager chunks' logits, the last partial chunk included,
