@@ -24,6 +24,7 @@ import kdsl
 import kdsl_kernels as kk
 from kdsl_kernels import fp4, int8
 from kdsl_kernels.attention import launch_signature
+from kdsl_kernels.fp4_rope import linear_rope_qkv, rope_fusable
 from kdsl_kernels.rope import reserve_positions
 
 from .graph import StepGraph
@@ -33,10 +34,11 @@ from .plan import Plan, R, S, Use
 # How a step's launches change from one decode step (or prefill chunk) to the
 # next (graph.py):
 # RoPE's position, the cache slot and attention's key count move by a fixed
-# amount per token; everything else repeats exactly. Attention's config and
+# amount per token (in the QKV projection too, where it applies RoPE and
+# writes the cache itself); everything else repeats exactly. Attention's config and
 # split of the keys change in steps with the length, so its recordings are
 # kept per launch signature.
-_AFFINE_IN_PAST = frozenset({"rope_and_cache", "attention"})
+_AFFINE_IN_PAST = frozenset({"qkv", "rope_and_cache", "attention"})
 
 
 class Model:
@@ -62,6 +64,13 @@ class Model:
         # runs: medians 12.61 against 13.14 and 11.82 against 12.11 ms,
         # .scratch/fuse_cpu_ab2.py, 2026-12-07).
         self.fuse_decode = True
+        # ...and RoPE with the K/V cache write inside the QKV GEMV (fp4_rope.py):
+        # one launch fewer per layer, for GPUs, where a decode step is bound by
+        # its launches. On PoCL it was no faster (153 against 183 launches; blocks
+        # of 24 replayed steps alternated 12 times: medians 10.84 against 10.68
+        # ms, .scratch/rope_fuse_ab.py, 2026-12-07): its programs read two row
+        # streams of the tiled layout, and the launches it saves cost little there
+        self.fuse_rope = self.device.is_gpu
         self.ids = kdsl.empty((chunk,), np.int32, device=self.device)
         self.weights = {name: _upload(value, self.device) for name, value in weights.items()
                         if not name.startswith("lm_head.")}
@@ -79,7 +88,8 @@ class Model:
         cfg = config
         self._layer_steps = [
             (Use("attn_norm", ["delta", "x"], ["x", "h"]), self._attn_norm),
-            (Use("qkv", ["h"], ["qkv"]), self._qkv),
+            # q too: the fused decode GEMV writes it (with RoPE) itself
+            (Use("qkv", ["h"], ["qkv", "q"]), self._qkv),
             (Use("rope_and_cache", ["qkv"], ["q"]), self._rope_and_cache),
             (Use("attention", ["q"], ["attn"]), self._attention),
             (Use("o_proj", ["attn"], ["delta"]), self._o_proj),
@@ -164,6 +174,11 @@ class Model:
                 and all(isinstance(self._w(name), fp4.PackedWeight)
                         for name in ("wqkv", "wo", "w_gate_up", "w_down")))
 
+    def _fused_rope(self):
+        """A fused decode step whose QKV GEMV also applies RoPE and writes the cache."""
+        return (self.fuse_rope and self._fused_decode()
+                and rope_fusable(self._w("wqkv"), self.config.head_dim, self.device))
+
     def _final_norm(self, v):
         self._layer = self.config.n_layers - 1    # whose weights _fused_decode checks
         if self._fused_decode():       # the last down GEMV already added into x
@@ -182,13 +197,23 @@ class Model:
             kk.add_rms_norm(v["delta"], v["x"], self._w("attn_norm"), eps, out=v["h"])
 
     def _qkv(self, v):
-        if self._fused_decode():
+        cfg, layer, past = self.config, self._layer, self._past
+        if self._fused_rope():
+            linear_rope_qkv(v["x"], self._w("wqkv"), n_heads=cfg.n_heads,
+                            n_kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim, position=past,
+                            base=cfg.rope_base, q_out=v["q"],
+                            k_out=self.cache.slot(layer, "k", past=past, new=1),
+                            v_out=self.cache.slot(layer, "v", past=past, new=1),
+                            bias=self._w("bqkv"), rms_norm=(self._w("attn_norm"), cfg.rms_eps))
+        elif self._fused_decode():
             fp4.linear(v["x"], self._w("wqkv"), bias=self._w("bqkv"), out=v["qkv"],
                        rms_norm=(self._w("attn_norm"), self.config.rms_eps))
         else:
             self._linear(v["h"], self._w("wqkv"), self._w("bqkv"), v["qkv"])
 
     def _rope_and_cache(self, v):
+        if self._fused_rope():
+            return                    # done by _qkv's GEMV
         cfg, layer, past, n = self.config, self._layer, self._past, self._n
         q, k, val = self._split_heads(v["qkv"])
         kk.rope_qkv(q, k, val, past, cfg.rope_base, q_out=v["q"],

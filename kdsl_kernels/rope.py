@@ -193,8 +193,15 @@ def reserve_positions(positions, base=10000.0, *, rotary_dim, device=None):
 
     >>> reserve_positions(4096, 1e4, rotary_dim=128)
     """
+    cos_sin_tables(base, rotary_dim, positions, device)
+
+
+def cos_sin_tables(base, rotary_dim, positions, device=None):
+    """The device tables (cos, sin), each float32 [P, rotary_dim / 2] with P >=
+    positions, of angle p * inv_freq[i] (default inv_freq of `base`) that rope()
+    reads: for kernels that rotate by RoPE themselves (fp4_rope.py)."""
     device = device or kdsl.current_device()
-    _cos_sin_tables(_default_inv_freq(base, rotary_dim), positions, device)
+    return _cos_sin_tables(_default_inv_freq(base, rotary_dim), positions, device)
 
 
 def _cos_sin_tables(freqs, positions_needed, device):

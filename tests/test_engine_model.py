@@ -222,17 +222,20 @@ def test_greedy_generation_matches_transformers(tiny):
     assert got == ref
 
 
-@pytest.mark.parametrize("quant,kind,fuse", [("fp16", "llama", False), ("m0e4", "llama", False),
-                                             ("m0e4", "llama", True), ("m0e4", "qwen2", True)])
+@pytest.mark.parametrize("quant,kind,fuse", [("fp16", "llama", "none"), ("m0e4", "llama", "none"),
+                                             ("m0e4", "llama", "norms"), ("m0e4", "llama", "rope"),
+                                             ("m0e4", "qwen2", "rope")])
 def test_quantised_model_matches_transformers_on_its_weights(tmp_path, quant, kind, fuse):
     """fp16 and FP4 runs compute the model their weights stand for: transformers, given
     the weights the engine holds (fp16 values, or FP4 dequantised), gives the same logits,
-    in prefill chunks and in decode steps (fuse: the norms and residual adds inside
-    the FP4 projections' GEMVs; qwen2 adds the QKV bias)."""
+    in prefill chunks and in decode steps (fuse "norms": the norms and residual adds
+    inside the FP4 projections' GEMVs; "rope", the default: RoPE and the cache write
+    inside the QKV GEMV too; qwen2 adds the QKV bias)."""
     from kdsl_kernels import fp4, int8
     model = save_tiny(kind, tmp_path)
     llm = LLM.load(tmp_path, quant=quant, chunk=8, context=64, use_cache=False, progress=False)
-    llm.model.fuse_decode = fuse      # the GPU default; a CPU runs separate norm launches
+    llm.model.fuse_decode = fuse != "none"
+    llm.model.fuse_rope = fuse == "rope"
     held = {name: fp4.dequantize(w) if isinstance(w, fp4.PackedWeight) else
             w.numpy().astype(np.float32) for name, w in llm.model.weights.items()}
     head = llm.model.lm_head         # int8 under m0e4 (a tied head then quantises the table)
