@@ -99,6 +99,7 @@ def measure(case, configs, copy_gbps, reps, rng):
     peer = torch_sdpa(q, k, v, causal)
     rows = []
     for config in configs:
+        common.settle()              # torch's threads (timed in torch_sdpa) stop spinning
         seconds = common.batch_time(lambda: attention(qt, kt, vt, causal=causal, out=out,
                                                config=config), reps)
         if peer is not None and not np.allclose(out.numpy(), peer[2], rtol=1e-3, atol=1e-3):

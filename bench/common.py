@@ -101,6 +101,20 @@ def device_header(device, quick, n_floats=1 << 26):
     return copy_gbps
 
 
+def settle(seconds=0.3):
+    """Wait for other runtimes' worker threads to stop spinning before the next timing.
+
+    OpenBLAS (numpy), OpenMP (torch on a CPU) and llama.cpp keep their threads
+    busy-waiting for a while after a call returns, on the cores the next
+    measurement needs: on this 2-core VM a 512^3 kdsl matmul timed right
+    after numpy's ran at 85-118 GFLOP/s, 0.1 s later at 139-151, 0.3 s later
+    at 139-163 (.scratch: matmul right after numpy, delays alternated). Every
+    peer is timed after this pause, kdsl included, so none inherits another's
+    spinning threads.
+    """
+    time.sleep(seconds)
+
+
 def time_numpy(fn, warmup=1, min_reps=3, max_reps=30, budget_s=0.5):
     """The median wall-clock seconds of calling `fn()` (a numpy computation).
 

@@ -245,6 +245,7 @@ def main(argv=None):
     for name, label, setup in cases(args.quick):
         run, peer, nbytes = setup(rng)
         reps = 5 if label == "prefill" else 50
+        common.settle()              # torch's threads from the last case stop spinning
         seconds, wall = kdsl_time(run, reps)
         row = {"kernel": name, "size": label, "bytes": nbytes, "kdsl_ms": seconds * 1e3,
                "kdsl_gbps": common.gbps(nbytes, seconds),
@@ -253,6 +254,7 @@ def main(argv=None):
                "torch_device": peer_device, "torch_ms": float("nan"),
                "vs_torch": float("nan"), "vs_torch_wall": float("nan")}
         if peer is not None:
+            common.settle()
             peer_s = torch_time(peer, reps)
             row.update(torch_ms=peer_s * 1e3, vs_torch=peer_s / seconds, vs_torch_wall=peer_s / wall)
         rows.append(row)

@@ -177,6 +177,7 @@ def run_rounds(runners, repeat):
     best = {}
     for round_ in range(repeat):
         for name, run in list(runners.items()):
+            common.settle()          # the previous runner's threads stop spinning first
             try:
                 prefill, decode = run()
             except Exception as error:

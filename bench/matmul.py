@@ -139,6 +139,7 @@ def main():
                 candidates += GPU_SWEEP if dev.is_gpu else CPU_SWEEP
         best = None
         for cfg in candidates:
+            common.settle()          # no peer's threads still spinning (each timing below too)
             try:
                 t, out = kdsl_matmul_time(a, b, tb, reps, cfg)
             except Exception as exc:
@@ -149,8 +150,11 @@ def main():
         t, cfg, out = best
         ref = a_np @ (b_np.T if tb else b_np)
         err = float(np.abs(out.numpy() - ref).max() / max(1.0, np.abs(ref).max()))
+        common.settle()
         t_np = host_time(lambda: a_np @ (b_np.T if tb else b_np), reps)
+        common.settle()
         t_clb = clblast_time(a_np, b_np, tb, reps)
+        common.settle()
         t_torch, torch_dev = torch_time(a_np, b_np, tb, reps)
         gf = flops / t / 1e9
         used = cfg or (configs.gemv_config(N, K, tb) if M == 1
