@@ -67,6 +67,9 @@ class Generator:
         self.context = context
         self.cached_ids = []             # the real (unpadded) ids whose K/V the cache holds
         self.timings = Timings()
+        # greedy decoding picks tokens on the device and queues each step before
+        # the host has read the previous token (see stream_ids)
+        self.pipeline = True
 
     def check_prompt(self, ids, max_new_tokens, truncate):
         """The prompt's ids fitted to the context: an error, or its last tokens with truncate=True."""
@@ -98,21 +101,41 @@ class Generator:
         token = sampler.pick(logits, history)
         timings.prefill_s = time.perf_counter() - start
         decode_start = time.perf_counter()
+        pipelined = (self.pipeline and params.greedy and params.repetition_penalty == 1.0
+                     and hasattr(self.model, "greedy_next"))
+        ahead = None                     # the queued step's pending token, when pipelined
         while True:
             timings.new_tokens += 1
             history.append(token)
             if token in stop_ids:
                 timings.finish_reason = "stop"
-                timings.decode_s = time.perf_counter() - decode_start
-                return
+                break
             yield token
             if timings.new_tokens >= max_new_tokens or len(history) >= self.context:
                 timings.finish_reason = "length"
-                timings.decode_s = time.perf_counter() - decode_start
-                return
-            logits = self.model.forward(np.array([token], np.int32), len(history) - 1)
+                break
             self.cached_ids.append(token)
-            token = sampler.pick(logits.numpy()[0], history)
+            if not pipelined:
+                logits = self.model.forward(np.array([token], np.int32), len(history) - 1)
+                token = sampler.pick(logits.numpy()[0], history)
+                continue
+            if ahead is None:            # the first decode step starts from the host's token
+                self.model.forward(np.array([token], np.int32), len(history) - 1)
+                ahead = self.model.greedy_next()
+            pending = ahead
+            # queue the step after this one (its id comes from this one's argmax on
+            # the device) before waiting for this one's token, so the device never
+            # idles while the host reads the token back and handles it
+            ahead = None
+            if timings.new_tokens + 1 < max_new_tokens and len(history) + 1 < self.context:
+                self.model.forward(None, len(history))
+                ahead = self.model.greedy_next()
+            token = int(pending.wait()[0])
+        timings.decode_s = time.perf_counter() - decode_start
+        if ahead is not None:
+            ahead.wait()                 # its host array must outlive the copy into it
+        # a step queued ahead of a stop holds the next position's K/V: not the cache's
+        self.model.cache.length = len(self.cached_ids)
 
     def _prefill(self, ids, on_prefill):
         """Run the prompt's uncached tokens in fixed-size chunks; the last row's logits."""

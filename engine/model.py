@@ -114,15 +114,17 @@ class Model:
 
         rows="last": the logits of row `last` (default S-1) only, R = 1;
         rows="all": every row's, R = S. The step's K/V land in the cache at
-        positions past..past+S-1; `cache.length` becomes past + S.
+        positions past..past+S-1; `cache.length` becomes past + S. ids=None:
+        one token whose id is already on the device (`greedy_next` put it there).
         """
-        n = len(ids)
+        n = 1 if ids is None else len(ids)
         if past + n > self.cache.capacity:
             raise ValueError(f"{past + n} positions exceed the context of {self.cache.capacity}")
         last = n - 1 if last is None else last
         r = n if rows == "all" else 1
         v = self.plan.views(S=n, R=r)
-        self.ids[:n].copy_from(np.asarray(ids, dtype=np.int32))
+        if ids is not None:
+            self.ids[:n].copy_from(np.asarray(ids, dtype=np.int32))
         self._past, self._n = past, n
         first = 0 if rows == "all" else last
         # A step of n tokens that returns one row's logits (a decode step, a
@@ -142,7 +144,25 @@ class Model:
                 with graph.trace(shape + (signature,)):
                     self._layers(v, run, graph, signature, shape, past, n, first, r)
         self.cache.length = past + n
+        self._logits = v["logits"]
         return v["logits"]
+
+    def greedy_next(self):
+        """Queue the argmax of the last step's (last row's) logits into the input
+        ids, so forward(None, ...) can run the next step without the host
+        knowing the token; returns a PendingRead of that token id (an int32 [1]).
+
+        >>> model.forward(np.array([token], np.int32), past)
+        >>> pending = model.greedy_next()
+        >>> model.forward(None, past + 1)            # queued before the token is known
+        >>> token = int(pending.wait()[0])
+        """
+        logits, ids = self._logits[-1:], self.ids[:1]
+        if self.graph is None:
+            kk.argmax(logits, out=ids)
+        else:
+            self.graph.run(("greedy_next", logits.offset), lambda: kk.argmax(logits, out=ids))
+        return ids.read_async()
 
     def _layers(self, v, run, graph, signature, shape, past, n, first, r):
         """The step's sub-steps in order: embedding, every layer, final norm, LM

@@ -109,6 +109,26 @@ class Tensor:
             return out
         return self._on_span(self.read_span()).copy()
 
+    def read_async(self):
+        """Start copying a contiguous tensor to the host after the queued work;
+        returns a PendingRead whose wait() gives the numpy array. The host can
+        queue more launches before it waits (the engine queues the next decode
+        step while the token of this one is read back).
+
+        >>> pending = t.read_async()
+        >>> ...                          # queue more work
+        >>> values = pending.wait()
+        """
+        if not self.is_contiguous():
+            raise ValueError(f"read_async: the tensor (shape {self.shape}, strides "
+                             f"{self.strides}) is not contiguous; read it with numpy()")
+        out = np.empty(self.shape, self.dtype)
+        event = None
+        if self.size:
+            event = cl.enqueue_copy(self.device.queue, out, self.buffer,
+                                    src_offset=self._byte_offset(), is_blocking=False)
+        return PendingRead(out, event)
+
     def __array__(self, dtype=None, copy=None):
         out = self.numpy()
         return out if dtype is None else out.astype(dtype, copy=False)
@@ -275,6 +295,21 @@ class Tensor:
 
     def _byte_offset(self):
         return self.offset * self.itemsize
+
+
+class PendingRead:
+    """A device-to-host copy in flight (Tensor.read_async)."""
+
+    def __init__(self, array, event):
+        self._array = array
+        self._event = event
+
+    def wait(self):
+        """The array, once the copy has finished."""
+        if self._event is not None:
+            self._event.wait()
+            self._event = None
+        return self._array
 
 
 def tensor(data, dtype=None, device=None):

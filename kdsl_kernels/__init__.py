@@ -11,6 +11,7 @@ None picks the device's default).
     >>> o = kk.attention(q, k, v, causal=True)
 """
 from .activations import gelu_tanh_mul, swiglu
+from .argmax import argmax
 from .attention import attention
 from .elementwise import add, copy, embedding
 from .matmul import matmul
@@ -18,5 +19,5 @@ from .norms import add_rms_norm, layer_norm, rms_norm
 from .rope import rope, rope_qkv
 from .softmax import softmax
 
-__all__ = ["add", "add_rms_norm", "attention", "copy", "embedding", "gelu_tanh_mul",
+__all__ = ["add", "add_rms_norm", "argmax", "attention", "copy", "embedding", "gelu_tanh_mul",
            "layer_norm", "matmul", "rms_norm", "rope", "rope_qkv", "softmax", "swiglu"]

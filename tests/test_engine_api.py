@@ -59,6 +59,43 @@ def test_stop_ids_end_generation(llm):
     assert got == [] and llm.timings.finish_reason == "stop"
 
 
+def _greedy_ids(llm, ids, pipeline, **options):
+    llm.generator.pipeline = pipeline
+    try:
+        out = list(llm.generator.stream_ids(ids, params=SamplingParams(), **options))
+        return out, llm.generator.timings.finish_reason, list(llm.generator.cached_ids)
+    finally:
+        llm.generator.pipeline = True
+
+
+def test_pipelined_greedy_decoding_equals_host_sampling(llm):
+    """Greedy decoding with the token picked on the device and each step queued
+    before the host reads the last token gives the host path's ids, where it
+    runs to the length limit and where a stop id ends it early (the step queued
+    past the stop is not counted in the cache: a following turn that reuses it
+    gives the fresh run's ids)."""
+    ids = llm.tokenizer.encode("the cat sat on")
+    llm.generator.cached_ids = []
+    want, reason, _ = _greedy_ids(llm, ids, False, max_new_tokens=12, stop_ids=())
+    llm.generator.cached_ids = []
+    got, got_reason, _ = _greedy_ids(llm, ids, True, max_new_tokens=12, stop_ids=())
+    assert got == want and got_reason == reason == "length"
+    stop = want[5]                                   # a stop id reached mid-way
+    first = want[:want.index(stop)]
+    for pipeline in (False, True):
+        llm.generator.cached_ids = []
+        got, reason, cached = _greedy_ids(llm, ids, pipeline, max_new_tokens=12,
+                                          stop_ids={stop})
+        assert got == first and reason == "stop"
+        assert cached == ids + first and llm.model.cache.length == len(cached)
+        # the next turn starts with the cached ids and runs only its new tokens
+        turn = ids + first + [stop] + ids
+        again, _, _ = _greedy_ids(llm, turn, pipeline, max_new_tokens=6, stop_ids=())
+        llm.generator.cached_ids = []
+        fresh, _, _ = _greedy_ids(llm, turn, False, max_new_tokens=6, stop_ids=())
+        assert again == fresh
+
+
 def test_prompt_past_context_is_a_clear_error_or_truncated(llm):
     long_prompt = "ab " * 40                       # more tokens than the context of 48
     with pytest.raises(ValueError, match="context holds 48.*truncate=True"):
