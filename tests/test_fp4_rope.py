@@ -30,14 +30,20 @@ def rope_ref(x, position, base):
     return np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=1)
 
 
+# (lanes, head_dim, bias, norm): each is a kernel specialisation to compile (about 20 s
+# on PoCL), so two cover the flags; hypothesis varies the runtime values around them. The
+# engine's tests run the rest (no bias with the norm, on the CPU path)
+SPECIALISATIONS = [("bytes", 64, True, True), ("words", 32, False, False)]
+
+
 @MODES
 @settings(max_examples=8, deadline=None)
-@given(heads=st.sampled_from([(1, 1), (4, 2), (3, 1)]), head_dim=st.sampled_from([16, 32, 64]),
-       k_groups=st.integers(1, 3), position=st.integers(0, 700), has_bias=st.booleans(),
-       norm=st.booleans(), outliers=st.sampled_from([0, 3]),
-       lanes=st.sampled_from(sorted(CONFIGS)), seed=st.integers(0, 2**16))
-def test_fused_qkv_rope_equals_linear_then_rope(interpret, heads, head_dim, k_groups, position,
-                                                has_bias, norm, outliers, lanes, seed):
+@given(spec=st.sampled_from(SPECIALISATIONS), heads=st.sampled_from([(1, 1), (4, 2), (3, 1)]),
+       k_groups=st.integers(1, 3), position=st.integers(0, 700),
+       outliers=st.sampled_from([0, 3]), seed=st.integers(0, 2**16))
+def test_fused_qkv_rope_equals_linear_then_rope(interpret, spec, heads, k_groups, position,
+                                                outliers, seed):
+    lanes, head_dim, has_bias, norm = spec
     H, KVH = heads
     K = 64 * k_groups
     N = (H + 2 * KVH) * head_dim
