@@ -108,18 +108,44 @@ def q8_gemv_kernel(x_ptr, codes_ptr, scales_ptr, y_ptr, N, K, stride_xm, stride_
         kl.store(y_ptr + m * stride_ym + rn, y, mask=row_ok)
 
 
-def _default_config(device):
-    # PoCL: one row per work-item (2 and 4 rows ran 2-3x slower); H100, from the
-    # engine's profile: SmolLM2's 49152 x 576 head in 32 us (0.9 TB/s of codes)
+@kdsl.jit
+def q8_gemv_rows_kernel(x_ptr, codes_ptr, scales_ptr, y_ptr, N, K, stride_xm, stride_ym,
+                        ROWS: kl.constexpr, G: kl.constexpr):
+    """q8_gemv_kernel's result, ROWS consecutive weight rows per program taken one
+    after another (CPUs): the program reads one contiguous stream of codes, and
+    N / ROWS programs instead of N."""
+    m = kl.program_id(1)
+    rk = kl.arange(0, G)
+    n_groups = K // G
+    first = kl.program_id(0) * ROWS
+    for row in range(first, min(first + ROWS, N)):
+        acc = kl.zeros((G,), dtype=kl.float32)
+        for g in range(0, n_groups):
+            x = kl.load(x_ptr + m * stride_xm + g * G + rk)
+            c = kl.load(codes_ptr + row * K + g * G + rk).to(kl.float32)
+            acc += c * x * kl.load(scales_ptr + row * n_groups + g)
+        kl.store(y_ptr + m * stride_ym + row, kl.sum(acc, axis=0))
+
+
+def _default_config(device, N):
+    # PoCL: runs of consecutive rows in one work-item (q8_gemv_rows_kernel), 64
+    # where N leaves 8 programs per core: SmolLM2's 49152 x 576 head, caches
+    # flushed, medians of 4 alternations (.scratch/q8_rows.py, 2026-12-07): 64
+    # rows 1.07 ms, 4-16 rows 1.13-1.15, one row per program 1.27 (49152
+    # programs; PoCL spends 0.39 ms on that many empty work-groups). Blocks of
+    # 2 and 4 rows (q8_gemv_kernel) ran 2-3x slower: 2-4 strided streams.
+    # H100, from the engine's profile: SmolLM2's head in 32 us (0.9 TB/s of codes)
     if device.is_cpu:
-        return {"BN": 1, "num_threads": 1}
+        return {"ROWS": max(1, min(64, N // (8 * device.compute_units))), "num_threads": 1}
     return {"BN": 8, "num_threads": 32}
 
 
 def linear(x, packed, *, out=None, config=None):
     """x @ W.T for x [M, K] (fp32, rows contiguous) and an Int8Weight W [N, K]; returns out
     [M, N] fp32 (out may be a view with contiguous rows). Each row of x reads the codes once:
-    meant for M = 1 (decode) and small M."""
+    meant for M = 1 (decode) and small M. config: {"ROWS", "num_threads"} (runs of ROWS
+    consecutive weight rows per program, the CPU default) or {"BN", "num_threads"} (blocks
+    of BN rows, the GPU default); None picks the device's default."""
     x = as_tensor(x, "int8.linear", "x")
     N, K = packed.shape
     if x.ndim != 2 or x.shape[1] != K or x.dtype != np.float32:
@@ -136,7 +162,13 @@ def linear(x, packed, *, out=None, config=None):
     if M * N == 0:
         return out
     codes, scales = packed.device_arrays(x.device)
-    cfg = dict(_default_config(x.device), **(config or {}))
+    cfg = dict(config or _default_config(x.device, N))
+    cfg.setdefault("num_threads", 1 if x.device.is_cpu else 32)
+    if "ROWS" in cfg:
+        q8_gemv_rows_kernel[(kdsl.cdiv(N, cfg["ROWS"]), M)](
+            x, codes, scales, out, N, K, x.stride(0), out.stride(0), ROWS=cfg["ROWS"], G=GROUP,
+            num_threads=cfg["num_threads"])
+        return out
     q8_gemv_kernel[(kdsl.cdiv(N, cfg["BN"]), M)](
         x, codes, scales, out, N, K, x.stride(0), out.stride(0), EVEN=N % cfg["BN"] == 0,
         BN=cfg["BN"], G=GROUP, num_threads=cfg["num_threads"])

@@ -30,13 +30,16 @@ def test_round_trip_error_is_at_most_half_a_step(n, groups, seed, zero_rows):
 @MODES
 @settings(max_examples=8, deadline=None)
 @given(m=st.integers(1, 4), n=st.integers(1, 70), groups=st.integers(1, 5),
-       bn=st.sampled_from([None, 1, 4, 8]), seed=st.integers(0, 2**16))
-def test_linear_equals_x_times_dequantized_w(interpret, m, n, groups, bn, seed):
+       config=st.sampled_from([None, {"BN": 1, "num_threads": 1}, {"BN": 4, "num_threads": 1},
+                               {"BN": 8, "num_threads": 1}, {"ROWS": 3, "num_threads": 1},
+                               {"ROWS": 16, "num_threads": 1}]),
+       seed=st.integers(0, 2**16))
+def test_linear_equals_x_times_dequantized_w(interpret, m, n, groups, config, seed):
+    # row blocks (BN) and runs of consecutive rows (ROWS), N not a multiple of either
     rng = np.random.default_rng(seed)
     k = groups * 32
     packed = int8.quantize(rng.standard_normal((n, k)).astype(np.float32))
     x = rng.standard_normal((m, k)).astype(np.float32)
-    config = None if bn is None else {"BN": bn, "num_threads": 1}
     y = _run(interpret, lambda: int8.linear(x, packed, config=config).numpy())
     np.testing.assert_allclose(y, x @ int8.dequantize(packed).T, rtol=1e-5, atol=1e-4)
 
