@@ -10,10 +10,11 @@ of its rows. Per layer (as llama2.c reads):
     h = rms_norm(x)
     x += (silu(h @ Wgate.T) * (h @ Wup.T)) @ Wdown.T
 
-The residual add is fused into the next norm (add_rms_norm). On a GPU a
-decode step with FP4 weights fuses further: the qkv and gate/up GEMVs
-normalise x themselves and the o and down GEMVs add into x, six launches per
-layer instead of eight (`_fused_decode`). Each step's reads and writes are declared
+The residual add is fused into the next norm (add_rms_norm). A decode step
+with FP4 weights fuses further: the qkv and gate/up GEMVs normalise x
+themselves and the o and down GEMVs add into x, six launches per layer
+instead of eight (`_fused_decode`); on a GPU the qkv GEMV also applies RoPE
+and writes the KV cache, five (`_fused_rope`). Each step's reads and writes are declared
 next to its code, so plan.py can share arena memory between buffers that are
 never alive together (x, which the fused steps read and write in place of h
 and delta, is pinned).
