@@ -104,38 +104,40 @@ class Generator:
         pipelined = (self.pipeline and params.greedy and params.repetition_penalty == 1.0
                      and hasattr(self.model, "greedy_next"))
         ahead = None                     # the queued step's pending token, when pipelined
-        while True:
-            timings.new_tokens += 1
-            history.append(token)
-            if token in stop_ids:
-                timings.finish_reason = "stop"
-                break
-            yield token
-            if timings.new_tokens >= max_new_tokens or len(history) >= self.context:
-                timings.finish_reason = "length"
-                break
-            self.cached_ids.append(token)
-            if not pipelined:
-                logits = self.model.forward(np.array([token], np.int32), len(history) - 1)
-                token = sampler.pick(logits.numpy()[0], history)
-                continue
-            if ahead is None:            # the first decode step starts from the host's token
-                self.model.forward(np.array([token], np.int32), len(history) - 1)
-                ahead = self.model.greedy_next()
-            pending = ahead
-            # queue the step after this one (its id comes from this one's argmax on
-            # the device) before waiting for this one's token, so the device never
-            # idles while the host reads the token back and handles it
-            ahead = None
-            if timings.new_tokens + 1 < max_new_tokens and len(history) + 1 < self.context:
-                self.model.forward(None, len(history))
-                ahead = self.model.greedy_next()
-            token = int(pending.wait()[0])
-        timings.decode_s = time.perf_counter() - decode_start
-        if ahead is not None:
-            ahead.wait()                 # its host array must outlive the copy into it
-        # a step queued ahead of a stop holds the next position's K/V: not the cache's
-        self.model.cache.length = len(self.cached_ids)
+        try:
+            while True:
+                timings.new_tokens += 1
+                history.append(token)
+                if token in stop_ids:
+                    timings.finish_reason = "stop"
+                    break
+                yield token
+                if timings.new_tokens >= max_new_tokens or len(history) >= self.context:
+                    timings.finish_reason = "length"
+                    break
+                self.cached_ids.append(token)
+                if not pipelined:
+                    logits = self.model.forward(np.array([token], np.int32), len(history) - 1)
+                    token = sampler.pick(logits.numpy()[0], history)
+                    continue
+                if ahead is None:        # the first decode step starts from the host's token
+                    self.model.forward(np.array([token], np.int32), len(history) - 1)
+                    ahead = self.model.greedy_next()
+                pending = ahead
+                # queue the step after this one (its id comes from this one's argmax on
+                # the device) before waiting for this one's token, so the device never
+                # idles while the host reads the token back and handles it
+                ahead = None
+                if timings.new_tokens + 1 < max_new_tokens and len(history) + 1 < self.context:
+                    self.model.forward(None, len(history))
+                    ahead = self.model.greedy_next()
+                token = int(pending.wait()[0])
+        finally:                         # also when the caller stops iterating early
+            timings.decode_s = time.perf_counter() - decode_start
+            if ahead is not None:
+                ahead.wait()             # its host array must outlive the copy into it
+            # a step queued ahead of a stop holds the next position's K/V: not the cache's
+            self.model.cache.length = len(self.cached_ids)
 
     def _prefill(self, ids, on_prefill):
         """Run the prompt's uncached tokens in fixed-size chunks; the last row's logits."""

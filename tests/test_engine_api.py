@@ -94,6 +94,14 @@ def test_pipelined_greedy_decoding_equals_host_sampling(llm):
         llm.generator.cached_ids = []
         fresh, _, _ = _greedy_ids(llm, turn, False, max_new_tokens=6, stop_ids=())
         assert again == fresh
+    # a caller that stops iterating early leaves the cache holding what it counts
+    llm.generator.cached_ids = []
+    stream = llm.generator.stream_ids(ids, max_new_tokens=12, params=SamplingParams(),
+                                      stop_ids=())
+    taken = [next(stream) for _ in range(4)]
+    stream.close()
+    assert taken == want[:4]
+    assert llm.model.cache.length == len(llm.generator.cached_ids) == len(ids) + 3
 
 
 def test_prompt_past_context_is_a_clear_error_or_truncated(llm):
