@@ -242,3 +242,14 @@ def test_kernel_writes_through_a_strided_view():
 def test_reshape_of_a_strided_view_is_refused():
     with pytest.raises(ValueError, match="non-contiguous"):
         kdsl.zeros((4, 6))[:, 1:3].reshape(-1)
+
+
+def test_read_async_gives_the_values_after_later_work_is_queued():
+    t = kdsl.tensor(np.arange(6, dtype=np.int32))
+    pending = t[2:5].read_async()
+    t.copy_from(np.zeros(6, np.int32))        # queued after the read: the read sees the old values
+    np.testing.assert_array_equal(pending.wait(), [2, 3, 4])
+    np.testing.assert_array_equal(pending.wait(), [2, 3, 4])     # waiting twice is fine
+    assert kdsl.empty((0,)).read_async().wait().shape == (0,)
+    with pytest.raises(ValueError, match="not contiguous"):
+        kdsl.empty((4, 4)).transpose(0, 1).read_async()
