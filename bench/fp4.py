@@ -62,6 +62,7 @@ def best_device_time(x, packed, out, candidates):
     pack_b form launches two: the dequantisation into panels, the GEMM)."""
     best = None
     for cfg in candidates:
+        common.settle()
         try:
             seconds = autotuner.time_call(lambda: launch_fp4(x, packed, out, None, cfg),
                                           warmup=1, rep=10, max_time_s=0.3)
@@ -86,8 +87,10 @@ def gemv_rows(shapes, sweep, copy_gbps, device, reps):
         device_s, cfg = best_device_time(x, packed, out, candidates)
         np.testing.assert_allclose(out.numpy(), x_np @ fp4.dequantize(packed).T,
                                    rtol=1e-3, atol=1e-3)
+        common.settle()              # numpy's threads (the check above) stop spinning
         fp4_call = common.batch_time(lambda: fp4.linear(x, packed, out=out, config=cfg), reps)
         w_dev = kdsl.tensor(w)
+        common.settle()
         fp32_call = common.batch_time(lambda: matmul(x, w_dev, trans_b=True, out=out), reps)
         fp32_device = fp32_gemv_device_seconds(x, w_dev, out)
         read = gemv_bytes_read(packed, cfg)
@@ -140,8 +143,10 @@ def gemm_rows(shapes, sweep, device, reps):
         device_s, cfg = best_device_time(x, packed, out, candidates)
         np.testing.assert_allclose(out.numpy(), x_np @ fp4.dequantize(packed).T,
                                    rtol=1e-3, atol=1e-3)
+        common.settle()              # numpy's threads (the check above) stop spinning
         fp4_call = common.batch_time(lambda: fp4.linear(x, packed, out=out, config=cfg), reps)
         w_dev = kdsl.tensor(w)
+        common.settle()
         fp32_call = common.batch_time(lambda: matmul(x, w_dev, trans_b=True, out=out), reps)
         flops = 2.0 * m * n * k
         rows.append({
