@@ -101,8 +101,7 @@ class Generator:
         token = sampler.pick(logits, history)
         timings.prefill_s = time.perf_counter() - start
         decode_start = time.perf_counter()
-        pipelined = (self.pipeline and params.greedy and params.repetition_penalty == 1.0
-                     and hasattr(self.model, "greedy_next"))
+        pipelined = self.pipeline and params.greedy and params.repetition_penalty == 1.0
         ahead = None                     # the queued step's pending token, when pipelined
         try:
             while True:

@@ -55,23 +55,15 @@ def _assigned_names(stmts, counts, known=None, in_loop=None):
                 counts[t.id] = counts.get(t.id, 0) + 1
         elif isinstance(s, A.AugAssign):
             counts[s.target.id] = counts.get(s.target.id, 0) + 2
-        elif isinstance(s, A.For):
-            static = _is_static_range(s.iter)
-            if not static:
+        elif isinstance(s, (A.For, A.While)):
+            runtime_loop = not (isinstance(s, A.For) and _is_static_range(s.iter))
+            if isinstance(s, A.For) and runtime_loop:
                 counts[s.var] = counts.get(s.var, 0) + 2
-            body = {} if in_loop is not None and not static else counts
-            _assigned_names(s.body, body, known, in_loop)
-            if body is not counts:
+            body = _assigned_names(s.body, {}, known, in_loop)
+            if runtime_loop and in_loop is not None:
                 in_loop.update(body)
-                for name, c in body.items():
-                    counts[name] = counts.get(name, 0) + c
-        elif isinstance(s, (A.While,)):
-            body = {} if in_loop is not None else counts
-            _assigned_names(s.body, body, known, in_loop)
-            if body is not counts:
-                in_loop.update(body)
-                for name, c in body.items():
-                    counts[name] = counts.get(name, 0) + c
+            for name, c in body.items():
+                counts[name] = counts.get(name, 0) + c
         elif isinstance(s, A.If):
             taken = _static_truth(s.cond, known)
             if taken is not False:

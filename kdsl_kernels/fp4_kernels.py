@@ -517,6 +517,13 @@ def gemv_default(device, K=None):
     return {"BN": 4, "BW": 512 if long_rows else 128, "DEQ": "convert", "num_threads": 128}
 
 
+def fp4_gemv_config(packed, device):
+    """The GEMV's config for this weight on `device`: tuned, else gemv_default."""
+    N, K = packed.shape
+    return _config("fp4_gemv", {"N": N, "K": K, "G": packed.group_size},
+                   gemv_default(device, K))
+
+
 def gemm_default(device, M=None, N=None, K=None):
     """The GEMM's default config. On a CPU, for M >= 32 and weights of 1M
     elements or more (or M, N, K not given):
@@ -670,8 +677,7 @@ def launch_fp4(x, packed, out, bias=None, config=None, gated=False, norm=None, a
     norm_w, eps = norm if norm is not None else (x, 0.0)
     fused = dict(NORM=norm is not None, ACCUMULATE=accumulate, GATED=gated)
     if M == 1:
-        cfg = config or _config("fp4_gemv", {"N": N, "K": K, "G": packed.group_size},
-                                gemv_default(x.device, K))
+        cfg = config or fp4_gemv_config(packed, x.device)
         if cfg.get("lanes") == "bytes":
             if not x.device.is_cpu:
                 raise ValueError(f"fp4.linear(): the byte-lane GEMV (config lanes='bytes') "

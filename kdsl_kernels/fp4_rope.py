@@ -18,8 +18,7 @@ them elementwise with the cos/sin tables of kdsl_kernels.rope.
 import kdsl
 import kdsl.language as kl
 
-from .fp4_kernels import (_byte_chunk, _config, fp4_gemv_bytes_rows, fp4_gemv_rows,
-                          gemv_default)
+from .fp4_kernels import _byte_chunk, fp4_gemv_bytes_rows, fp4_gemv_config, fp4_gemv_rows
 from .fp4 import ROW_TILE
 from .rope import cos_sin_tables
 
@@ -92,7 +91,7 @@ def rope_fusable(packed, head_dim, device, config=None):
     the GEMV's rows per program divide head_dim / 2, the rows fill whole
     programs and K whole groups (no masks)."""
     N, K = packed.shape
-    cfg = config or _gemv_config(packed, device)
+    cfg = config or fp4_gemv_config(packed, device)
     return (head_dim % 2 == 0 and (head_dim // 2) % cfg["BN"] == 0
             and K % packed.group_size == 0 and N % head_dim == 0
             and (cfg.get("lanes") != "bytes" or ROW_TILE % cfg["BN"] == 0
@@ -127,7 +126,7 @@ def linear_rope_qkv(x, packed, *, n_heads, n_kv_heads, head_dim, position, base,
                              f"its last stride 1, got shape {t.shape} strides {t.strides}")
     if position < 0:
         raise ValueError(f"linear_rope_qkv(): position must be >= 0, got {position}")
-    cfg = config or _gemv_config(packed, x.device)
+    cfg = config or fp4_gemv_config(packed, x.device)
     if not rope_fusable(packed, head_dim, x.device, cfg):
         raise ValueError(f"linear_rope_qkv(): {cfg['BN']} rows per program do not divide "
                          f"head_dim / 2 = {head_dim // 2} (or K {K} is not whole groups of "
@@ -153,9 +152,3 @@ def linear_rope_qkv(x, packed, *, n_heads, n_kv_heads, head_dim, position, base,
         BK=_byte_chunk(packed.group_size, cfg.get("BK", 16)) if bytes_lanes else 16,
         BW=words, R=ROW_TILE,
         HALF_D=head_dim // 2, num_threads=cfg["num_threads"])
-
-
-def _gemv_config(packed, device):
-    N, K = packed.shape
-    return _config("fp4_gemv", {"N": N, "K": K, "G": packed.group_size},
-                   gemv_default(device, K))

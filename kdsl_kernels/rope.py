@@ -63,11 +63,8 @@ def angles(tokens, token_ok, pos_ptr, inv_freq_ptr, cos_ptr, sin_ptr, p0, n_pair
     tables, or computed from inv_freq (sin and cos of angles in the thousands
     cost more than the kernel's memory traffic, hence the tables). EVEN as in
     rotate_rows."""
-    if EVEN:
-        if POS_FROM_PTR:
-            pos = kl.load(pos_ptr + tokens)
-        else:
-            pos = p0 + tokens
+    if POS_FROM_PTR and EVEN:
+        pos = kl.load(pos_ptr + tokens)
     elif POS_FROM_PTR:
         pos = kl.load(pos_ptr + tokens, mask=token_ok, other=0)
     else:
