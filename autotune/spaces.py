@@ -118,16 +118,18 @@ def gemv_space(device, key):
 
 def softmax_space(device, key):
     """Softmax: one row per work-group, BLOCK columns at a time (one pass when
-    N <= BLOCK; else streamed in the "stored" or the "online" form)."""
+    N <= BLOCK; else streamed in the "stored" or the "online" form), with
+    fastmath's polynomial exp or the device's."""
     N = key["N"]
     threads = (1, 4, 16, 64) if device.is_cpu else (32, 64, 128, 256)
     per_item = (4, 128) if device.is_cpu else (1, 64)
     options = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
     blocks = [b for b in options if _within(b, N, options)]
-    return [{"BLOCK": b, "num_threads": t, **({"form": form} if b < N else {})}
+    return [{"BLOCK": b, "num_threads": t, **({"form": form} if b < N else {}), "exp": exp}
             for b, t in itertools.product(blocks, _work_group_sizes(device, threads))
             if t <= b and per_item[0] <= b // t <= per_item[1]
-            for form in (("stored", "online") if b < N else (None,))]
+            for form in (("stored", "online") if b < N else (None,))
+            for exp in ("poly", "lib")]
 
 
 # FP4 dequantisation: from bit patterns, or by an int-to-float conversion; the
@@ -150,7 +152,7 @@ def fp4_gemv_space(device, key):
                    if t <= bn]
         return _enough_programs(configs, lambda c: -(-N // c["BN"]), device)
     threads = (32, 64, 128, 256)
-    widths = [w for w in (4, 8, 16, 32, 64) if w >= words_per_group]
+    widths = [w for w in (4, 8, 16, 32, 64, 128, 256, 512) if w >= words_per_group]
     configs = [{"BN": bn, "BW": bw, "DEQ": deq, "num_threads": t}
                for bn, bw, deq, t in itertools.product((1, 2, 4, 8, 16), widths, GEMV_DEQUANTISE,
                                                        _work_group_sizes(device, threads))
@@ -257,7 +259,7 @@ def default_config(kernel, key, device):
             return softmax_config(key["N"])
         if kernel == "fp4_gemv":
             from kdsl_kernels.fp4_kernels import gemv_default
-            return gemv_default(device, key["K"])
+            return gemv_default(device)
         if kernel == "fp4_gemm":
             from kdsl_kernels.fp4_kernels import gemm_default
             return gemm_default(device, key["M"], key["N"], key["K"])

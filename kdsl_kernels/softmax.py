@@ -16,6 +16,7 @@ import kdsl.language as kl
 
 from .configs import tuned
 from .elementwise import as_tensor, check_out, new_out
+from .fastmath import exp_nonpositive
 
 # the running maximum starts finite so that a lane that has only seen -inf
 # (masked) entries gives exp(-inf - start) = 0 rather than exp(nan)
@@ -59,10 +60,12 @@ def running_max_pass(x_row, offs, lo, hi, visible, scale, running_max, CAUSAL: k
 
 @kdsl.jit
 def stored_exp_pass(x_row, out_row, offs, lo, hi, visible, scale, row_max, running_sum, N,
-                    CAUSAL: kl.constexpr, FULL: kl.constexpr, BLOCK: kl.constexpr):
+                    CAUSAL: kl.constexpr, FULL: kl.constexpr, BLOCK: kl.constexpr,
+                    EXP: kl.constexpr):
     """out = exp(x - row_max) over the blocks of columns lo..hi; returns running_sum plus them."""
     for start in range(lo, hi, BLOCK):
-        num = kl.exp(masked_scaled(x_row, start + offs, visible, scale, CAUSAL, FULL) - row_max)
+        num = exp_nonpositive(
+            masked_scaled(x_row, start + offs, visible, scale, CAUSAL, FULL) - row_max, EXP)
         running_sum += num
         store_cols(out_row, start + offs, num, N, FULL)
     return running_sum
@@ -83,29 +86,32 @@ def scale_pass(out_row, offs, lo, hi, factor, N, FULL: kl.constexpr, BLOCK: kl.c
 
 @kdsl.jit
 def online_sum_pass(x_row, offs, lo, hi, visible, scale, running_max, running_sum,
-                    CAUSAL: kl.constexpr, FULL: kl.constexpr, BLOCK: kl.constexpr):
+                    CAUSAL: kl.constexpr, FULL: kl.constexpr, BLOCK: kl.constexpr,
+                    EXP: kl.constexpr):
     """(running_max, running_sum) of the online softmax over the blocks of columns lo..hi."""
     for start in range(lo, hi, BLOCK):
         x = masked_scaled(x_row, start + offs, visible, scale, CAUSAL, FULL)
         new_max = kl.maximum(running_max, x)
-        running_sum = running_sum * kl.exp(running_max - new_max) + kl.exp(x - new_max)
+        running_sum = (running_sum * exp_nonpositive(running_max - new_max, EXP)
+                       + exp_nonpositive(x - new_max, EXP))
         running_max = new_max
     return running_max, running_sum
 
 
 @kdsl.jit
 def online_out_pass(x_row, out_row, offs, lo, hi, visible, scale, row_max, inv_sum, N,
-                    CAUSAL: kl.constexpr, FULL: kl.constexpr, BLOCK: kl.constexpr):
+                    CAUSAL: kl.constexpr, FULL: kl.constexpr, BLOCK: kl.constexpr,
+                    EXP: kl.constexpr):
     """out = exp(x - row_max) * inv_sum over the blocks of columns lo..hi."""
     for start in range(lo, hi, BLOCK):
         x = masked_scaled(x_row, start + offs, visible, scale, CAUSAL, FULL)
-        store_cols(out_row, start + offs, kl.exp(x - row_max) * inv_sum, N, FULL)
+        store_cols(out_row, start + offs, exp_nonpositive(x - row_max, EXP) * inv_sum, N, FULL)
 
 
 @kdsl.jit
 def softmax_kernel(x_ptr, out_ptr, N, S, stride_x, stride_o, scale,
                    CAUSAL: kl.constexpr, FORM: kl.constexpr, BLOCK: kl.constexpr,
-                   EVEN: kl.constexpr):
+                   EVEN: kl.constexpr, EXP: kl.constexpr):
     """out[row] = softmax(scale * x[row]), in one of three forms: "one_pass"
     (the row is one block; EVEN: exactly, so no masks but the causal one),
     "online" (two streamed passes: a running max and a sum rescaled to it,
@@ -115,8 +121,9 @@ def softmax_kernel(x_ptr, out_ptr, N, S, stride_x, stride_o, scale,
     The streamed forms run the whole blocks unmasked and a last partial
     block masked: on a CPU a masked access is a compare and branch per
     element (PoCL, 4096 x 1024, stored form: 7.3 ms masked, 1.4 unmasked).
-    exp, not exp2 of x * log2(e): PoCL's exp2 ran 2.8x slower than its exp
-    here (/tmp/kdsl-bugs/kernels-3.py)."""
+    EXP picks the exponential (fastmath.exp_nonpositive: "poly" or the
+    device's "lib"); not exp2 of x * log2(e): PoCL's exp2 ran 2.8x slower
+    than its exp here (/tmp/kdsl-bugs/kernels-3.py)."""
     row = kl.program_id(0)
     x_row = x_ptr + row * stride_x
     out_row = out_ptr + row * stride_o
@@ -128,7 +135,7 @@ def softmax_kernel(x_ptr, out_ptr, N, S, stride_x, stride_o, scale,
     full = N - N % BLOCK             # columns in whole blocks
     if FORM == "one_pass":
         x = masked_scaled(x_row, offs, visible, scale, CAUSAL, EVEN)
-        num = kl.exp(x - kl.max(x, axis=0))
+        num = exp_nonpositive(x - kl.max(x, axis=0), EXP)
         store_cols(out_row, offs, num / kl.sum(num, axis=0), N, EVEN)
     elif FORM == "stored":
         running_max = kl.full((BLOCK,), RUNNING_MAX_START, kl.float32)
@@ -139,9 +146,9 @@ def softmax_kernel(x_ptr, out_ptr, N, S, stride_x, stride_o, scale,
         row_max = kl.max(running_max, axis=0)
         running_sum = kl.zeros((BLOCK,), dtype=kl.float32)
         running_sum = stored_exp_pass(x_row, out_row, offs, 0, full, visible, scale, row_max,
-                                      running_sum, N, CAUSAL, True, BLOCK)
+                                      running_sum, N, CAUSAL, True, BLOCK, EXP)
         running_sum = stored_exp_pass(x_row, out_row, offs, full, N, visible, scale, row_max,
-                                      running_sum, N, CAUSAL, False, BLOCK)
+                                      running_sum, N, CAUSAL, False, BLOCK, EXP)
         inv_sum = 1.0 / kl.sum(running_sum, axis=0)
         scale_pass(out_row, offs, 0, full, inv_sum, N, True, BLOCK)
         scale_pass(out_row, offs, full, N, inv_sum, N, False, BLOCK)
@@ -150,16 +157,17 @@ def softmax_kernel(x_ptr, out_ptr, N, S, stride_x, stride_o, scale,
         running_sum = kl.zeros((BLOCK,), dtype=kl.float32)
         running_max, running_sum = online_sum_pass(x_row, offs, 0, min(visible, full), visible,
                                                    scale, running_max, running_sum, CAUSAL,
-                                                   True, BLOCK)
+                                                   True, BLOCK, EXP)
         running_max, running_sum = online_sum_pass(x_row, offs, full, visible, visible, scale,
                                                    running_max, running_sum, CAUSAL, False,
-                                                   BLOCK)
+                                                   BLOCK, EXP)
         row_max = kl.max(running_max, axis=0)
-        inv_sum = 1.0 / kl.sum(running_sum * kl.exp(running_max - row_max), axis=0)
+        inv_sum = 1.0 / kl.sum(running_sum * exp_nonpositive(running_max - row_max, EXP),
+                               axis=0)
         online_out_pass(x_row, out_row, offs, 0, full, visible, scale, row_max, inv_sum, N,
-                        CAUSAL, True, BLOCK)
+                        CAUSAL, True, BLOCK, EXP)
         online_out_pass(x_row, out_row, offs, full, N, visible, scale, row_max, inv_sum, N,
-                        CAUSAL, False, BLOCK)
+                        CAUSAL, False, BLOCK, EXP)
 
 
 def softmax_config(N):
@@ -172,10 +180,13 @@ def softmax_config(N):
     16384 x 512 2.88 ms against 14.7 for one block over 64 work-items;
     4096 x 4096 6.7 against 13.1 for the online stream; 8192 x 1000 3.7
     against 16.4; 32768 x 128 2.1 against 8.3; 65536 x 32 (one block of 32)
-    1.2 against 7.5. Blocks of 32 or 128 were no faster than 64."""
+    1.2 against 7.5. Blocks of 32 or 128 were no faster than 64. The CPU's
+    exp is fastmath's polynomial: 16384 x 512 2.60-2.65 against 2.92-2.94
+    ms with PoCL's exp, alternated 3x (.scratch/sm_quick.py, 2026-12-07);
+    a GPU's exp is its hardware exp2 and a few instructions, so GPUs keep it."""
     if kdsl.current_device().is_cpu:
         block = min(64, 1 << max(N - 1, 0).bit_length())
-        default = {"BLOCK": block, "num_threads": 1, "form": "stored"}
+        default = {"BLOCK": block, "num_threads": 1, "form": "stored", "exp": "poly"}
     else:
         block = min(4096, 1 << max(N - 1, 0).bit_length())
         default = {"BLOCK": block, "num_threads": min(block, 256)}
@@ -209,7 +220,7 @@ def softmax(x, *, scale=None, causal=False, out=None, config=None):
     softmax_kernel[(rows,)](x, out, N, S, stride_x, stride_o, scale,
                             CAUSAL=bool(causal), FORM=_form(N, cfg),
                             BLOCK=cfg["BLOCK"], EVEN=N == cfg["BLOCK"],
-                            num_threads=cfg["num_threads"])
+                            EXP=cfg.get("exp", "lib"), num_threads=cfg["num_threads"])
     return out
 
 

@@ -32,7 +32,10 @@ def softmax_ref(x, scale, causal):
        config=st.sampled_from([None, {"BLOCK": 16, "num_threads": 4},
                                {"BLOCK": 16, "num_threads": 4, "form": "stored"},
                                {"BLOCK": 8, "num_threads": 1, "form": "stored"},
-                               {"BLOCK": 8, "num_threads": 1, "form": "online"}]),
+                               {"BLOCK": 8, "num_threads": 1, "form": "online"},
+                               {"BLOCK": 8, "num_threads": 1, "form": "online", "exp": "poly"},
+                               {"BLOCK": 16, "num_threads": 4, "exp": "poly"},
+                               {"BLOCK": 16, "num_threads": 1, "form": "stored", "exp": "lib"}]),
        seed=st.integers(0, 2**16))
 def test_softmax_matches_numpy(interpret, lead, s, extra, causal, scale, config, seed):
     # rows that fit a block and rows streamed in each form, with whole blocks
@@ -57,17 +60,29 @@ def test_long_rows_with_the_default_config(n):
 @MODES
 @pytest.mark.parametrize("form", ["online", "stored"])
 @pytest.mark.parametrize("block", [8, 16])
-def test_softmax_in_place_on_a_view_with_infinities(interpret, form, block):
+@pytest.mark.parametrize("exp", ["poly", "lib"])
+def test_softmax_in_place_on_a_view_with_infinities(interpret, form, block, exp):
     # in place: the stored form's exps overwrite x's row before it is rescaled
     x = np.random.default_rng(0).standard_normal((3, 50)).astype(np.float32)
     x[:, 7] = -np.inf
     t = kdsl.tensor(x)
     view = t[:, 2:42]
     _run(interpret, lambda: softmax(view, out=view, config={"BLOCK": block, "num_threads": 4,
-                                                            "form": form}))
+                                                            "form": form, "exp": exp}))
     expected = x.copy()
     expected[:, 2:42] = softmax_ref(x[:, 2:42], 1.0, False)
     np.testing.assert_allclose(t.numpy(), expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("exp", ["poly", "lib"])
+def test_a_nan_in_a_row_makes_the_row_nan(exp):
+    # as numpy's softmax: the row maximum skips the nan, its exp must not
+    x = np.random.default_rng(1).standard_normal((3, 200)).astype(np.float32)
+    x[1, 77] = np.nan
+    out = softmax(x, config={"BLOCK": 64, "num_threads": 1, "form": "stored", "exp": exp}).numpy()
+    assert np.isnan(out[1]).all()
+    np.testing.assert_allclose(out[[0, 2]], softmax_ref(x[[0, 2]], 1.0, False), rtol=1e-5,
+                               atol=1e-6)
 
 
 def test_bad_input_names_the_cause():
