@@ -63,27 +63,34 @@ def angles(tokens, token_ok, pos_ptr, inv_freq_ptr, cos_ptr, sin_ptr, p0, n_pair
     tables, or computed from inv_freq (sin and cos of angles in the thousands
     cost more than the kernel's memory traffic, hence the tables). EVEN as in
     rotate_rows."""
-    if POS_FROM_PTR and EVEN:
-        pos = kl.load(pos_ptr + tokens)
-    elif POS_FROM_PTR:
-        pos = kl.load(pos_ptr + tokens, mask=token_ok, other=0)
-    else:
-        pos = p0 + tokens
     i = kl.arange(0, HALF_BLOCK)
     pair_ok = i < n_pairs
     mask = token_ok[:, None] & pair_ok[None, :]
+    # positions read per (token, pair), all pairs of a token from one address,
+    # so they arrive in the angles' [BS, HALF_BLOCK] layout. A [BS] load went
+    # to that layout through local memory, and PoCL 3.1 mis-masked the stores
+    # after that barrier inside rope_qkv_kernel's branch on the head: rows past
+    # S written, heap corrupted (tests/test_kernels_rope.py, S = 5, D = 64,
+    # rotary_dim = 32, positions from an array).
+    pos_ptrs = pos_ptr + tokens[:, None] + 0 * i[None, :]
+    if POS_FROM_PTR and EVEN:
+        pos = kl.load(pos_ptrs)
+    elif POS_FROM_PTR:
+        pos = kl.load(pos_ptrs, mask=mask, other=0)
+    else:
+        pos = (p0 + tokens)[:, None]
     if FROM_TABLE and EVEN:
-        cos = kl.load(cos_ptr + pos[:, None] * n_pairs + i[None, :])
-        sin = kl.load(sin_ptr + pos[:, None] * n_pairs + i[None, :])
+        cos = kl.load(cos_ptr + pos * n_pairs + i[None, :])
+        sin = kl.load(sin_ptr + pos * n_pairs + i[None, :])
     elif FROM_TABLE:
-        cos = kl.load(cos_ptr + pos[:, None] * n_pairs + i[None, :], mask=mask, other=0.0)
-        sin = kl.load(sin_ptr + pos[:, None] * n_pairs + i[None, :], mask=mask, other=0.0)
+        cos = kl.load(cos_ptr + pos * n_pairs + i[None, :], mask=mask, other=0.0)
+        sin = kl.load(sin_ptr + pos * n_pairs + i[None, :], mask=mask, other=0.0)
     else:
         if EVEN:
             freqs = kl.load(inv_freq_ptr + i)
         else:
             freqs = kl.load(inv_freq_ptr + i, mask=pair_ok, other=0.0)
-        angle = pos[:, None].to(kl.float32) * freqs[None, :]
+        angle = pos.to(kl.float32) * freqs[None, :]
         cos = kl.cos(angle)
         sin = kl.sin(angle)
     return cos, sin, mask
