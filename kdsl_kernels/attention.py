@@ -288,8 +288,10 @@ def attention_config(S, T, D, group, kv_heads, device=None):
         # H100 sweeps: 128 x 128 blocks over 256 work-items, 2.05 ms at
         # 32 x 2048 x 128 causal against 2.14 for 128 x 64 and 2.08 for
         # 64 x 64 over 128 (.scratch sweep, 2026-11-23, with causal query
-        # blocks run longest first); 128 x 64 had beaten 64 x 32 2.45 to 2.62
-        cfg = {"BM": 128, "BN": 128, "BK": 16, "BD": bd, "num_threads": 256,
+        # blocks run longest first); 128 x 64 had beaten 64 x 32 2.45 to 2.62.
+        # Since kl.dot reads 4 k-steps per float4 load, q k^T in 32-wide
+        # slices: 1.77-1.78 ms against 1.81-1.82 for 16 (2026-12-07)
+        cfg = {"BM": 128, "BN": 128, "BK": 32, "BD": bd, "num_threads": 256,
                "acc_in_memory": False}
     elif rows >= 64:
         # H100 sweep: 64 x 32 blocks over 128 work-items beat 32 x 32 over 64

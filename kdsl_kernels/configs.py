@@ -65,7 +65,12 @@ def matmul_config(M, N, K, trans_b=False, device=None, b_dtype=None):
         # previous 8 x 32 x 16 (PoCL 3.1, .scratch sweep, 2026-11-23)
         default = {"BM": 8, "BN": 16, "BK": 16, "num_threads": 1, "pack_b": False}
     else:
-        default = {"BM": 64, "BN": 64, "BK": 16, "num_threads": 64, "pack_b": False}
+        # 64 x 64 tiles over 64 work-items (8 x 8 each), 32-wide K steps: with
+        # kl.dot reading 4 k-steps per float4 from local memory, H100 4096^3
+        # 32.2-32.4 TFLOP/s and 2048^3 31.0-31.2 against 29.3 and 28.4 for
+        # 16-wide steps and 27-31.5 for 128 x 128 over 256 (.scratch/gpu_ab.py,
+        # two alternated runs, 2026-12-07)
+        default = {"BM": 64, "BN": 64, "BK": 32, "num_threads": 64, "pack_b": False}
     return tuned("matmul", weight_key({"M": M, "N": N, "K": K, "trans_b": bool(trans_b)}, b_dtype),
                  default, device)
 
