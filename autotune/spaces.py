@@ -259,7 +259,7 @@ def default_config(kernel, key, device):
             return softmax_config(key["N"])
         if kernel == "fp4_gemv":
             from kdsl_kernels.fp4_kernels import gemv_default
-            return gemv_default(device)
+            return gemv_default(device, key["K"])
         if kernel == "fp4_gemm":
             from kdsl_kernels.fp4_kernels import gemm_default
             return gemm_default(device, key["M"], key["N"], key["K"])

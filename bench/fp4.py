@@ -44,8 +44,8 @@ CPU_GEMV = ([{"BN": bn, "lanes": "bytes", "num_threads": 1} for bn in (1, 2, 4, 
                for bn, bw in [(8, 4), (8, 8)]])
 GPU_GEMV = [{"BN": bn, "BW": bw, "DEQ": deq, "num_threads": t}
             for bn, bw, t in [(2, 32, 64), (4, 32, 128), (8, 32, 256), (8, 128, 256),
-                              (8, 128, 128), (4, 128, 128), (16, 128, 512), (4, 256, 128),
-                              (8, 256, 256), (2, 256, 64), (4, 512, 128)]
+                              (4, 128, 128), (16, 128, 512), (4, 256, 128), (8, 256, 256),
+                              (2, 256, 64), (4, 512, 128)]
             for deq in ("bits", "convert", "factor")]
 CPU_GEMM = ([{"BM": bm, "BN": bn, "DEQ": "bits", "num_threads": 1}
              for bm, bn in [(8, 8), (8, 16), (16, 8), (4, 8), (8, 32)]]
@@ -82,7 +82,7 @@ def gemv_rows(shapes, sweep, copy_gbps, device, reps):
         x_np = rng.standard_normal((1, k)).astype(np.float32)
         packed = fp4.quantize(w, GROUP)
         x, out = kdsl.tensor(x_np), kdsl.empty((1, n))
-        candidates = [gemv_default(device)] + ((GPU_GEMV if device.is_gpu else CPU_GEMV)
+        candidates = [gemv_default(device, k)] + ((GPU_GEMV if device.is_gpu else CPU_GEMV)
                                                if sweep else [])
         device_s, cfg = best_device_time(x, packed, out, candidates)
         np.testing.assert_allclose(out.numpy(), x_np @ fp4.dequantize(packed).T,

@@ -500,7 +500,7 @@ def fp4_pack_panels_kernel(codes_ptr, step_ptr, base_ptr, oidx_ptr, ow_ptr, p_pt
         kl.store(row, kl.load(row) + kl.load(ow_ptr + rn * n_out + i, mask=live, other=0.0))
 
 
-def gemv_default(device):
+def gemv_default(device, K=None):
     """The GEMV's default config, from bench/fp4.py --sweep. On a CPU the
     byte-lane kernel, 8 rows per one-work-item program (a barrier costs a
     pass over the work-group on PoCL): one tile of the row-tiled layout, so
@@ -508,23 +508,26 @@ def gemv_default(device):
     decode step, 8 rows beat 2, 4 and 16 at all four of SmolLM2's shapes
     (e.g. gate/up 3072 x 576 with SwiGLU 0.087 against 0.126-0.136 ms, min of
     4 x 40 launches; .scratch/gemv_bn_cold.py, PoCL 3.1, 2026-12-07). On a
-    GPU the word kernel, 8 rows over 128 work-items, 128 words (1024
-    weights) of each row per step, scale and offset applied per word
-    ("factor"). H100, device time, best of 2 (.scratch/gemv_gpu_exp.py,
-    2026-12-07): 16384 x 8192 47.2 us at G = 64 and 48.8 at G = 32 against
-    50.6 and 57.2 for the previous 4 rows x 512 words converting each code
-    to float; 11008 x 4096 20.2 against 22.1; 4096 x 4096 and SmolLM2's
-    shapes equal."""
+    GPU the word kernel, 4 rows over 128 work-items, 512 words (4096
+    weights) of each row per step for long rows, 128 for short ones (or K
+    not given): the H100's best for K = 4096 and 8192, and for K = 576.
+    Alone, 8 rows x 128 words with the scale and offset applied per word
+    ("factor") ran 4-17 % faster at 4096-16384 rows of 4096-8192
+    (.scratch/gemv_gpu_exp.py, 2026-12-07), but as the default it made
+    SmolLM2's decode on the H100 slower (283-360 against 398-404 tok/s,
+    alternated twice, .scratch/gpu_gemv_engine_ab.py), so it is left to the
+    tuner."""
     if device.is_cpu:
         return {"BN": 8, "BK": 16, "lanes": "bytes", "num_threads": 1}
-    return {"BN": 8, "BW": 128, "DEQ": "factor", "num_threads": 128}
+    long_rows = K is not None and K >= 2048
+    return {"BN": 4, "BW": 512 if long_rows else 128, "DEQ": "convert", "num_threads": 128}
 
 
 def fp4_gemv_config(packed, device):
     """The GEMV's config for this weight on `device`: tuned, else gemv_default."""
     N, K = packed.shape
     return _config("fp4_gemv", {"N": N, "K": K, "G": packed.group_size},
-                   gemv_default(device))
+                   gemv_default(device, K))
 
 
 def gemm_default(device, M=None, N=None, K=None):
