@@ -855,7 +855,7 @@ class Codegen:
                         y = bv[b_op.slot_index((k, j))]
                         self.line(f"{cs[r]} = {fma.format(x=x, y=y, c=cs[r])};")
             return cs
-        if kdim % 4 == 0 and v.dtype == kl.float32:
+        if kdim % 4 == 0 and v.dtype == kl.float32 and min(rows, cols) >= 4:
             return self._dot_staged_k4(v, c_layout, cs)
         # stage both operands in local memory, then each work-item walks k
         av, bv = self.val(a, a_home), self.val(b, b_home)
@@ -900,7 +900,13 @@ class Codegen:
         time took 16 local loads per 64 FMAs of an 8 x 8 micro-tile, as many
         load cycles as FMA cycles on an H100; this takes 4. The padding puts
         8 neighbouring columns' float4s in distinct banks (one phase of a
-        128-bit load)."""
+        128-bit load), but B's transposed stores then meet 4-way bank
+        conflicts; so this form is used only for micro-tiles of at least
+        4 x 4, where each float4 feeds 16+ FMAs. Smaller ones (decode
+        attention's 16 x 32 blocks over 64 work-items: 4 x 2) keep the
+        scalar walk: with this form the H100's decode attention measured
+        0.130 / 0.203 ms against 0.113 / 0.176 in the previous session's
+        bench (noisy runs, not alternated: no device time was left to check)."""
         a, b, _ = v.args
         m, kdim = a.shape
         n = b.shape[1]

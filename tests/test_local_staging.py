@@ -1,7 +1,8 @@
 """kl.dot with its operands staged in local memory (the GPU code path), run on whatever
 device this machine has: the code generator is told to stage (`dot_staging="local"`)
 as it does for a GPU, and the matmul and attention kernels are checked against numpy,
-for K slices that take the float4 walk (multiples of 4) and ones that do not (BK = 2)."""
+for dots that take the float4 walk (K slices of multiples of 4, micro-tiles of 4 x 4)
+and ones that do not."""
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -28,15 +29,17 @@ def staged(monkeypatch):
         fn._compiled.clear()                          # nor these builds after the test
 
 
-@pytest.mark.parametrize("bk", [4, 8, 2])
+# 16 work-items: 4 x 4 micro-tiles, read 4 k-steps per float4 where BK allows;
+# 64: 2 x 2, read one k-step at a time
+@pytest.mark.parametrize("bk, threads", [(4, 16), (8, 16), (2, 16), (8, 64)])
 @settings(max_examples=10, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(m=st.integers(1, 70), n=st.integers(1, 70), k=st.integers(1, 70),
        seed=st.integers(0, 2**16))
-def test_matmul_with_staged_operands(staged, bk, m, n, k, seed):
+def test_matmul_with_staged_operands(staged, bk, threads, m, n, k, seed):
     rng = np.random.default_rng(seed)
     a = rng.standard_normal((m, k)).astype(np.float32)
     b = rng.standard_normal((k, n)).astype(np.float32)
-    cfg = {"BM": 16, "BN": 16, "BK": bk, "num_threads": 16, "pack_b": False}
+    cfg = {"BM": 16, "BN": 16, "BK": bk, "num_threads": threads, "pack_b": False}
     out = matmul(a, b, config=cfg).numpy()
     np.testing.assert_allclose(out, a @ b, rtol=1e-4, atol=1e-4)
 
