@@ -66,19 +66,19 @@ def angles(tokens, token_ok, pos_ptr, inv_freq_ptr, cos_ptr, sin_ptr, p0, n_pair
     i = kl.arange(0, HALF_BLOCK)
     pair_ok = i < n_pairs
     mask = token_ok[:, None] & pair_ok[None, :]
-    # positions read per (token, pair), all pairs of a token from one address,
-    # so they arrive in the angles' [BS, HALF_BLOCK] layout. A [BS] load went
-    # to that layout through local memory, and PoCL 3.1 mis-masked the stores
-    # after that barrier inside rope_qkv_kernel's branch on the head: rows past
-    # S written, heap corrupted (tests/test_kernels_rope.py, S = 5, D = 64,
-    # rotary_dim = 32, positions from an array).
-    pos_ptrs = pos_ptr + tokens[:, None] + 0 * i[None, :]
+    # positions per (token, pair): all pairs of a token read one address (or
+    # take p0 + token), so they arrive in the angles' [BS, HALF_BLOCK] layout.
+    # A [BS] position went to that layout through local memory, and PoCL 3.1
+    # mis-masked the stores after that barrier inside rope_qkv_kernel's branch
+    # on the head: rows past S written, heap corrupted
+    # (tests/test_kernels_rope.py, S = 5, D = 64, rotary_dim = 32).
+    token_2d = tokens[:, None] + 0 * i[None, :]
     if POS_FROM_PTR and EVEN:
-        pos = kl.load(pos_ptrs)
+        pos = kl.load(pos_ptr + token_2d)
     elif POS_FROM_PTR:
-        pos = kl.load(pos_ptrs, mask=mask, other=0)
+        pos = kl.load(pos_ptr + token_2d, mask=mask, other=0)
     else:
-        pos = (p0 + tokens)[:, None]
+        pos = p0 + token_2d
     if FROM_TABLE and EVEN:
         cos = kl.load(cos_ptr + pos * n_pairs + i[None, :])
         sin = kl.load(sin_ptr + pos * n_pairs + i[None, :])
