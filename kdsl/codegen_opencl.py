@@ -895,8 +895,8 @@ class Codegen:
     def _dot_staged_k4(self, v, c_layout, cs):
         """A GPU dot with both operands staged in local memory K-contiguous:
         A's rows and B's columns (B transposed on the way in) as runs of K
-        padded to a multiple of 4 plus 4, so each work-item reads 4 k-steps of
-        a row or column with one float4 load. Walking k one scalar load at a
+        (a multiple of 4) padded by 4 floats, so each work-item reads 4
+        k-steps of a row or column with one float4 load. Walking k one scalar load at a
         time took 16 local loads per 64 FMAs of an 8 x 8 micro-tile, as many
         load cycles as FMA cycles on an H100; this takes 4. The padding puts
         8 neighbouring columns' float4s in distinct banks (one phase of a
