@@ -857,18 +857,11 @@ class Codegen:
             return cs
         if kdim % 4 == 0 and v.dtype == kl.float32 and min(rows, cols) >= 4:
             return self._dot_staged_k4(v, c_layout, cs)
-        # stage both operands in local memory, then each work-item walks k
-        av, bv = self.val(a, a_home), self.val(b, b_home)
-        self._smem((m * kdim + kdim * n) * 4)
-        sa, sb = self.fresh("dot_a"), self.fresh("dot_b")
-        self.line(f"__local {ctype}* {sa} = (__local {ctype}*)kdsl_smem;")
-        self.line(f"__local {ctype}* {sb} = {sa} + {m * kdim};")
-        self.line("barrier(CLK_LOCAL_MEM_FENCE);")
-        for r in range(a_home.nslots):
-            self.line(f"{sa}[{self.flat_index(a_home, r, a.shape)}] = {av[r]};")
-        for r in range(b_home.nslots):
-            self.line(f"{sb}[{self.flat_index(b_home, r, b.shape)}] = {bv[r]};")
-        self.line("barrier(CLK_LOCAL_MEM_FENCE);")
+        # stage both operands in local memory, row-major, then each work-item walks k
+        sa, sb = self._stage_operands(
+            a, b, ctype, m * kdim, kdim * n, "dot_b",
+            lambda r: self.flat_index(a_home, r, a.shape),
+            lambda r: self.flat_index(b_home, r, b.shape))
         kv = self.fresh("k")
         self.line(f"for (int {kv} = 0; {kv} < {kdim}; ++{kv}) {{")
         self.indent += 1
@@ -892,12 +885,30 @@ class Codegen:
         self.line("}")
         return cs
 
+    def _stage_operands(self, a, b, ctype, a_floats, b_floats, b_name, a_at, b_at):
+        """Write each work-item's slots of the dot operands a and b (in their
+        home layouts) into local memory, a at a_at(slot), b after a_floats at
+        b_at(slot), between barriers; returns the two buffers' names."""
+        a_home, b_home = self.layout_for(a), self.layout_for(b)
+        av, bv = self.val(a, a_home), self.val(b, b_home)
+        self._smem((a_floats + b_floats) * 4)
+        sa, sb = self.fresh("dot_a"), self.fresh(b_name)
+        self.line(f"__local {ctype}* {sa} = (__local {ctype}*)kdsl_smem;")
+        self.line(f"__local {ctype}* {sb} = {sa} + {a_floats};")
+        self.line("barrier(CLK_LOCAL_MEM_FENCE);")
+        for r in range(a_home.nslots):
+            self.line(f"{sa}[{a_at(r)}] = {av[r]};")
+        for r in range(b_home.nslots):
+            self.line(f"{sb}[{b_at(r)}] = {bv[r]};")
+        self.line("barrier(CLK_LOCAL_MEM_FENCE);")
+        return sa, sb
+
     def _dot_staged_k4(self, v, c_layout, cs):
         """A GPU dot with both operands staged in local memory K-contiguous:
         A's rows and B's columns (B transposed on the way in) as runs of K
         (a multiple of 4) padded by 4 floats, so each work-item reads 4
-        k-steps of a row or column with one float4 load. Walking k one scalar load at a
-        time took 16 local loads per 64 FMAs of an 8 x 8 micro-tile, as many
+        k-steps of a row or column with one float4 load. Walking k one scalar
+        load at a time took 16 local loads per 64 FMAs of an 8 x 8 micro-tile, as many
         load cycles as FMA cycles on an H100; this takes 4. The padding puts
         8 neighbouring columns' float4s in distinct banks (one phase of a
         128-bit load), but B's transposed stores then meet 4-way bank
@@ -911,20 +922,11 @@ class Codegen:
         m, kdim = a.shape
         n = b.shape[1]
         a_home, b_home = self.layout_for(a), self.layout_for(b)
-        av, bv = self.val(a, a_home), self.val(b, b_home)
         kp = kdim + 4
-        self._smem((m + n) * kp * 4)
-        sa, sb = self.fresh("dot_a"), self.fresh("dot_bt")
-        self.line(f"__local float* {sa} = (__local float*)kdsl_smem;")
-        self.line(f"__local float* {sb} = {sa} + {m * kp};")
-        self.line("barrier(CLK_LOCAL_MEM_FENCE);")
-        for r in range(a_home.nslots):
-            self.line(f"{sa}[{self.coord(a_home, r, 0)} * {kp} + {self.coord(a_home, r, 1)}] "
-                      f"= {av[r]};")
-        for r in range(b_home.nslots):
-            self.line(f"{sb}[{self.coord(b_home, r, 1)} * {kp} + {self.coord(b_home, r, 0)}] "
-                      f"= {bv[r]};")
-        self.line("barrier(CLK_LOCAL_MEM_FENCE);")
+        sa, sb = self._stage_operands(
+            a, b, "float", m * kp, n * kp, "dot_bt",
+            lambda r: f"{self.coord(a_home, r, 0)} * {kp} + {self.coord(a_home, r, 1)}",
+            lambda r: f"{self.coord(b_home, r, 1)} * {kp} + {self.coord(b_home, r, 0)}")
         rows, cols = c_layout.slot_dims
         kv = self.fresh("k")
         self.line(f"for (int {kv} = 0; {kv} < {kdim}; {kv} += 4) {{")
