@@ -133,9 +133,10 @@ def softmax_space(device, key):
 
 
 # FP4 dequantisation: from bit patterns, or by an int-to-float conversion; the
-# GPU GEMV can also apply the scale and offset per word ("factor").
+# GPU GEMV can also apply the scale and offset per word ("factor"), and do so
+# with each code masked in place and converted, x scaled to match ("scaled").
 DEQUANTISE = ("bits", "convert")
-GEMV_DEQUANTISE = DEQUANTISE + ("factor",)
+GEMV_DEQUANTISE = DEQUANTISE + ("factor", "scaled")
 
 
 def fp4_gemv_space(device, key):

@@ -52,7 +52,7 @@ def fp4_code_value(q, READING: kl.constexpr):
 def fp4_dequant(q, s, o, READING: kl.constexpr, DEQ: kl.constexpr):
     """w = s * m(q) + o. DEQ "bits" builds m(q) from bit patterns; "convert"
     (uniform reading only) converts q to float instead: w = q * s/16 + (s + o).
-    (The GPU GEMV's "factor" never forms w: see fp4_gemv_rows.)"""
+    (The GPU GEMV's "factor" and "scaled" never form w: see fp4_gemv_rows.)"""
     if DEQ == "convert" and READING == "e0m4":
         w = q.to(kl.float32) * (s * 0.0625) + (s + o)
     else:
@@ -126,7 +126,7 @@ def fp4_gemv_rows(x_ptr, norm_ptr, words_ptr, scales_ptr, offsets_ptr, bias_ptr,
             c = kl.load(words_ptr + step + w_offs, mask=live, other=0)
             s = kl.load(scales_ptr + g0 + s_offs, mask=live, other=0.0)
             o = kl.load(offsets_ptr + g0 + s_offs, mask=live, other=0.0)
-        if DEQ == "factor":
+        if DEQ == "factor" or DEQ == "scaled":
             # s * sum(m x) + o * sum(x) over the word's 8 codes: per code two integer ops
             # (m from bits) and one FMA, no int-to-float conversion, and sum(x) is shared by
             # the BN rows. Per-code dequantisation is 4-5 instructions per weight, which
@@ -138,10 +138,24 @@ def fp4_gemv_rows(x_ptr, norm_ptr, words_ptr, scales_ptr, offsets_ptr, bias_ptr,
                                             NORM)
                 if NORM:
                     squares += sq
-                t += (fp4_mantissa((c >> (8 * b)) & 15, READING) * x_lo[None, :]
-                      + fp4_mantissa((c >> (8 * b + 4)) & 15, READING) * x_hi[None, :])
+                # one statement per product: each compiles to one FMA into t, where
+                # t += a*b + c*d costs a multiply, an FMA and an add (no reassociation)
+                if DEQ == "scaled" and READING == "e0m4":
+                    # q * 2**p where the code sits (bits p..p+3 of the word, masked
+                    # in place: one integer op), converted; x times 2**-p to match,
+                    # once per x for all BN rows. The power-of-two reading takes "factor".
+                    t += (c & (15 << (8 * b))).to(kl.float32) * (x_lo * 2.0 ** (-8 * b))[None, :]
+                    t += ((c & (15 << (8 * b + 4))).to(kl.float32)
+                          * (x_hi * 2.0 ** (-8 * b - 4))[None, :])
+                else:
+                    t += fp4_mantissa((c >> (8 * b)) & 15, READING) * x_lo[None, :]
+                    t += fp4_mantissa((c >> (8 * b + 4)) & 15, READING) * x_hi[None, :]
                 sx += x_lo + x_hi
-            acc += s * t + o * sx[None, :]
+            if DEQ == "scaled" and READING == "e0m4":
+                # w = s * (1 + q/16) + o = (s/16) * q + (s + o)
+                acc += (s * 0.0625) * t + (s + o) * sx[None, :]
+            else:
+                acc += s * t + o * sx[None, :]
         else:
             for b in kl.static_range(4):
                 x_lo, x_hi, sq = fp4_lane_x(x_base, n_base, b, g0 * G + x_off, K, HALF, EVEN,
@@ -150,7 +164,8 @@ def fp4_gemv_rows(x_ptr, norm_ptr, words_ptr, scales_ptr, offsets_ptr, bias_ptr,
                     squares += sq
                 w_lo = fp4_dequant((c >> (8 * b)) & 15, s, o, READING, DEQ)
                 w_hi = fp4_dequant((c >> (8 * b + 4)) & 15, s, o, READING, DEQ)
-                acc += w_lo * x_lo[None, :] + w_hi * x_hi[None, :]
+                acc += w_lo * x_lo[None, :]
+                acc += w_hi * x_hi[None, :]
     y = kl.sum(acc, axis=1)
     return fp4_rows_epilogue(y, x_ptr, norm_ptr, squares, eps, bias_ptr, oidx_ptr, ow_ptr, rn,
                              N, K, n_out, HAS_BIAS, NORM)

@@ -176,6 +176,27 @@ def test_factored_gemv_matches_reference(n, k, group_size, reading, tile, outlie
                   deq="factor", config={"BN": bn, "BW": bw, "num_threads": threads})
 
 
+@settings(max_examples=6, deadline=None)
+@given(n=st.integers(1, 40), k=st.integers(1, 300), group_size=st.sampled_from((16, 32, 64)),
+       reading=st.sampled_from(fp4.READINGS), tile=st.sampled_from(((1, 4, 4), (4, 8, 8),
+                                                                     (2, 16, 8))),
+       outliers=st.integers(0, 2), bias=st.booleans(), seed=st.integers(0, 2**16))
+@example(n=96, k=576, group_size=32, reading="e0m4", tile=(4, 8, 8), outliers=0, bias=False,
+         seed=1)                                   # the EVEN path
+def test_scaled_gemv_matches_reference(n, k, group_size, reading, tile, outliers, bias, seed):
+    # DEQ="scaled": codes masked in place and converted, x scaled by 2**-p to match
+    # (the power-of-two reading falls back to "factor")
+    bn, bw, threads = tile
+    _check_linear(1, n, k, group_size, min(outliers, k), reading, seed, bias=bias,
+                  deq="scaled", config={"BN": bn, "BW": bw, "num_threads": threads})
+
+
+def test_scaled_gemv_in_interpreter(monkeypatch):
+    monkeypatch.setenv("KDSL_INTERPRET", "1")
+    _check_linear(1, 10, 70, 16, 1, "e0m4", seed=7, deq="scaled",
+                  config={"BN": 2, "BW": 4, "num_threads": 4})
+
+
 def test_factored_gemv_in_interpreter(monkeypatch):
     monkeypatch.setenv("KDSL_INTERPRET", "1")
     _check_linear(1, 10, 70, 16, 1, "e4m0", seed=6, deq="factor",
