@@ -225,9 +225,14 @@ def warn_if_busy(threshold=0.5):
               "compete for the CPU and the timings will be lower and noisier")
 
 
-def parse_args(description, argv=None):
-    """The flags every benchmark takes: --quick, --json PATH, --no-plot."""
+def parse_args(description, argv=None, rounds=None):
+    """The flags every benchmark takes: --quick, --json PATH, --no-plot; and
+    --rounds N (default `rounds`) where a benchmark alternates its measurements."""
     parser = argparse.ArgumentParser(description=description)
+    if rounds is not None:
+        parser.add_argument("--rounds", type=int, default=rounds,
+                            help="measure kdsl and its yardsticks in turn this many times, "
+                                 "each keeping its best round (default %(default)s)")
     parser.add_argument("--quick", action="store_true",
                         help="a fast smoke run: small sizes, few configs, few repetitions")
     parser.add_argument("--json", metavar="PATH", type=Path,
