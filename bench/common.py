@@ -225,10 +225,13 @@ def warn_if_busy(threshold=0.5):
               "compete for the CPU and the timings will be lower and noisier")
 
 
-def parse_args(description, argv=None, rounds=None):
+def parse_args(description, argv=None, rounds=None, extra=()):
     """The flags every benchmark takes: --quick, --json PATH, --no-plot; and
-    --rounds N (default `rounds`) where a benchmark alternates its measurements."""
+    --rounds N (default `rounds`) where a benchmark alternates its measurements;
+    `extra`: (flags, argparse keywords) pairs of a benchmark's own options."""
     parser = argparse.ArgumentParser(description=description)
+    for flags, kwargs in extra:
+        parser.add_argument(*flags, **kwargs)
     if rounds is not None:
         parser.add_argument("--rounds", type=int, default=rounds,
                             help="measure kdsl and its yardsticks in turn this many times, "
