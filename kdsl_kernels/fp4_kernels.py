@@ -127,10 +127,10 @@ def fp4_gemv_rows(x_ptr, norm_ptr, words_ptr, scales_ptr, offsets_ptr, bias_ptr,
             s = kl.load(scales_ptr + g0 + s_offs, mask=live, other=0.0)
             o = kl.load(offsets_ptr + g0 + s_offs, mask=live, other=0.0)
         if DEQ == "factor" or DEQ == "scaled":
-            # s * sum(m x) + o * sum(x) over the word's 8 codes: per code two integer ops
-            # (m from bits) and one FMA, no int-to-float conversion, and sum(x) is shared by
-            # the BN rows. Per-code dequantisation is 4-5 instructions per weight, which
-            # bounds a GPU GEMV below its memory bandwidth.
+            # s * sum(m x) + o * sum(x) over the word's 8 codes: per code one FMA and, for
+            # m from bits, three integer ops on the H100 (a shift and two LOP3s: a LOP3
+            # takes one immediate); no int-to-float conversion, and sum(x) is shared by
+            # the BN rows. "scaled" needs one integer op and a conversion per code.
             t = kl.zeros((BN, BW), dtype=kl.float32)
             sx = kl.zeros((BW,), dtype=kl.float32)
             for b in kl.static_range(4):
