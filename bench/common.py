@@ -243,7 +243,10 @@ def parse_args(description, argv=None, rounds=None, extra=()):
                              "bench/results/<name>_<device>.json)")
     parser.add_argument("--no-plot", action="store_true",
                         help="do not draw the plot next to the JSON result")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if rounds is not None and args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
+    return args
 
 
 def print_table(rows, columns, file=None):

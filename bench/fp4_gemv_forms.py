@@ -70,6 +70,33 @@ SOURCE = r"""
 
 inline float m_of(uint c, int shift) { return as_float(((c >> shift) & 15u) << 19 | 0x3F800000u); }
 
+/* group g's G elements of x into xs (float4 loads); returns their sum */
+inline float group_x(__global const float* x, int g, float* xs)
+{
+    float sx = 0.0f;
+    __global const float4* xp = (__global const float4*)(x + g * G);
+    for (int i = 0; i < G / 4; i++) {
+        const float4 v = xp[i];
+        xs[4 * i] = v.x; xs[4 * i + 1] = v.y; xs[4 * i + 2] = v.z; xs[4 * i + 3] = v.w;
+        sx += (v.x + v.y) + (v.z + v.w);
+    }
+    return sx;
+}
+
+/* y[r0 + r] = the work-group's sum of acc[r] for the n rows, through part[n * T] */
+inline void store_row_sums(const float* acc, int n, __local float* part, int lid,
+                           __global float* y, int r0)
+{
+    for (int r = 0; r < n; r++) part[r * T + lid] = acc[r];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int h = T / 2; h > 0; h >>= 1) {
+        if (lid < h)
+            for (int r = 0; r < n; r++) part[r * T + lid] += part[r * T + lid + h];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    if (lid < n) y[r0 + lid] = part[lid * T];
+}
+
 __kernel __attribute__((reqd_work_group_size(T, 1, 1)))
 void gemv_vec(__global const float* x, __global const uint* words, __global const half* scales,
               __global const half* offsets, __global float* y, int K)
@@ -81,13 +108,7 @@ void gemv_vec(__global const float* x, __global const uint* words, __global cons
     for (int r = 0; r < BN; r++) acc[r] = 0.0f;
     for (int g = lid; g < n_groups; g += T) {
         float xs[G];
-        float sx = 0.0f;
-        __global const float4* xp = (__global const float4*)(x + g * G);
-        for (int i = 0; i < G / 4; i++) {
-            const float4 v = xp[i];
-            xs[4 * i] = v.x; xs[4 * i + 1] = v.y; xs[4 * i + 2] = v.z; xs[4 * i + 3] = v.w;
-            sx += v.x + v.y + v.z + v.w;
-        }
+        const float sx = group_x(x, g, xs);
         for (int r = 0; r < BN; r++) {
             const int row = r0 + r;
             __global const uint4* wp = (__global const uint4*)(words + ((size_t)row * n_groups + g) * QW);
@@ -104,15 +125,8 @@ void gemv_vec(__global const float* x, __global const uint* words, __global cons
                     + vload_half(row * n_groups + g, offsets) * sx;
         }
     }
-    __local float partial[BN][T];
-    for (int r = 0; r < BN; r++) partial[r][lid] = acc[r];
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (int h = T / 2; h > 0; h >>= 1) {
-        if (lid < h)
-            for (int r = 0; r < BN; r++) partial[r][lid] += partial[r][lid + h];
-        barrier(CLK_LOCAL_MEM_FENCE);
-    }
-    if (lid < BN) y[r0 + lid] = partial[lid][0];
+    __local float partial[BN * T];
+    store_row_sums(acc, BN, partial, lid, y, r0);
 }
 
 #ifdef R
@@ -143,13 +157,7 @@ void gemv_rows(__global const float* x, __global const uint* words, __global con
             o[r] = vload_half(base, offsets);
         }
         float xs[G];
-        float sx = 0.0f;
-        __global const float4* xp = (__global const float4*)(x + g * G);
-        for (int v = 0; v < G / 4; v++) {
-            const float4 a = xp[v];
-            xs[4 * v] = a.x; xs[4 * v + 1] = a.y; xs[4 * v + 2] = a.z; xs[4 * v + 3] = a.w;
-            sx += (a.x + a.y) + (a.z + a.w);
-        }
+        const float sx = group_x(x, g, xs);
 #if EXTRACT == 1
         for (int w = 0; w < QW; w++)
             for (int b = 0; b < 4; b++) {
@@ -179,15 +187,8 @@ void gemv_rows(__global const float* x, __global const uint* words, __global con
 #endif
         }
     }
-    __local float part[R][T];
-    for (int r = 0; r < R; r++) part[r][lid] = acc[r];
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (int h = T / 2; h > 0; h >>= 1) {
-        if (lid < h)
-            for (int r = 0; r < R; r++) part[r][lid] += part[r][lid + h];
-        barrier(CLK_LOCAL_MEM_FENCE);
-    }
-    if (lid < R) y[r0 + lid] = part[lid][0];
+    __local float partial[R * T];
+    store_row_sums(acc, R, partial, lid, y, r0);
 }
 #endif
 

@@ -120,6 +120,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3,
                     help="alternate kdsl and the peers this many times, best round of each kept")
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error(f"--rounds must be at least 1, got {args.rounds}")
     dev = kdsl.current_device()
     print(f"device: {dev}")
     common.warn_if_busy()

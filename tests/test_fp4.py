@@ -162,6 +162,7 @@ def test_int_conversion_dequant_on_device(m):
     _check_linear(m, 24, 96, 32, 0, "e0m4", seed=m, deq="convert")
 
 
+@pytest.mark.parametrize("deq", ["factor", "scaled"])
 @settings(max_examples=6, deadline=None)           # each draw compiles; CI builds cold
 @given(n=st.integers(1, 40), k=st.integers(1, 300), group_size=st.sampled_from((16, 32, 64)),
        reading=st.sampled_from(fp4.READINGS), tile=st.sampled_from(((1, 4, 4), (4, 8, 8),
@@ -169,37 +170,20 @@ def test_int_conversion_dequant_on_device(m):
        outliers=st.integers(0, 2), bias=st.booleans(), seed=st.integers(0, 2**16))
 @example(n=96, k=576, group_size=32, reading="e0m4", tile=(4, 8, 8), outliers=0, bias=False,
          seed=1)                                   # the EVEN path
-def test_factored_gemv_matches_reference(n, k, group_size, reading, tile, outliers, bias, seed):
-    # DEQ="factor": s * sum(m x) + o * sum(x) per word, over K and row tails and both readings
+def test_factored_gemv_matches_reference(deq, n, k, group_size, reading, tile, outliers, bias,
+                                         seed):
+    # DEQ="factor": s * sum(m x) + o * sum(x) per word; DEQ="scaled": the same with codes
+    # masked in place and converted, x scaled by 2**-p to match (the power-of-two reading
+    # falls back to "factor"); over K and row tails and both readings
     bn, bw, threads = tile
     _check_linear(1, n, k, group_size, min(outliers, k), reading, seed, bias=bias,
-                  deq="factor", config={"BN": bn, "BW": bw, "num_threads": threads})
+                  deq=deq, config={"BN": bn, "BW": bw, "num_threads": threads})
 
 
-@settings(max_examples=6, deadline=None)
-@given(n=st.integers(1, 40), k=st.integers(1, 300), group_size=st.sampled_from((16, 32, 64)),
-       reading=st.sampled_from(fp4.READINGS), tile=st.sampled_from(((1, 4, 4), (4, 8, 8),
-                                                                     (2, 16, 8))),
-       outliers=st.integers(0, 2), bias=st.booleans(), seed=st.integers(0, 2**16))
-@example(n=96, k=576, group_size=32, reading="e0m4", tile=(4, 8, 8), outliers=0, bias=False,
-         seed=1)                                   # the EVEN path
-def test_scaled_gemv_matches_reference(n, k, group_size, reading, tile, outliers, bias, seed):
-    # DEQ="scaled": codes masked in place and converted, x scaled by 2**-p to match
-    # (the power-of-two reading falls back to "factor")
-    bn, bw, threads = tile
-    _check_linear(1, n, k, group_size, min(outliers, k), reading, seed, bias=bias,
-                  deq="scaled", config={"BN": bn, "BW": bw, "num_threads": threads})
-
-
-def test_scaled_gemv_in_interpreter(monkeypatch):
+@pytest.mark.parametrize("deq, reading", [("factor", "e4m0"), ("scaled", "e0m4")])
+def test_factored_gemv_in_interpreter(monkeypatch, deq, reading):
     monkeypatch.setenv("KDSL_INTERPRET", "1")
-    _check_linear(1, 10, 70, 16, 1, "e0m4", seed=7, deq="scaled",
-                  config={"BN": 2, "BW": 4, "num_threads": 4})
-
-
-def test_factored_gemv_in_interpreter(monkeypatch):
-    monkeypatch.setenv("KDSL_INTERPRET", "1")
-    _check_linear(1, 10, 70, 16, 1, "e4m0", seed=6, deq="factor",
+    _check_linear(1, 10, 70, 16, 1, reading, seed=6, deq=deq,
                   config={"BN": 2, "BW": 4, "num_threads": 4})
 
 
