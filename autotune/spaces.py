@@ -26,6 +26,7 @@ import numpy as np
 
 import kdsl
 from kdsl import tuning_db
+from kdsl.device_features import has_int16_pair_dot
 
 # How many configs a task times at most; the ones nearest the default (in
 # log2 of each parameter) are kept, so a cut space still searches around it.
@@ -141,7 +142,9 @@ GEMV_DEQUANTISE = DEQUANTISE + ("factor", "scaled")
 
 def fp4_gemv_space(device, key):
     """FP4 GEMV. On a CPU the byte-lane kernel: BN rows per work-group, one
-    group per step, BK of its bytes at a time (16 or 32; 8 ran 2-4x slower).
+    group per step, BK of its bytes at a time (16 or 32; 8 ran 2-4x slower);
+    where the device has x86's pmaddwd also the int16-lane kernel (integer
+    products, fp4_gemv_int16_kernel) at 8 to 64 rows per program.
     On a GPU: BN rows per work-group, BW packed 32-bit words (8 codes) per
     row per step."""
     N, K, words_per_group = key["N"], key["K"], key["G"] // 8
@@ -151,6 +154,8 @@ def fp4_gemv_space(device, key):
                    for bn, bk, t in itertools.product((1, 2, 4, 8, 16), byte_steps,
                                                       _work_group_sizes(device, (1, 2, 4)))
                    if t <= bn]
+        if key.get("reading", "e0m4") == "e0m4" and has_int16_pair_dot(device):
+            configs += [{"BN": bn, "lanes": "int16", "num_threads": 1} for bn in (8, 16, 32, 64)]
         return _enough_programs(configs, lambda c: -(-N // c["BN"]), device)
     threads = (32, 64, 128, 256)
     widths = [w for w in (4, 8, 16, 32, 64, 128, 256, 512) if w >= words_per_group]

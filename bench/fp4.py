@@ -40,6 +40,7 @@ GEMM_SHAPES = [(128, 576, 576), (128, 1536, 576), (128, 576, 1536), (128, 4096, 
 GROUP = 64
 
 CPU_GEMV = ([{"BN": bn, "lanes": "bytes", "num_threads": 1} for bn in (1, 2, 4, 8, 16)]
+            + [{"BN": bn, "lanes": "int16", "num_threads": 1} for bn in (8, 16, 32, 64)]
             + [{"BN": bn, "BW": bw, "DEQ": "convert", "num_threads": 1}
                for bn, bw in [(8, 4), (8, 8)]])
 GPU_GEMV = [{"BN": bn, "BW": bw, "DEQ": deq, "num_threads": t}
@@ -112,8 +113,8 @@ def gemv_rows(shapes, sweep, copy_gbps, device, reps):
 
 def gemv_bytes_read(packed, cfg):
     """Bytes the GEMV reads: codes and outliers, plus per group the fp16 scale and
-    offset (4 bytes), or the fp32 step and base of the CPU byte-lane kernel (8)."""
-    per_group = 8 if cfg.get("lanes") == "bytes" else 4
+    offset (4 bytes), or the fp32 step and base of the CPU kernels (8)."""
+    per_group = 8 if cfg.get("lanes") in ("bytes", "int16") else 4
     return (packed.codes.nbytes + per_group * packed.scales.size
             + packed.outlier_idx.nbytes + packed.outlier_w.nbytes)
 

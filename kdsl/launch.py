@@ -15,6 +15,7 @@ from .cache import build_program
 from .checker import check
 from .codegen_opencl import c_kernel_name, generate
 from .device import current_device
+from .device_features import has_int16_pair_dot
 from .errors import LaunchError
 from .simplify import remove_proven_masks
 from .tensor import Tensor, tensor
@@ -150,7 +151,9 @@ def compile_kernel(jit_fn, values, num_threads=None, device=None):
                           f"maximum work-group size {device.max_work_group_size}")
     kernel_ir.num_threads = threads
     remove_proven_masks(kernel_ir)
-    source = generate(kernel_ir, {"is_cpu": device.is_cpu, "has_fp16": device.has_fp16})
+    source = generate(kernel_ir, {"is_cpu": device.is_cpu, "has_fp16": device.has_fp16,
+                                  # asked (and probed) only by kernels that could use it
+                                  "int16_pair_dot": lambda: has_int16_pair_dot(device)})
     program = build_program(device, source, kernel_ir.name)
     compiled = CompiledKernel(jit_fn, kernel_ir, source, program, threads, device)
     jit_fn._compiled[key] = compiled

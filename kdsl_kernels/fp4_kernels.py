@@ -19,6 +19,7 @@ import numpy as np
 
 import kdsl
 import kdsl.language as kl
+from kdsl.device_features import has_int16_pair_dot
 
 from .activations import swiglu
 from .elementwise import add, copy
@@ -305,6 +306,103 @@ def fp4_gemv_bytes_rows(x_ptr, norm_ptr, codes_ptr, step_ptr, base_ptr, bias_ptr
 
 
 @kdsl.jit
+def fp4_tile_split(row0, n_groups, BN: kl.constexpr, R: kl.constexpr, ALIGNED: kl.constexpr):
+    """fp4_tile_block's blocks as (first, lanes): a scalar for the program and
+    per-lane offsets, first + lanes being the rows' group-0 blocks. With
+    ALIGNED the lane offsets are constants apart from the tile stride, so
+    the compiler sees runs of consecutive blocks and loads the BN steps or
+    bases as one vector (added lane by lane they were 8 scalar loads,
+    gathered into a vector with vinsertps)."""
+    i = kl.arange(0, BN)
+    if ALIGNED:
+        first = (row0 // R) * (n_groups * R) + row0 % R
+        lanes = (i // R) * (n_groups * R) + i % R
+    else:
+        first = 0
+        lanes = fp4_tile_block(row0, n_groups, BN, R, ALIGNED)
+    return first, lanes
+
+
+@kdsl.jit
+def fp4_int16_group(codes_ptr, step_ptr, base_ptr, first, lanes, g, xq, d, x_sum, rn, N,
+                    G: kl.constexpr, R: kl.constexpr, EVEN: kl.constexpr):
+    """Group g's share of the BN rows first + lanes (fp4_tile_split):
+    step * d * (q . xq) + base * sum(x), q . xq an integer kl.dot of the
+    group's 4-bit codes against the group's int16 x."""
+    HALF = G // 2
+    rk = kl.arange(0, G)
+    # element k of a group: the low nibble of byte k for k < G/2, else the high of byte k - G/2
+    c_ptrs = codes_ptr + (first + g * R) * HALF + (lanes * HALF)[:, None] + (rk % HALF)[None, :]
+    if EVEN:
+        a = kl.load(step_ptr + first + g * R + lanes)
+        b = kl.load(base_ptr + first + g * R + lanes)
+        c = kl.load(c_ptrs)
+    else:
+        a = kl.load(step_ptr + first + g * R + lanes, mask=rn < N, other=0.0)
+        b = kl.load(base_ptr + first + g * R + lanes, mask=rn < N, other=0.0)
+        c = kl.load(c_ptrs, mask=rn[:, None] < N, other=0)
+    q = ((c >> (rk // HALF * 4)[None, :]) & 15).to(kl.uint8)
+    qx = kl.sum(kl.dot(q, xq[:, None]), axis=1)
+    return qx.to(kl.float32) * (a * d) + b * x_sum
+
+
+@kdsl.jit
+def fp4_gemv_int16_kernel(x_ptr, norm_ptr, codes_ptr, step_ptr, base_ptr, y_ptr, bias_ptr,
+                          oidx_ptr, ow_ptr, N, K, n_groups, n_out, F, eps, G: kl.constexpr,
+                          HAS_BIAS: kl.constexpr, EVEN: kl.constexpr, GATED: kl.constexpr,
+                          NORM: kl.constexpr, ACCUMULATE: kl.constexpr, BN: kl.constexpr,
+                          R: kl.constexpr, ALIGNED: kl.constexpr):
+    """fp4_gemv_bytes_kernel for the uniform reading with integer products
+    (same arguments, row-tiled layout): each group's x' (x, times the norm
+    weight with NORM) as int16, x' ~ d * xq with d = max|x'| / 32767
+    (truncated toward zero: each x' moves by less than d, far below the 4-bit
+    weights' own error), then per row and group  step * d * (q . xq) + base *
+    sum(x').  On PoCL x86 the integer dot is pmaddwd (16 products per
+    instruction, codegen_opencl) where the float form spends a conversion
+    and an FMA on every code. Each program rounds x itself, once for its
+    gate and up rows: a separate pass would cost a launch per GEMV."""
+    row0 = kl.program_id(0) * BN
+    rn = row0 + kl.arange(0, BN)
+    rk = kl.arange(0, G)
+    first, lanes = fp4_tile_split(row0, n_groups, BN, R, ALIGNED)
+    first_up, lanes_up = fp4_tile_split(row0 + F, n_groups, BN, R, ALIGNED)
+    y = kl.zeros((BN,), dtype=kl.float32)
+    up = kl.zeros((BN,), dtype=kl.float32)
+    squares = kl.zeros((G,), dtype=kl.float32)
+    for g in range(0, n_groups):
+        k = g * G + rk
+        if EVEN:
+            x = kl.load(x_ptr + k)
+        else:
+            x = kl.load(x_ptr + k, mask=k < K, other=0.0)
+        squares += x * x
+        if NORM:
+            if EVEN:
+                x = x * kl.load(norm_ptr + k)
+            else:
+                x = x * kl.load(norm_ptr + k, mask=k < K, other=0.0)
+        # max |x| on the bit patterns: integer max needs none of fmax's NaN
+        # handling (a compare and a blend per step on AVX2)
+        amax = kl.max(x.to(kl.int32, bitcast=True) & 0x7FFFFFFF, axis=0).to(kl.float32,
+                                                                          bitcast=True)
+        xq = (x * (32767.0 / kl.maximum(amax, 1e-30))).to(kl.int16)
+        d = amax * (1.0 / 32767.0)
+        x_sum = kl.sum(x, axis=0)
+        y += fp4_int16_group(codes_ptr, step_ptr, base_ptr, first, lanes, g, xq, d, x_sum, rn,
+                             N, G, R, EVEN)
+        if GATED:
+            up += fp4_int16_group(codes_ptr, step_ptr, base_ptr, first_up, lanes_up, g, xq, d,
+                                  x_sum, rn + F, N, G, R, EVEN)
+    y = fp4_rows_epilogue(y, x_ptr, norm_ptr, squares, eps, bias_ptr, oidx_ptr, ow_ptr, rn, N,
+                          K, n_out, HAS_BIAS, NORM)
+    if GATED:
+        up = fp4_rows_epilogue(up, x_ptr, norm_ptr, squares, eps, bias_ptr, oidx_ptr, ow_ptr,
+                               rn + F, N, K, n_out, HAS_BIAS, NORM)
+        y = y * kl.sigmoid(y) * up
+    fp4_store_rows(y_ptr, y, rn, F, EVEN, ACCUMULATE)
+
+
+@kdsl.jit
 def fp4_gemv_bytes_kernel(x_ptr, norm_ptr, codes_ptr, step_ptr, base_ptr, y_ptr, bias_ptr,
                           oidx_ptr, ow_ptr, N, K, n_groups, n_out, F, eps,
                           READING: kl.constexpr, G: kl.constexpr, HAS_BIAS: kl.constexpr,
@@ -515,14 +613,24 @@ def fp4_pack_panels_kernel(codes_ptr, step_ptr, base_ptr, oidx_ptr, ow_ptr, p_pt
         kl.store(row, kl.load(row) + kl.load(ow_ptr + rn * n_out + i, mask=live, other=0.0))
 
 
+# The CPU GEMVs' defaults. Byte lanes: 8 rows per one-work-item program (a
+# barrier costs a pass over the work-group on PoCL), one tile of the
+# row-tiled layout, so one contiguous stream; with the weights rotated out
+# of cache as in a decode step, 8 rows beat 2, 4 and 16 at all four of
+# SmolLM2's shapes (e.g. gate/up 3072 x 576 with SwiGLU 0.087 against
+# 0.126-0.136 ms, min of 4 x 40 launches; .scratch/gemv_bn_cold.py, PoCL 3.1,
+# 2026-12-07). int16 lanes (where the device has pmaddwd): 32 rows, over
+# which each program's rounding of x to int16 is shared; against byte lanes,
+# cold weights, SmolLM2's shapes: 1.26-1.39x at 32 rows, 0.96-1.24x at 8
+# (.scratch/s13/int16_ab.py, PoCL 3.1 AVX2, Zen 4, thirteenth session).
+CPU_BYTES_GEMV = {"BN": 8, "BK": 16, "lanes": "bytes", "num_threads": 1}
+CPU_INT16_GEMV = {"BN": 32, "lanes": "int16", "num_threads": 1}
+
+
 def gemv_default(device, K=None):
-    """The GEMV's default config, from bench/fp4.py --sweep. On a CPU the
-    byte-lane kernel, 8 rows per one-work-item program (a barrier costs a
-    pass over the work-group on PoCL): one tile of the row-tiled layout, so
-    one contiguous stream; with the weights rotated out of cache as in a
-    decode step, 8 rows beat 2, 4 and 16 at all four of SmolLM2's shapes
-    (e.g. gate/up 3072 x 576 with SwiGLU 0.087 against 0.126-0.136 ms, min of
-    4 x 40 launches; .scratch/gemv_bn_cold.py, PoCL 3.1, 2026-12-07). On a
+    """The GEMV's default config, from bench/fp4.py --sweep. On a CPU
+    CPU_INT16_GEMV where the device compiles x86's pmaddwd
+    (kdsl.device_features), else CPU_BYTES_GEMV. On a
     GPU the word kernel, 4 rows over 128 work-items, 512 words (4096
     weights) of each row per step for long rows, 128 for short ones (or K
     not given): the H100's best for K = 4096 and 8192, and for K = 576.
@@ -533,7 +641,9 @@ def gemv_default(device, K=None):
     alternated twice, .scratch/gpu_gemv_engine_ab.py), so it is left to the
     tuner."""
     if device.is_cpu:
-        return {"BN": 8, "BK": 16, "lanes": "bytes", "num_threads": 1}
+        if has_int16_pair_dot(device):
+            return dict(CPU_INT16_GEMV)
+        return dict(CPU_BYTES_GEMV)
     long_rows = K is not None and K >= 2048
     return {"BN": 4, "BW": 512 if long_rows else 128, "DEQ": "convert", "num_threads": 128}
 
@@ -699,12 +809,22 @@ def launch_fp4(x, packed, out, bias=None, config=None, gated=False, norm=None, a
     fused = dict(NORM=norm is not None, ACCUMULATE=accumulate, GATED=gated)
     if M == 1:
         cfg = config or fp4_gemv_config(packed, x.device)
-        if cfg.get("lanes") == "bytes":
+        lanes = cfg.get("lanes")
+        if lanes in ("bytes", "int16"):
             if not x.device.is_cpu:
-                raise ValueError(f"fp4.linear(): the byte-lane GEMV (config lanes='bytes') "
+                raise ValueError(f"fp4.linear(): the CPU GEMV (config lanes={lanes!r}) "
                                  f"runs on CPU devices only, and {x.device} is not one; pass a "
                                  f"config with BN, BW, DEQ, num_threads, or config=None")
             even = F % cfg["BN"] == 0 and K % packed.group_size == 0
+            if lanes == "int16" and packed.reading != "e0m4":
+                cfg = CPU_BYTES_GEMV        # the power-of-two grid is not affine in q
+            elif lanes == "int16":
+                return fp4_gemv_int16_kernel[(kdsl.cdiv(F, cfg["BN"]),)](
+                    x, norm_w, arrays["tiled_codes"], arrays["tiled_step"], arrays["tiled_base"],
+                    *tail, N, K, packed.n_groups, n_out, F, eps, G=packed.group_size,
+                    HAS_BIAS=bias is not None, **fused, EVEN=even, BN=cfg["BN"], R=ROW_TILE,
+                    ALIGNED=_tile_aligned(cfg["BN"], F if gated else 0),
+                    num_threads=cfg["num_threads"])
             return fp4_gemv_bytes_kernel[(kdsl.cdiv(F, cfg["BN"]),)](
                 x, norm_w, arrays["tiled_codes"], arrays["tiled_step"], arrays["tiled_base"],
                 *tail, N, K, packed.n_groups, n_out, F, eps, **common, **fused, EVEN=even,

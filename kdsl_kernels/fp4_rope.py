@@ -18,7 +18,8 @@ them elementwise with the cos/sin tables of kdsl_kernels.rope.
 import kdsl
 import kdsl.language as kl
 
-from .fp4_kernels import _byte_chunk, fp4_gemv_bytes_rows, fp4_gemv_config, fp4_gemv_rows
+from .fp4_kernels import (CPU_BYTES_GEMV, _byte_chunk, fp4_gemv_bytes_rows, fp4_gemv_config,
+                          fp4_gemv_rows)
 from .fp4 import ROW_TILE
 from .rope import cos_sin_tables
 
@@ -86,12 +87,18 @@ def fp4_gemv_rope_kernel(x_ptr, norm_ptr, codes_ptr, step_ptr, base_ptr, bias_pt
                  + kl.arange(0, BN), y)
 
 
+def _rope_gemv_config(cfg):
+    """The GEMV config this kernel runs: an int16-lane CPU config (which it has
+    no form for) becomes the byte-lane default."""
+    return dict(CPU_BYTES_GEMV) if cfg.get("lanes") == "int16" else cfg
+
+
 def rope_fusable(packed, head_dim, device, config=None):
     """Whether linear_rope_qkv() runs for this weight and head size on `device`:
     the GEMV's rows per program divide head_dim / 2, the rows fill whole
     programs and K whole groups (no masks)."""
     N, K = packed.shape
-    cfg = config or fp4_gemv_config(packed, device)
+    cfg = _rope_gemv_config(config or fp4_gemv_config(packed, device))
     return (head_dim % 2 == 0 and (head_dim // 2) % cfg["BN"] == 0
             and K % packed.group_size == 0 and N % head_dim == 0
             and (cfg.get("lanes") != "bytes" or ROW_TILE % cfg["BN"] == 0
@@ -126,7 +133,7 @@ def linear_rope_qkv(x, packed, *, n_heads, n_kv_heads, head_dim, position, base,
                              f"its last stride 1, got shape {t.shape} strides {t.strides}")
     if position < 0:
         raise ValueError(f"linear_rope_qkv(): position must be >= 0, got {position}")
-    cfg = config or fp4_gemv_config(packed, x.device)
+    cfg = _rope_gemv_config(config or fp4_gemv_config(packed, x.device))
     if not rope_fusable(packed, head_dim, x.device, cfg):
         raise ValueError(f"linear_rope_qkv(): {cfg['BN']} rows per program do not divide "
                          f"head_dim / 2 = {head_dim // 2} (or K {K} is not whole groups of "

@@ -11,6 +11,8 @@ from kdsl_kernels import fp4
 SMALL_GEMM = {"BM": 8, "BN": 8, "DEQ": "bits", "num_threads": 8}      # quick to compile
 SMALL_GEMV = {"BN": 4, "BW": 4, "DEQ": "bits", "num_threads": 1}
 BYTES_GEMV = {"BN": 4, "BK": 16, "lanes": "bytes", "num_threads": 1}   # the CPU GEMV
+INT16_GEMV = {"BN": 8, "lanes": "int16", "num_threads": 1}   # CPU, x rounded to int16
+CPU_GEMVS = {"bytes": BYTES_GEMV, "int16": INT16_GEMV}
 # the weight-stationary GEMM (fp4_gemm_acc_kernel, the CPU default's kind)
 ACC_GEMM = {"BM": 4, "BN": 16, "BK": 16, "acc_in_memory": True, "num_threads": 1}
 # the weight dequantised into fp32 panels, then matmul's panel GEMM (the CPU default, M >= 32)
@@ -24,13 +26,14 @@ def _weight(rng, n, k):
 
 def _check_linear(m, n, k, group_size, outliers, reading, seed, bias=True, deq="bits",
                   config=None):
+    # the tolerance also covers the int16 GEMV's x: truncated by < max|x| / 32767 per group
     rng = np.random.default_rng(seed)
     w = _weight(rng, n, k)
     x = rng.standard_normal((m, k)).astype(np.float32)
     b = rng.standard_normal(n).astype(np.float32) if bias else None
     packed = fp4.quantize(w, group_size, reading=reading, outliers=outliers)
     config = dict(config or (SMALL_GEMV if m == 1 else SMALL_GEMM))
-    if config.get("lanes") != "bytes" and not config.get("acc_in_memory") \
+    if config.get("lanes") not in ("bytes", "int16") and not config.get("acc_in_memory") \
             and not config.get("pack_b"):
         config["DEQ"] = deq        # the CPU kernels (step/base per group) have no DEQ choice
     y = fp4.linear(kdsl.tensor(x), packed, bias=b, config=config).numpy()
@@ -276,6 +279,30 @@ def test_byte_lane_gemv_in_interpreter(monkeypatch):
     _check_linear(1, 5, 130, 64, 1, "e0m4", seed=5, config=dict(BYTES_GEMV, BK=8))
 
 
+@cpu_only
+@settings(max_examples=10, deadline=None)          # each draw compiles
+@given(n=st.integers(1, 70), k=st.integers(1, 300), group_size=st.sampled_from((16, 32, 64)),
+       reading=st.sampled_from(fp4.READINGS), bn=st.sampled_from((8, 16, 32)),
+       outliers=st.integers(0, 3), bias=st.booleans(), seed=st.integers(0, 2**16))
+@example(n=576, k=576, group_size=32, reading="e0m4", bn=32, outliers=0, bias=False,
+         seed=1)                                   # SmolLM2's shape, the default, EVEN
+@example(n=1, k=1, group_size=16, reading="e0m4", bn=8, outliers=0, bias=True, seed=2)
+@example(n=9, k=40, group_size=16, reading="e4m0", bn=8, outliers=1, bias=True,
+         seed=3)                                   # power-of-two grid: the byte-lane kernel
+def test_int16_gemv_matches_reference(n, k, group_size, reading, bn, outliers, bias, seed):
+    # integer products against x rounded to int16 per group: row and K tails, programs
+    # over one or several row tiles, outliers, bias
+    _check_linear(1, n, k, group_size, min(outliers, k), reading, seed, bias=bias,
+                  config=dict(INT16_GEMV, BN=bn))
+
+
+@cpu_only
+def test_int16_gemv_in_interpreter(monkeypatch):
+    monkeypatch.setenv("KDSL_INTERPRET", "1")
+    _check_linear(1, 20, 70, 32, 2, "e0m4", seed=3, config=INT16_GEMV)
+    _check_linear(1, 16, 64, 16, 0, "e0m4", seed=4, config=dict(INT16_GEMV, BN=16))
+
+
 def test_group_affine_is_the_dequantisation():
     # w = step * v(q) + base, v(q) = q (uniform reading) or m(q) (power-of-two reading)
     rng = np.random.default_rng(0)
@@ -403,21 +430,21 @@ def test_quantise_a_large_weight_quickly():
 @settings(max_examples=5, deadline=None)          # each draw compiles; CI builds cold
 @given(m=st.sampled_from((1, 1, 3)), f=st.integers(1, 24), k=st.integers(1, 200),
        group_size=st.sampled_from((16, 32, 64)), reading=st.sampled_from(fp4.READINGS),
-       kind=st.sampled_from(("words", "bytes")), outliers=st.integers(0, 2),
+       kind=st.sampled_from(("words", "bytes", "int16")), outliers=st.integers(0, 2),
        bias=st.booleans(), seed=st.integers(0, 2**16))
 @example(m=1, f=1536, k=576, group_size=32, reading="e0m4", kind="bytes", outliers=0,
          bias=False, seed=1)                     # SmolLM2's MLP, the EVEN path
 def test_swiglu_linear_matches_reference(m, f, k, group_size, reading, kind, outliers, bias,
                                          seed):
     # gate rows then up rows: silu(x Wg^T) * (x Wu^T), one launch for M = 1
-    if kind == "bytes" and not kdsl.current_device().is_cpu:
+    if kind != "words" and not kdsl.current_device().is_cpu:
         kind = "words"
     rng = np.random.default_rng(seed)
     w = _weight(rng, 2 * f, k)
     x = rng.standard_normal((m, k)).astype(np.float32)
     b = rng.standard_normal(2 * f).astype(np.float32) if bias else None
     packed = fp4.quantize(w, group_size, reading=reading, outliers=min(outliers, k))
-    config = (dict(BYTES_GEMV) if kind == "bytes" else dict(SMALL_GEMV)) if m == 1 else SMALL_GEMM
+    config = dict(CPU_GEMVS.get(kind, SMALL_GEMV)) if m == 1 else SMALL_GEMM
     y = fp4.linear(kdsl.tensor(x), packed, bias=b, config=config, activation="swiglu").numpy()
     full = x @ fp4.dequantize(packed).T + (b if bias else 0)
     gate, up = full[:, :f], full[:, f:]
@@ -428,17 +455,22 @@ def test_swiglu_linear_matches_reference(m, f, k, group_size, reading, kind, out
 @settings(max_examples=6, deadline=None)           # each draw compiles; CI builds cold
 @given(m=st.sampled_from((1, 1, 1, 3)), f=st.integers(1, 20), k=st.integers(1, 200),
        group_size=st.sampled_from((16, 32, 64)), reading=st.sampled_from(fp4.READINGS),
-       kind=st.sampled_from(("words", "bytes")), gated=st.booleans(), norm=st.booleans(),
+       kind=st.sampled_from(("words", "bytes", "int16")), gated=st.booleans(),
+       norm=st.booleans(),
        accumulate=st.booleans(), outliers=st.integers(0, 2), bias=st.booleans(),
        seed=st.integers(0, 2**16))
 @example(m=1, f=1536, k=576, group_size=32, reading="e0m4", kind="bytes", gated=True, norm=True,
          accumulate=False, outliers=0, bias=False, seed=1)      # SmolLM2's gate_up, EVEN
+@example(m=1, f=1536, k=576, group_size=32, reading="e0m4", kind="int16", gated=True, norm=True,
+         accumulate=False, outliers=1, bias=True, seed=3)       # the same, integer products
+@example(m=1, f=45, k=100, group_size=32, reading="e0m4", kind="int16", gated=True, norm=True,
+         accumulate=True, outliers=0, bias=False, seed=4)       # tails, up rows not aligned
 @example(m=1, f=576, k=576, group_size=32, reading="e0m4", kind="words", gated=False,
          norm=False, accumulate=True, outliers=1, bias=True, seed=2)     # o_proj + residual
 def test_fused_norm_and_residual_match_reference(m, f, k, group_size, reading, kind, gated,
                                                  norm, accumulate, outliers, bias, seed):
     # linear(rms_norm(x, w, eps)) with the activation and out += ..., against numpy
-    if kind == "bytes" and not kdsl.current_device().is_cpu:
+    if kind != "words" and not kdsl.current_device().is_cpu:
         kind = "words"
     rng = np.random.default_rng(seed)
     n = 2 * f if gated else f
@@ -449,7 +481,7 @@ def test_fused_norm_and_residual_match_reference(m, f, k, group_size, reading, k
     b = rng.standard_normal(n).astype(np.float32) if bias else None
     start = rng.standard_normal((m, f)).astype(np.float32)
     out = kdsl.tensor(start)
-    config = (dict(BYTES_GEMV) if kind == "bytes" else dict(SMALL_GEMV)) if m == 1 else SMALL_GEMM
+    config = dict(CPU_GEMVS.get(kind, SMALL_GEMV)) if m == 1 else SMALL_GEMM
     fp4.linear(kdsl.tensor(x), packed, bias=b, out=out, config=config,
                activation="swiglu" if gated else None,
                rms_norm=(g, 1e-5) if norm else None, accumulate=accumulate)

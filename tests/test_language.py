@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import kdsl
@@ -543,6 +543,71 @@ def test_dot_of_operands_contiguous_along_k(interpret, dtype, shape):
     launch(dot_nt_kernel, interpret, (1,), a, w, c, K + 3, M=M, N=N, K=K, num_threads=1)
     expected = a.astype(np.float64) @ w[:, :K].astype(np.float64).T + 1.0
     np.testing.assert_allclose(c, expected, rtol=1e-5, atol=1e-4)
+
+
+@kdsl.jit
+def int_dot_kernel(a_ptr, b_ptr, c_ptr, M: kl.constexpr, N: kl.constexpr, K: kl.constexpr):
+    rm = kl.arange(0, M)
+    rn = kl.arange(0, N)
+    rk = kl.arange(0, K)
+    a = kl.load(a_ptr + rm[:, None] * K + rk[None, :])
+    b = kl.load(b_ptr + rk[:, None] * N + rn[None, :])
+    kl.store(c_ptr + rm[:, None] * N + rn[None, :], kl.dot(a, b, kl.full((M, N), 7, kl.int32)))
+
+
+INT_DOT_DTYPES = [np.int8, np.uint8, np.int16, np.int32]
+
+
+@both_backends
+@settings(max_examples=12, deadline=None)         # each draw compiles
+@given(m=st.sampled_from((1, 2, 8)), n=st.sampled_from((1, 2, 8)),
+       k=st.sampled_from((8, 16, 32, 64)), a_dtype=st.sampled_from(INT_DOT_DTYPES),
+       b_dtype=st.sampled_from(INT_DOT_DTYPES), seed=st.integers(0, 2**16))
+@example(m=8, n=1, k=32, a_dtype=np.uint8, b_dtype=np.int16, seed=1)     # the FP4 GEMV's dot
+@example(m=2, n=2, k=16, a_dtype=np.int16, b_dtype=np.int16, seed=2)
+def test_integer_dot_is_exact(interpret, m, n, k, a_dtype, b_dtype, seed):
+    # int32 accumulation, whatever the back end does with 8- and 16-bit operands (on
+    # PoCL x86 they become pmaddwd pair sums): values over each type's whole range,
+    # the extremes included; the sum of products wraps modulo 2**32 as C's int does
+    rng = np.random.default_rng(seed)
+
+    def draw(shape, dtype):
+        info = np.iinfo(dtype)
+        lo, hi = (max(info.min, -2**20), min(info.max, 2**20)) if dtype == np.int32 else \
+            (info.min, info.max)
+        v = rng.integers(lo, hi, shape, endpoint=True)
+        v.flat[0] = hi
+        return v.astype(dtype)
+
+    a, b = draw((m, k), a_dtype), draw((k, n), b_dtype)
+    c = np.zeros((m, n), np.int32)
+    launch(int_dot_kernel, interpret, (1,), kdsl.tensor(a, dtype=a_dtype),
+           kdsl.tensor(b, dtype=b_dtype), c, M=m, N=n, K=k, num_threads=1)
+    expected = (a.astype(np.int64) @ b.astype(np.int64) + 7 + 2**31) % 2**32 - 2**31
+    np.testing.assert_array_equal(c, expected.astype(np.int32))
+
+
+@kdsl.jit
+def int16_gemv_kernel(a_ptr, b_ptr, c_ptr, M: kl.constexpr, K: kl.constexpr):
+    rm = kl.arange(0, M)
+    rk = kl.arange(0, K)
+    a = kl.load(a_ptr + rm[:, None] * K + rk[None, :])
+    b = kl.load(b_ptr + rk)
+    kl.store(c_ptr + rm, kl.sum(kl.dot(a, b[:, None]), axis=1))
+
+
+def test_integer_dot_uses_pair_products_where_the_device_has_them():
+    # on PoCL x86 (AVX2) the 16-bit dot is one pmaddwd per 16 products; elsewhere plain C
+    from kdsl.device_features import has_int16_pair_dot
+    dev = kdsl.current_device()
+    a = kdsl.tensor(np.ones((8, 32), np.int16), dtype=np.int16)
+    b = kdsl.tensor(np.full(32, 3, np.int16), dtype=np.int16)
+    c = kdsl.empty((8,), dtype=np.int32)
+    int16_gemv_kernel[(1,)](a, b, c, M=8, K=32, num_threads=1)
+    np.testing.assert_array_equal(c.numpy(), np.full(8, 32 * 3))
+    (compiled,) = int16_gemv_kernel._compiled.values()
+    source = compiled.source
+    assert ("__builtin_ia32_pmaddwd256" in source) == has_int16_pair_dot(dev)
 
 
 # ------------------------------------------------------------- control flow
