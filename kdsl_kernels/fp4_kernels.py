@@ -624,7 +624,7 @@ def fp4_pack_panels_kernel(codes_ptr, step_ptr, base_ptr, oidx_ptr, ow_ptr, p_pt
 # cold weights, SmolLM2's shapes: 1.26-1.39x at 32 rows, 0.96-1.24x at 8
 # (.scratch/s13/int16_ab.py, PoCL 3.1 AVX2, Zen 4, thirteenth session).
 CPU_BYTES_GEMV = {"BN": 8, "BK": 16, "lanes": "bytes", "num_threads": 1}
-CPU_INT16_GEMV = {"BN": 32, "lanes": "int16", "num_threads": 1}
+CPU_INT16_GEMV = {"BN": 8, "lanes": "int16", "num_threads": 1}
 
 
 def gemv_default(device, K=None):
