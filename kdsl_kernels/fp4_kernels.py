@@ -619,10 +619,15 @@ def fp4_pack_panels_kernel(codes_ptr, step_ptr, base_ptr, oidx_ptr, ow_ptr, p_pt
 # of cache as in a decode step, 8 rows beat 2, 4 and 16 at all four of
 # SmolLM2's shapes (e.g. gate/up 3072 x 576 with SwiGLU 0.087 against
 # 0.126-0.136 ms, min of 4 x 40 launches; .scratch/gemv_bn_cold.py, PoCL 3.1,
-# 2026-12-07). int16 lanes (where the device has pmaddwd): 32 rows, over
-# which each program's rounding of x to int16 is shared; against byte lanes,
-# cold weights, SmolLM2's shapes: 1.26-1.39x at 32 rows, 0.96-1.24x at 8
-# (.scratch/s13/int16_ab.py, PoCL 3.1 AVX2, Zen 4, thirteenth session).
+# 2026-12-07). int16 lanes (where the device has pmaddwd): 8 rows. Alone,
+# with 12 weights cycled, 32 rows ran fastest (1.26-1.39x the byte lanes
+# against 0.96-1.24x at 8: each program's rounding of x is shared by more
+# rows; .scratch/s13/int16_ab.py), but in SmolLM2's decode, whose 66 MB of
+# weights stream from DRAM, 8 rows (one tile, one stream) won: 111.6-116.8
+# tok/s = 0.89-0.97x llama.cpp in the same runs, against byte lanes'
+# 106.1-109.3 = 0.85-0.89x and 32 rows' 97.4-99.0 = 0.80x (bench/llm.py
+# --quants m0e4 --peers llama.cpp, alternated 5 / 2 times; PoCL 3.1 AVX2,
+# Zen 4, thirteenth session).
 CPU_BYTES_GEMV = {"BN": 8, "BK": 16, "lanes": "bytes", "num_threads": 1}
 CPU_INT16_GEMV = {"BN": 8, "lanes": "int16", "num_threads": 1}
 
