@@ -267,7 +267,10 @@ def test_quantised_model_matches_transformers_on_its_weights(tmp_path, quant, ki
     score(llm.generator, ids[:10])
     steps = [llm.model.forward(np.array([t], np.int32), 10 + i).numpy()
              for i, t in enumerate(ids[10:])]
-    assert_close(np.concatenate(steps), want[10:])
+    # a CPU with pmaddwd runs m0e4's decode GEMVs on x truncated to int16 per group
+    # of 32 (each x moves by < max|x| / 32767): 1.03e-4 measured against the 1e-4
+    # of exact arithmetic, so the steps get 3e-4 there
+    assert_close(np.concatenate(steps), want[10:], rel=3e-4 if quant == "m0e4" else 1e-4)
 
 
 # ---------------------------------------------------------------- SmolLM2
