@@ -154,7 +154,7 @@ def fp4_gemv_space(device, key):
                    for bn, bk, t in itertools.product((1, 2, 4, 8, 16), byte_steps,
                                                       _work_group_sizes(device, (1, 2, 4)))
                    if t <= bn]
-        if key.get("reading", "e0m4") == "e0m4" and has_int16_pair_dot(device):
+        if has_int16_pair_dot(device):        # the tuner quantises with the uniform reading
             configs += [{"BN": bn, "lanes": "int16", "num_threads": 1} for bn in (8, 16, 32, 64)]
         return _enough_programs(configs, lambda c: -(-N // c["BN"]), device)
     threads = (32, 64, 128, 256)

@@ -359,7 +359,7 @@ def fp4_gemv_int16_kernel(x_ptr, norm_ptr, codes_ptr, step_ptr, base_ptr, y_ptr,
     weights' own error), then per row and group  step * d * (q . xq) + base *
     sum(x').  On PoCL x86 the integer dot is pmaddwd (16 products per
     instruction, codegen_opencl) where the float form spends a conversion
-    and an FMA on every code. Each program rounds x itself, once for its
+    and an FMA on every code. Each program converts x itself, once for its
     gate and up rows: a separate pass would cost a launch per GEMV."""
     row0 = kl.program_id(0) * BN
     rn = row0 + kl.arange(0, BN)
