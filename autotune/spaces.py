@@ -76,6 +76,16 @@ def _enough_programs(configs, programs, device):
     return busy or configs
 
 
+def _cpu_gemv_programs(config, N, device):
+    """Programs of a CPU FP4 GEMV config over N rows (the int16 kernel's T
+    tiles of BN rows per program, or per_cu programs per compute unit)."""
+    tiles = -(-N // config["BN"])
+    if config.get("lanes") != "int16":
+        return tiles
+    t = config.get("T") or -(-tiles // (config.get("per_cu", 1) * device.compute_units))
+    return -(-tiles // t)
+
+
 # -------------------------------------------------------------- the spaces
 def matmul_space(device, key):
     """Tiled GEMM: BM x BN tile of C per work-group, K in steps of BK; on a
@@ -144,7 +154,8 @@ def fp4_gemv_space(device, key):
     """FP4 GEMV. On a CPU the byte-lane kernel: BN rows per work-group, one
     group per step, BK of its bytes at a time (16 or 32; 8 ran 2-4x slower);
     where the device has x86's pmaddwd also the int16-lane kernel (integer
-    products, fp4_gemv_int16_kernel) at 8 to 64 rows per program.
+    products, fp4_gemv_int16_kernel): 1, 2 or 4 programs per compute unit
+    over 8-row tiles, or T tiles of 8-32 rows per program.
     On a GPU: BN rows per work-group, BW packed 32-bit words (8 codes) per
     row per step."""
     N, K, words_per_group = key["N"], key["K"], key["G"] // 8
@@ -155,8 +166,11 @@ def fp4_gemv_space(device, key):
                                                       _work_group_sizes(device, (1, 2, 4)))
                    if t <= bn]
         if has_int16_pair_dot(device):        # the tuner quantises with the uniform reading
-            configs += [{"BN": bn, "lanes": "int16", "num_threads": 1} for bn in (8, 16, 32, 64)]
-        return _enough_programs(configs, lambda c: -(-N // c["BN"]), device)
+            configs += ([{"BN": 8, "per_cu": p, "lanes": "int16", "num_threads": 1}
+                         for p in (1, 2, 4)]
+                        + [{"BN": bn, "T": t, "lanes": "int16", "num_threads": 1}
+                           for bn, t in ((8, 1), (8, 4), (16, 1), (32, 1))])
+        return _enough_programs(configs, lambda c: _cpu_gemv_programs(c, N, device), device)
     threads = (32, 64, 128, 256)
     widths = [w for w in (4, 8, 16, 32, 64, 128, 256, 512) if w >= words_per_group]
     configs = [{"BN": bn, "BW": bw, "DEQ": deq, "num_threads": t}

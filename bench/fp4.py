@@ -40,7 +40,8 @@ GEMM_SHAPES = [(128, 576, 576), (128, 1536, 576), (128, 576, 1536), (128, 4096, 
 GROUP = 64
 
 CPU_GEMV = ([{"BN": bn, "lanes": "bytes", "num_threads": 1} for bn in (1, 2, 4, 8, 16)]
-            + [{"BN": bn, "lanes": "int16", "num_threads": 1} for bn in (8, 16, 32, 64)]
+            + [{"BN": 8, "per_cu": p, "lanes": "int16", "num_threads": 1} for p in (1, 2, 4)]
+            + [{"BN": bn, "T": 1, "lanes": "int16", "num_threads": 1} for bn in (8, 32)]
             + [{"BN": bn, "BW": bw, "DEQ": "convert", "num_threads": 1}
                for bn, bw in [(8, 4), (8, 8)]])
 GPU_GEMV = [{"BN": bn, "BW": bw, "DEQ": deq, "num_threads": t}

@@ -324,50 +324,14 @@ def fp4_tile_split(row0, n_groups, BN: kl.constexpr, R: kl.constexpr, ALIGNED: k
 
 
 @kdsl.jit
-def fp4_int16_group(codes_ptr, step_ptr, base_ptr, first, lanes, g, xq, d, x_sum, rn, N,
-                    G: kl.constexpr, R: kl.constexpr, EVEN: kl.constexpr):
-    """Group g's share of the BN rows first + lanes (fp4_tile_split):
-    step * d * (q . xq) + base * sum(x), q . xq an integer kl.dot of the
-    group's 4-bit codes against the group's int16 x."""
-    HALF = G // 2
+def fp4_int16_x(x_ptr, norm_ptr, xq_ptr, xs_ptr, N, K, n_groups, G: kl.constexpr,
+                EVEN: kl.constexpr, NORM: kl.constexpr):
+    """Each group's x' (x, times the norm weight with NORM) as int16 into
+    xq_ptr, x' ~ d * xq with d = max|x'| / 32767 (truncated toward zero:
+    each x' moves by less than d, far below the 4-bit weights' own error),
+    and (d, sum(x')) per group into xs_ptr; returns the squares of x
+    (lane-wise) for NORM's 1/rms."""
     rk = kl.arange(0, G)
-    # element k of a group: the low nibble of byte k for k < G/2, else the high of byte k - G/2
-    c_ptrs = codes_ptr + (first + g * R) * HALF + (lanes * HALF)[:, None] + (rk % HALF)[None, :]
-    if EVEN:
-        a = kl.load(step_ptr + first + g * R + lanes)
-        b = kl.load(base_ptr + first + g * R + lanes)
-        c = kl.load(c_ptrs)
-    else:
-        a = kl.load(step_ptr + first + g * R + lanes, mask=rn < N, other=0.0)
-        b = kl.load(base_ptr + first + g * R + lanes, mask=rn < N, other=0.0)
-        c = kl.load(c_ptrs, mask=rn[:, None] < N, other=0)
-    q = ((c >> (rk // HALF * 4)[None, :]) & 15).to(kl.uint8)
-    qx = kl.sum(kl.dot(q, xq[:, None]), axis=1)
-    return qx.to(kl.float32) * (a * d) + b * x_sum
-
-
-@kdsl.jit
-def fp4_gemv_int16_kernel(x_ptr, norm_ptr, codes_ptr, step_ptr, base_ptr, y_ptr, bias_ptr,
-                          oidx_ptr, ow_ptr, N, K, n_groups, n_out, F, eps, G: kl.constexpr,
-                          HAS_BIAS: kl.constexpr, EVEN: kl.constexpr, GATED: kl.constexpr,
-                          NORM: kl.constexpr, ACCUMULATE: kl.constexpr, BN: kl.constexpr,
-                          R: kl.constexpr, ALIGNED: kl.constexpr):
-    """fp4_gemv_bytes_kernel for the uniform reading with integer products
-    (same arguments, row-tiled layout): each group's x' (x, times the norm
-    weight with NORM) as int16, x' ~ d * xq with d = max|x'| / 32767
-    (truncated toward zero: each x' moves by less than d, far below the 4-bit
-    weights' own error), then per row and group  step * d * (q . xq) + base *
-    sum(x').  On PoCL x86 the integer dot is pmaddwd (16 products per
-    instruction, codegen_opencl) where the float form spends a conversion
-    and an FMA on every code. Each program converts x itself, once for its
-    gate and up rows: a separate pass would cost a launch per GEMV."""
-    row0 = kl.program_id(0) * BN
-    rn = row0 + kl.arange(0, BN)
-    rk = kl.arange(0, G)
-    first, lanes = fp4_tile_split(row0, n_groups, BN, R, ALIGNED)
-    first_up, lanes_up = fp4_tile_split(row0 + F, n_groups, BN, R, ALIGNED)
-    y = kl.zeros((BN,), dtype=kl.float32)
-    up = kl.zeros((BN,), dtype=kl.float32)
     squares = kl.zeros((G,), dtype=kl.float32)
     for g in range(0, n_groups):
         k = g * G + rk
@@ -385,21 +349,77 @@ def fp4_gemv_int16_kernel(x_ptr, norm_ptr, codes_ptr, step_ptr, base_ptr, y_ptr,
         # handling (a compare and a blend per step on AVX2)
         amax = kl.max(x.to(kl.int32, bitcast=True) & 0x7FFFFFFF, axis=0).to(kl.float32,
                                                                           bitcast=True)
-        xq = (x * (32767.0 / kl.maximum(amax, 1e-30))).to(kl.int16)
-        d = amax * (1.0 / 32767.0)
-        x_sum = kl.sum(x, axis=0)
-        y += fp4_int16_group(codes_ptr, step_ptr, base_ptr, first, lanes, g, xq, d, x_sum, rn,
-                             N, G, R, EVEN)
+        kl.store(xq_ptr + k, (x * (32767.0 / kl.maximum(amax, 1e-30))).to(kl.int16))
+        kl.store(xs_ptr + 2 * g, amax * (1.0 / 32767.0))
+        kl.store(xs_ptr + 2 * g + 1, kl.sum(x, axis=0))
+    return squares
+
+
+@kdsl.jit
+def fp4_int16_rows(codes_ptr, step_ptr, base_ptr, xq_ptr, xs_ptr, row0, N, n_groups,
+                   G: kl.constexpr, BN: kl.constexpr, R: kl.constexpr, EVEN: kl.constexpr,
+                   ALIGNED: kl.constexpr):
+    """(W x')[rn] for the BN rows rn = row0 + arange(BN) against the int16 x'
+    of fp4_int16_x: per group  step * d * (q . xq) + base * sum(x'), q . xq
+    an integer kl.dot of the group's 4-bit codes against its int16 x'."""
+    HALF = G // 2
+    rk = kl.arange(0, G)
+    rn = row0 + kl.arange(0, BN)
+    first, lanes = fp4_tile_split(row0, n_groups, BN, R, ALIGNED)
+    y = kl.zeros((BN,), dtype=kl.float32)
+    for g in range(0, n_groups):
+        block = first + g * R
+        # element k of a group: the low nibble of byte k for k < G/2, else the high of byte k - G/2
+        c_ptrs = codes_ptr + block * HALF + (lanes * HALF)[:, None] + (rk % HALF)[None, :]
+        if EVEN:
+            a = kl.load(step_ptr + block + lanes)
+            b = kl.load(base_ptr + block + lanes)
+            c = kl.load(c_ptrs)
+        else:
+            a = kl.load(step_ptr + block + lanes, mask=rn < N, other=0.0)
+            b = kl.load(base_ptr + block + lanes, mask=rn < N, other=0.0)
+            c = kl.load(c_ptrs, mask=rn[:, None] < N, other=0)
+        q = ((c >> (rk // HALF * 4)[None, :]) & 15).to(kl.uint8)
+        qx = kl.sum(kl.dot(q, kl.load(xq_ptr + g * G + rk)[:, None]), axis=1)
+        y += qx.to(kl.float32) * (a * kl.load(xs_ptr + 2 * g)) + b * kl.load(xs_ptr + 2 * g + 1)
+    return y
+
+
+@kdsl.jit
+def fp4_gemv_int16_kernel(x_ptr, norm_ptr, codes_ptr, step_ptr, base_ptr, y_ptr, bias_ptr,
+                          oidx_ptr, ow_ptr, xq_ptr, xs_ptr, N, K, n_groups, n_out, F, eps,
+                          G: kl.constexpr, HAS_BIAS: kl.constexpr, EVEN: kl.constexpr,
+                          GATED: kl.constexpr, NORM: kl.constexpr, ACCUMULATE: kl.constexpr,
+                          BN: kl.constexpr, T: kl.constexpr, R: kl.constexpr,
+                          ALIGNED: kl.constexpr):
+    """fp4_gemv_bytes_kernel for the uniform reading with integer products
+    (same arguments, row-tiled layout, plus a scratch slot per program:
+    n_groups * G int16 at xq_ptr, 2 * n_groups floats at xs_ptr). Each
+    program converts x' to int16 once (fp4_int16_x), then takes T tiles of
+    BN rows one after another, each against the converted x': on PoCL x86
+    the integer dot is pmaddwd (16 products per instruction, codegen_opencl)
+    where the float form spends a conversion and an FMA on every code. The
+    tiles go in turn, not side by side, so a program streams one tile of
+    the weight from memory at a time (two, gate and up, when GATED); the
+    conversion is shared by T tiles and, GATED, by the gate and up rows."""
+    pid = kl.program_id(0)
+    xq_ptr += pid * (n_groups * G)
+    xs_ptr += pid * (2 * n_groups)
+    squares = fp4_int16_x(x_ptr, norm_ptr, xq_ptr, xs_ptr, N, K, n_groups, G, EVEN, NORM)
+    for t in range(0, T):
+        row0 = (pid * T + t) * BN
+        rn = row0 + kl.arange(0, BN)
+        y = fp4_int16_rows(codes_ptr, step_ptr, base_ptr, xq_ptr, xs_ptr, row0, N, n_groups, G,
+                           BN, R, EVEN, ALIGNED)
+        y = fp4_rows_epilogue(y, x_ptr, norm_ptr, squares, eps, bias_ptr, oidx_ptr, ow_ptr, rn,
+                              N, K, n_out, HAS_BIAS, NORM)
         if GATED:
-            up += fp4_int16_group(codes_ptr, step_ptr, base_ptr, first_up, lanes_up, g, xq, d,
-                                  x_sum, rn + F, N, G, R, EVEN)
-    y = fp4_rows_epilogue(y, x_ptr, norm_ptr, squares, eps, bias_ptr, oidx_ptr, ow_ptr, rn, N,
-                          K, n_out, HAS_BIAS, NORM)
-    if GATED:
-        up = fp4_rows_epilogue(up, x_ptr, norm_ptr, squares, eps, bias_ptr, oidx_ptr, ow_ptr,
-                               rn + F, N, K, n_out, HAS_BIAS, NORM)
-        y = y * kl.sigmoid(y) * up
-    fp4_store_rows(y_ptr, y, rn, F, EVEN, ACCUMULATE)
+            up = fp4_int16_rows(codes_ptr, step_ptr, base_ptr, xq_ptr, xs_ptr, row0 + F, N,
+                                n_groups, G, BN, R, EVEN, ALIGNED)
+            up = fp4_rows_epilogue(up, x_ptr, norm_ptr, squares, eps, bias_ptr, oidx_ptr,
+                                   ow_ptr, rn + F, N, K, n_out, HAS_BIAS, NORM)
+            y = y * kl.sigmoid(y) * up
+        fp4_store_rows(y_ptr, y, rn, F, EVEN, ACCUMULATE)
 
 
 @kdsl.jit
@@ -619,17 +639,19 @@ def fp4_pack_panels_kernel(codes_ptr, step_ptr, base_ptr, oidx_ptr, ow_ptr, p_pt
 # of cache as in a decode step, 8 rows beat 2, 4 and 16 at all four of
 # SmolLM2's shapes (e.g. gate/up 3072 x 576 with SwiGLU 0.087 against
 # 0.126-0.136 ms, min of 4 x 40 launches; .scratch/gemv_bn_cold.py, PoCL 3.1,
-# 2026-12-07). int16 lanes (where the device has pmaddwd): 8 rows. Alone,
-# with 12 weights cycled, 32 rows ran fastest (1.26-1.39x the byte lanes
-# against 0.96-1.24x at 8: each program's rounding of x is shared by more
-# rows; .scratch/s13/int16_ab.py), but in SmolLM2's decode, whose 66 MB of
-# weights stream from DRAM, 8 rows (one tile, one stream) won: 111.6-116.8
-# tok/s = 0.89-0.97x llama.cpp in the same runs, against byte lanes'
-# 106.1-109.3 = 0.85-0.89x and 32 rows' 97.4-99.0 = 0.80x (bench/llm.py
-# --quants m0e4 --peers llama.cpp, alternated 5 / 2 times; PoCL 3.1 AVX2,
-# Zen 4, thirteenth session).
+# 2026-12-07). int16 lanes (where the device has pmaddwd): 8-row tiles, as
+# many per program as make one program per compute unit, so each core
+# converts x once and then streams one contiguous run of the weight. With
+# 96 MB of weights cycled (cold, as in a decode step), against 4 tiles per
+# program: 74.7 / 39.8 / 25.4 us against 113.6 / 53.4 / 36.3 for gate/up
+# (norm, SwiGLU), down and qkv (norm), and 2, 4 or 8 programs per compute
+# unit were slower (.scratch/s14/cold_gemv.py, two runs). In SmolLM2's
+# decode: 110.1-127.2 tok/s = 0.96-1.10x llama.cpp in the same runs, against
+# 88.5-110.9 = 0.84-0.91x with one tile per program (bench/llm.py --quants
+# m0e4 --peers llama.cpp, alternated twice; PoCL 3.1 AVX2, Zen 4, fourteenth
+# session).
 CPU_BYTES_GEMV = {"BN": 8, "BK": 16, "lanes": "bytes", "num_threads": 1}
-CPU_INT16_GEMV = {"BN": 8, "lanes": "int16", "num_threads": 1}
+CPU_INT16_GEMV = {"BN": 8, "per_cu": 1, "lanes": "int16", "num_threads": 1}
 
 
 def gemv_default(device, K=None):
@@ -824,12 +846,8 @@ def launch_fp4(x, packed, out, bias=None, config=None, gated=False, norm=None, a
             if lanes == "int16" and packed.reading != "e0m4":
                 cfg = CPU_BYTES_GEMV        # the power-of-two grid is not affine in q
             elif lanes == "int16":
-                return fp4_gemv_int16_kernel[(kdsl.cdiv(F, cfg["BN"]),)](
-                    x, norm_w, arrays["tiled_codes"], arrays["tiled_step"], arrays["tiled_base"],
-                    *tail, N, K, packed.n_groups, n_out, F, eps, G=packed.group_size,
-                    HAS_BIAS=bias is not None, **fused, EVEN=even, BN=cfg["BN"], R=ROW_TILE,
-                    ALIGNED=_tile_aligned(cfg["BN"], F if gated else 0),
-                    num_threads=cfg["num_threads"])
+                return _launch_int16(x, norm_w, packed, arrays, tail, F, eps, cfg, fused,
+                                     has_bias=bias is not None)
             return fp4_gemv_bytes_kernel[(kdsl.cdiv(F, cfg["BN"]),)](
                 x, norm_w, arrays["tiled_codes"], arrays["tiled_step"], arrays["tiled_base"],
                 *tail, N, K, packed.n_groups, n_out, F, eps, **common, **fused, EVEN=even,
@@ -867,6 +885,25 @@ def launch_fp4(x, packed, out, bias=None, config=None, gated=False, norm=None, a
         x, arrays["codes"], arrays["scales"], arrays["offsets"], *tail, M, N, K, packed.n_groups,
         n_out, x.stride(0), out.stride(0), **common, DEQ=cfg["DEQ"], EVEN=even, BM=cfg["BM"],
         BN=cfg["BN"], BO=16, num_threads=cfg["num_threads"])
+
+
+def _launch_int16(x, norm_w, packed, arrays, tail, F, eps, cfg, fused, has_bias):
+    """fp4_gemv_int16_kernel over T tiles of BN rows per program, each
+    program's int16 x' in its own slot of a scratch buffer."""
+    (N, K), G, n_groups = packed.shape, packed.group_size, packed.n_groups
+    BN, tiles = cfg["BN"], kdsl.cdiv(F, cfg["BN"])
+    # T tiles per program, or as many as make `per_cu` programs per compute unit
+    T = cfg.get("T") or kdsl.cdiv(tiles, cfg.get("per_cu", 1) * x.device.compute_units)
+    programs = kdsl.cdiv(tiles, T)
+    xq = scratch("fp4_gemv_int16_x", x.device, programs * n_groups * G // 2)
+    xs = scratch("fp4_gemv_int16_scales", x.device, programs * 2 * n_groups)
+    xq = kdsl.Tensor(xq.buffer, (2 * xq.shape[0],), np.int16, x.device)
+    even = F % (BN * T) == 0 and K % G == 0
+    return fp4_gemv_int16_kernel[(programs,)](
+        x, norm_w, arrays["tiled_codes"], arrays["tiled_step"], arrays["tiled_base"], *tail,
+        xq, xs, N, K, n_groups, len(packed.outlier_idx), F, eps, G=G, HAS_BIAS=has_bias,
+        **fused, EVEN=even, BN=BN, T=T, R=ROW_TILE,
+        ALIGNED=_tile_aligned(BN, F if fused["GATED"] else 0), num_threads=cfg["num_threads"])
 
 
 def _launch_panels(x, packed, out, bias, cfg, arrays):
