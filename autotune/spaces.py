@@ -27,6 +27,7 @@ import numpy as np
 import kdsl
 from kdsl import tuning_db
 from kdsl.device_features import has_int16_pair_dot
+from kdsl_kernels.configs import blocks_per_program
 
 # How many configs a task times at most; the ones nearest the default (in
 # log2 of each parameter) are kept, so a cut space still searches around it.
@@ -77,13 +78,10 @@ def _enough_programs(configs, programs, device):
 
 
 def _cpu_gemv_programs(config, N, device):
-    """Programs of a CPU FP4 GEMV config over N rows (the int16 kernel's T
-    tiles of BN rows per program, or per_cu programs per compute unit)."""
-    tiles = -(-N // config["BN"])
-    if config.get("lanes") != "int16":
-        return tiles
-    t = config.get("T") or -(-tiles // (config.get("per_cu", 1) * device.compute_units))
-    return -(-tiles // t)
+    """Programs of a GEMV config over N rows: blocks of BN rows, T of them
+    per program (or as many as make per_cu programs per compute unit)."""
+    blocks = -(-N // config["BN"])
+    return -(-blocks // blocks_per_program(config, blocks, device))
 
 
 # -------------------------------------------------------------- the spaces
@@ -113,7 +111,8 @@ def matmul_space(device, key):
 
 
 def gemv_space(device, key):
-    """GEMV: BN rows of W per work-group, read BK columns at a time."""
+    """GEMV: BN rows of W per work-group, read BK columns at a time; on a CPU
+    also as per_cu programs per compute unit, each walking a run of rows."""
     N, K = key["N"], key["K"]
     threads = (1, 4, 16, 64) if device.is_cpu else (32, 64, 128, 256)
     # elements per work-item: a CPU work-item's block is unrolled code, and
@@ -124,7 +123,11 @@ def gemv_space(device, key):
                for bn, bk, t in itertools.product((1, 2, 4, 8), bks,
                                                   _work_group_sizes(device, threads))
                if per_item[0] <= bn * bk // t <= per_item[1] and _within(bk, K, bks)]
-    return _enough_programs(configs, lambda c: -(-N // c["BN"]), device)
+    if device.is_cpu:
+        # one-work-item programs also as 1, 2 or 4 contiguous runs per compute unit
+        configs += [dict(c, per_cu=p) for c in configs if c["num_threads"] == 1
+                    for p in (1, 2, 4)]
+    return _enough_programs(configs, lambda c: _cpu_gemv_programs(c, N, device), device)
 
 
 def softmax_space(device, key):

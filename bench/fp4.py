@@ -31,7 +31,7 @@ from bench import common  # noqa: E402
 from kdsl_kernels import fp4  # noqa: E402
 from kdsl_kernels.fp4_kernels import gemm_default, gemv_default, launch_fp4  # noqa: E402
 from kdsl_kernels.configs import gemv_config  # noqa: E402
-from kdsl_kernels.matmul import gemv_kernel, matmul  # noqa: E402
+from kdsl_kernels.matmul import launch_gemv, matmul  # noqa: E402
 
 # (N, K): SmolLM2-135M's projections (q/o, gate/up, down), then 7B-sized ones
 GEMV_SHAPES = [(576, 576), (1536, 576), (576, 1536), (4096, 4096), (11008, 4096)]
@@ -124,11 +124,8 @@ def fp32_gemv_device_seconds(x, w, out):
     """Device time of kdsl_kernels.matmul's GEMV kernel for x @ w.T (w [N, K] fp32),
     launched as matmul() launches it, with its default config."""
     n, k = w.shape
-    cfg = gemv_config(n, k, True)
-    even = n % cfg["BN"] == 0 and k % cfg["BK"] == 0
-    timing = common.time_launch(lambda: gemv_kernel[(kdsl.cdiv(n, cfg["BN"]),)](
-        x, w, out, out, n, k, k, 1, HAS_BIAS=False, EVEN=even, BN=cfg["BN"], BK=cfg["BK"],
-        num_threads=cfg["num_threads"]), min_reps=5, max_reps=20, budget_s=0.3)
+    timing = common.time_launch(lambda: launch_gemv(x, w, out, None, gemv_config(n, k, True),
+                                                    k, 1), min_reps=5, max_reps=20, budget_s=0.3)
     return timing.device_s
 
 

@@ -14,11 +14,13 @@ import kdsl
 from kdsl import tuning_db
 
 
-def tuned(kernel_name, key, default, device=None):
+def tuned(kernel_name, key, default, device=None, optional=()):
     """The tuned config of `kernel_name` for `key` on `device`, else `default`.
 
     A config whose parameter names differ from the default's (tuned by an
-    older version of the kernel) is ignored. Returns a new dict each call.
+    older version of the kernel) is ignored; names in `optional` (parameters
+    some forms of the kernel take and others not) may differ. Returns a new
+    dict each call.
 
     >>> config = tuned("gemv", {"N": 4096, "K": 4096, "trans_b": True},
     ...                {"BN": 1, "BK": 64, "num_threads": 1})
@@ -26,7 +28,7 @@ def tuned(kernel_name, key, default, device=None):
     ['BK', 'BN', 'num_threads']
     """
     config = tuning_db.database(device).best_config(kernel_name, key)
-    if config is None or set(config) != set(default):
+    if config is None or set(config) - set(optional) != set(default) - set(optional):
         return dict(default)
     return dict(config)
 
@@ -81,7 +83,11 @@ def gemv_config(N, K, trans_b=True, device=None, b_dtype=None):
     if kdsl.device.as_device(device).is_cpu:
         # One work-item per row, 64-wide K steps: 12-16 GB/s fp32 at SmolLM2's
         # shapes against 8-10 for 16 work-items, 7 GB/s fp16 against 1.6 (PoCL 3.1).
-        default = {"BN": 1, "BK": 64, "num_threads": 1}
+        # Four programs per compute unit, each walking a run of rows: from DRAM
+        # 4096 x 4096 45.8 against 26.2 GB/s for a program per row, 11008 x
+        # 4096 48.3 against 26.8 (0.74 and 0.81 of the float4 copy); 1 or 2 per
+        # unit within 5 % (.scratch/s14/gemv32b.py, PoCL 3.1 Zen 4, 2026-12-07)
+        default = {"BN": 1, "BK": 64, "num_threads": 1, "per_cu": 4}
     else:
         # H100 sweeps (bench/matmul.py --sweep, two runs): one row per work-group
         # over 256 work-items in 1024-wide K steps read 11008 x 4096 at 2.50 TB/s
@@ -89,4 +95,20 @@ def gemv_config(N, K, trans_b=True, device=None, b_dtype=None):
         # x 256 over 128; 2 rows x 512 lost to it in the same sweep
         default = {"BN": 1, "BK": 1024 if K >= 2048 else 256, "num_threads": 256}
     return tuned("gemv", weight_key({"N": N, "K": K, "trans_b": bool(trans_b)}, b_dtype), default,
-                 device)
+                 device, optional=RUNS)
+
+
+# A GEMV config's optional way of giving each program several row blocks:
+# T blocks, or per_cu programs per compute unit (blocks_per_program)
+RUNS = ("T", "per_cu")
+
+
+def blocks_per_program(config, blocks, device):
+    """How many of a launch's `blocks` (row blocks, tiles) each program takes
+    in turn: config["T"], or as many as make config["per_cu"] programs per
+    compute unit of `device` (one contiguous run each), else 1."""
+    if config.get("T"):
+        return config["T"]
+    if config.get("per_cu"):
+        return max(1, -(-blocks // (config["per_cu"] * device.compute_units)))
+    return 1

@@ -25,6 +25,7 @@ from .activations import swiglu
 from .elementwise import add, copy
 from .norms import rms_norm as rms_norm_rows
 from .fp4 import PackedWeight, ROW_TILE
+from .configs import RUNS, blocks_per_program
 from .matmul import panels_kernel, store_tile
 from .scratch import scratch
 
@@ -678,8 +679,9 @@ def gemv_default(device, K=None):
 def fp4_gemv_config(packed, device):
     """The GEMV's config for this weight on `device`: tuned, else gemv_default."""
     N, K = packed.shape
+    # the CPU kernels' forms: byte lanes take BK, int16 lanes runs of tiles
     return _config("fp4_gemv", {"N": N, "K": K, "G": packed.group_size},
-                   gemv_default(device, K))
+                   gemv_default(device, K), optional=("BK",) + RUNS)
 
 
 def gemm_default(device, M=None, N=None, K=None):
@@ -710,9 +712,9 @@ def gemm_default(device, M=None, N=None, K=None):
     return {"BM": 64, "BN": 64, "DEQ": "bits", "num_threads": 256}
 
 
-def _config(name, key, default):
+def _config(name, key, default, optional=()):
     from . import configs
-    return configs.tuned(name, key, default)
+    return configs.tuned(name, key, default, optional=optional)
 
 
 def _check_x(x, K):
@@ -892,8 +894,7 @@ def _launch_int16(x, norm_w, packed, arrays, tail, F, eps, cfg, fused, has_bias)
     program's int16 x' in its own slot of a scratch buffer."""
     (N, K), G, n_groups = packed.shape, packed.group_size, packed.n_groups
     BN, tiles = cfg["BN"], kdsl.cdiv(F, cfg["BN"])
-    # T tiles per program, or as many as make `per_cu` programs per compute unit
-    T = cfg.get("T") or kdsl.cdiv(tiles, cfg.get("per_cu", 1) * x.device.compute_units)
+    T = blocks_per_program(cfg, tiles, x.device)
     programs = kdsl.cdiv(tiles, T)
     xq = scratch("fp4_gemv_int16_x", x.device, programs * n_groups * G // 2)
     xs = scratch("fp4_gemv_int16_scales", x.device, programs * 2 * n_groups)

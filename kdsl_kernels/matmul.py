@@ -14,7 +14,7 @@ import numpy as np
 import kdsl
 import kdsl.language as kl
 
-from .configs import matmul_config, gemv_config
+from .configs import blocks_per_program, matmul_config, gemv_config
 from .scratch import scratch
 
 
@@ -130,30 +130,48 @@ def panels_kernel(a_ptr, p_ptr, c_ptr, bias_ptr, M, N, K, Kp, stride_am, stride_
 @kdsl.jit
 def gemv_kernel(x_ptr, w_ptr, y_ptr, bias_ptr, N, K, stride_wn, stride_wk,
                 HAS_BIAS: kl.constexpr, EVEN: kl.constexpr,
-                BN: kl.constexpr, BK: kl.constexpr):
-    """y = W x (+ bias) for BN rows of W per program; W is read once, so this
-    runs at memory bandwidth. Partial sums stay elementwise in a BN x BK block
-    and are reduced across K once at the end."""
-    rn = kl.program_id(0) * BN + kl.arange(0, BN)
+                BN: kl.constexpr, BK: kl.constexpr, T: kl.constexpr):
+    """y = W x (+ bias) for T blocks of BN rows of W per program, one block
+    after another; W is read once, so this runs at memory bandwidth. Partial
+    sums stay elementwise in a BN x BK block and are reduced across K once
+    at the end. T > 1 is for CPUs: a program then walks one contiguous run
+    of W (the rows of its blocks are adjacent), which the prefetchers follow
+    from start to end, and pays its start-up once for T blocks."""
     rk = kl.arange(0, BK)
-    w_offs = rn[:, None] * stride_wn + rk[None, :] * stride_wk
-    acc = kl.zeros((BN, BK), dtype=kl.float32)
-    for k in range(0, K, BK):
+    for t in range(0, T):
+        rn = (kl.program_id(0) * T + t) * BN + kl.arange(0, BN)
+        w_offs = rn[:, None] * stride_wn + rk[None, :] * stride_wk
+        acc = kl.zeros((BN, BK), dtype=kl.float32)
+        for k in range(0, K, BK):
+            if EVEN:
+                x = kl.load(x_ptr + k + rk)
+                w = kl.load(w_ptr + k * stride_wk + w_offs)
+            else:
+                x = kl.load(x_ptr + k + rk, mask=k + rk < K, other=0.0)
+                w = kl.load(w_ptr + k * stride_wk + w_offs,
+                            mask=(rn[:, None] < N) & (k + rk[None, :] < K), other=0.0)
+            acc += w * x[None, :]
+        y = kl.sum(acc, axis=1)
+        if HAS_BIAS:
+            y += kl.load(bias_ptr + rn, mask=rn < N, other=0.0)
         if EVEN:
-            x = kl.load(x_ptr + k + rk)
-            w = kl.load(w_ptr + k * stride_wk + w_offs)
+            kl.store(y_ptr + rn, y)
         else:
-            x = kl.load(x_ptr + k + rk, mask=k + rk < K, other=0.0)
-            w = kl.load(w_ptr + k * stride_wk + w_offs,
-                        mask=(rn[:, None] < N) & (k + rk[None, :] < K), other=0.0)
-        acc += w * x[None, :]
-    y = kl.sum(acc, axis=1)
-    if HAS_BIAS:
-        y += kl.load(bias_ptr + rn, mask=rn < N, other=0.0)
-    if EVEN:
-        kl.store(y_ptr + rn, y)
-    else:
-        kl.store(y_ptr + rn, y, mask=rn < N)
+            kl.store(y_ptr + rn, y, mask=rn < N)
+
+
+def launch_gemv(x, w, out, bias, cfg, stride_wn, stride_wk):
+    """Enqueue gemv_kernel for out = w x (+ bias) under config `cfg` (w's rows
+    `stride_wn` apart); returns its event. matmul() is the checked, public
+    form; benchmarks call this for the device time."""
+    N, K = out.shape[-1], x.shape[-1]
+    blocks = kdsl.cdiv(N, cfg["BN"])
+    T = blocks_per_program(cfg, blocks, x.device)
+    even = N % (cfg["BN"] * T) == 0 and K % cfg["BK"] == 0
+    return gemv_kernel[(kdsl.cdiv(blocks, T),)](
+        x, w, out, bias if bias is not None else out, N, K, stride_wn, stride_wk,
+        HAS_BIAS=bias is not None, EVEN=even, BN=cfg["BN"], BK=cfg["BK"], T=T,
+        num_threads=cfg["num_threads"])
 
 
 def _as_tensor(x, name):
@@ -215,12 +233,8 @@ def matmul(a, b, *, out=None, trans_b=False, bias=None, config=None):
         stride_bk, stride_bn = b.stride(-2), b.stride(-1)
     bias_arg = bias if bias is not None else out
     if M == 1 and batch == 1 and stride_ak == 1:
-        cfg = config or gemv_config(N, K, trans_b, b_dtype=b.dtype)
-        even = N % cfg["BN"] == 0 and K % cfg["BK"] == 0
-        gemv_kernel[(kdsl.cdiv(N, cfg["BN"]),)](
-            a, b, out, bias_arg, N, K, stride_bn, stride_bk,
-            HAS_BIAS=bias is not None, EVEN=even, BN=cfg["BN"], BK=cfg["BK"],
-            num_threads=cfg["num_threads"])
+        launch_gemv(a, b, out, bias, config or gemv_config(N, K, trans_b, b_dtype=b.dtype),
+                    stride_bn, stride_bk)
         return out
     cfg = config or matmul_config(M, N, K, trans_b, b_dtype=b.dtype)
     even = M % cfg["BM"] == 0 and N % cfg["BN"] == 0 and K % cfg["BK"] == 0

@@ -72,7 +72,12 @@ def test_tuned_uses_exact_then_nearest_then_default(cache):
     returned = configs.tuned("gemv", key, default)
     returned["BN"] = 999
     assert configs.tuned("gemv", key, default)["BN"] == 2
+    # ...but one that differs only in optional names (the GEMV's runs of rows) is
     assert configs.gemv_config(4096, 4096) == {"BN": 2, "BK": 512, "num_threads": 32}
+    runs = {"BN": 1, "BK": 64, "num_threads": 1, "per_cu": 2}
+    tuning_db.database().record("gemv", dict(key, N=512), runs, 0.0001)
+    assert configs.tuned("gemv", dict(key, N=512), default, optional=("per_cu",)) == runs
+    assert configs.tuned("gemv", dict(key, N=512), default) == default
 
 
 def _damaged(cache, text):

@@ -33,9 +33,9 @@ def test_every_tunable_lookup_of_the_engine_is_a_tuning_task(tiny_gguf, quant, m
     looked_up = []
     real = configs.tuned
 
-    def recording(kernel, key, default, device=None):
+    def recording(kernel, key, default, device=None, optional=()):
         looked_up.append((kernel, dict(key)))
-        return real(kernel, key, default, device)
+        return real(kernel, key, default, device, optional)
 
     monkeypatch.setattr(configs, "tuned", recording)
     chunk = 8

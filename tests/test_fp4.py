@@ -297,7 +297,7 @@ def test_int16_gemv_matches_reference(n, k, group_size, reading, bn, t, outliers
     # over one or several row tiles taken in turn (t; None: one program per compute
     # unit), outliers, bias
     _check_linear(1, n, k, group_size, min(outliers, k), reading, seed, bias=bias,
-                  config=dict(INT16_GEMV, BN=bn, T=t))
+                  config=dict(INT16_GEMV, BN=bn, **({"T": t} if t else {"per_cu": 1})))
 
 
 @cpu_only

@@ -27,6 +27,31 @@ def test_matmul_matches_numpy(m, n, k, trans_b, seed):
     np.testing.assert_allclose(out, _ref(a, b, trans_b), rtol=1e-4, atol=1e-4)
 
 
+@settings(max_examples=10, deadline=None)
+@given(n=st.integers(1, 300), k=st.integers(1, 150), bn=st.sampled_from((1, 2, 4)),
+       runs=st.sampled_from(({"T": 1}, {"T": 3}, {"per_cu": 1}, {"per_cu": 4})),
+       trans_b=st.booleans(), bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_gemv_runs_of_rows_match_numpy(n, k, bn, runs, trans_b, bias, seed):
+    # M = 1: blocks of bn rows, T of them per program in turn (or per_cu programs per
+    # compute unit), the last program's blocks partly or wholly past N
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((1, k)).astype(np.float32)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
+    c = rng.standard_normal(n).astype(np.float32) if bias else None
+    config = dict({"BN": bn, "BK": 64, "num_threads": 1}, **runs)
+    out = matmul(a, b, trans_b=trans_b, bias=c, config=config).numpy()
+    np.testing.assert_allclose(out, _ref(a, b, trans_b, c), rtol=1e-4, atol=1e-4)
+
+
+def test_gemv_runs_of_rows_in_interpreter(monkeypatch):
+    monkeypatch.setenv("KDSL_INTERPRET", "1")
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((1, 70)).astype(np.float32)
+    b = rng.standard_normal((45, 70)).astype(np.float32)
+    out = matmul(a, b, trans_b=True, config={"BN": 2, "BK": 16, "num_threads": 1, "T": 4})
+    np.testing.assert_allclose(out.numpy(), _ref(a, b, True), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("m,n,k", [(1, 300, 130), (300, 7, 33), (64, 64, 64), (129, 257, 65)])
 @pytest.mark.parametrize("trans_b", [False, True])
 def test_matmul_default_config(m, n, k, trans_b):
