@@ -77,7 +77,7 @@ class Model:
                         if not name.startswith("lm_head.")}
         if "lm_head.codes" in weights:
             self.lm_head = int8.Int8Weight(weights["lm_head.codes"], weights["lm_head.scales"])
-            self.lm_head.device_arrays(self.device)
+            self.lm_head.upload(self.device)
         else:
             self.lm_head = self.weights.get("lm_head", self.weights["embed"])
         self.cache = KVCache(config.n_layers, config.n_kv_heads, config.head_dim, context,

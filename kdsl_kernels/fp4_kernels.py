@@ -25,6 +25,7 @@ from .activations import swiglu
 from .elementwise import add, copy
 from .norms import rms_norm as rms_norm_rows
 from .fp4 import PackedWeight, ROW_TILE
+from .int16_x import int16_x_groups
 from .configs import RUNS, blocks_per_program
 from .matmul import panels_kernel, store_tile
 from .scratch import scratch
@@ -325,38 +326,6 @@ def fp4_tile_split(row0, n_groups, BN: kl.constexpr, R: kl.constexpr, ALIGNED: k
 
 
 @kdsl.jit
-def fp4_int16_x(x_ptr, norm_ptr, xq_ptr, xs_ptr, N, K, n_groups, G: kl.constexpr,
-                EVEN: kl.constexpr, NORM: kl.constexpr):
-    """Each group's x' (x, times the norm weight with NORM) as int16 into
-    xq_ptr, x' ~ d * xq with d = max|x'| / 32767 (truncated toward zero:
-    each x' moves by less than d, far below the 4-bit weights' own error),
-    and (d, sum(x')) per group into xs_ptr; returns the squares of x
-    (lane-wise) for NORM's 1/rms."""
-    rk = kl.arange(0, G)
-    squares = kl.zeros((G,), dtype=kl.float32)
-    for g in range(0, n_groups):
-        k = g * G + rk
-        if EVEN:
-            x = kl.load(x_ptr + k)
-        else:
-            x = kl.load(x_ptr + k, mask=k < K, other=0.0)
-        squares += x * x
-        if NORM:
-            if EVEN:
-                x = x * kl.load(norm_ptr + k)
-            else:
-                x = x * kl.load(norm_ptr + k, mask=k < K, other=0.0)
-        # max |x| on the bit patterns: integer max needs none of fmax's NaN
-        # handling (a compare and a blend per step on AVX2)
-        amax = kl.max(x.to(kl.int32, bitcast=True) & 0x7FFFFFFF, axis=0).to(kl.float32,
-                                                                          bitcast=True)
-        kl.store(xq_ptr + k, (x * (32767.0 / kl.maximum(amax, 1e-30))).to(kl.int16))
-        kl.store(xs_ptr + 2 * g, amax * (1.0 / 32767.0))
-        kl.store(xs_ptr + 2 * g + 1, kl.sum(x, axis=0))
-    return squares
-
-
-@kdsl.jit
 def fp4_int16_rows(codes_ptr, step_ptr, base_ptr, xq_ptr, xs_ptr, row0, N, n_groups,
                    G: kl.constexpr, BN: kl.constexpr, R: kl.constexpr, EVEN: kl.constexpr,
                    ALIGNED: kl.constexpr):
@@ -396,7 +365,7 @@ def fp4_gemv_int16_kernel(x_ptr, norm_ptr, codes_ptr, step_ptr, base_ptr, y_ptr,
     """fp4_gemv_bytes_kernel for the uniform reading with integer products
     (same arguments, row-tiled layout, plus a scratch slot per program:
     n_groups * G int16 at xq_ptr, 2 * n_groups floats at xs_ptr). Each
-    program converts x' to int16 once (fp4_int16_x), then takes T tiles of
+    program converts x' to int16 once (int16_x.int16_x_groups), then takes T tiles of
     BN rows one after another, each against the converted x': on PoCL x86
     the integer dot is pmaddwd (16 products per instruction, codegen_opencl)
     where the float form spends a conversion and an FMA on every code. The
@@ -406,7 +375,7 @@ def fp4_gemv_int16_kernel(x_ptr, norm_ptr, codes_ptr, step_ptr, base_ptr, y_ptr,
     pid = kl.program_id(0)
     xq_ptr += pid * (n_groups * G)
     xs_ptr += pid * (2 * n_groups)
-    squares = fp4_int16_x(x_ptr, norm_ptr, xq_ptr, xs_ptr, N, K, n_groups, G, EVEN, NORM)
+    squares = int16_x_groups(x_ptr, norm_ptr, xq_ptr, xs_ptr, K, n_groups, G, EVEN, NORM)
     for t in range(0, T):
         row0 = (pid * T + t) * BN
         rn = row0 + kl.arange(0, BN)

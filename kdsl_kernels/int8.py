@@ -8,16 +8,25 @@ output projection (the LM head, a fifth of SmolLM2's weights, which FP4
 would cost 8% perplexity) in this form.
 
 Layout: codes int8 [N, K] row-major (K a multiple of the group size),
-scales fp16 [N, K / 32] (uploaded as fp32 to CPU devices).
+scales fp16 [N, K / 32] (uploaded as fp32 to CPU devices). A CPU whose
+compiler has x86's pmaddwd reads a row-tiled copy instead
+(Int8Weight.tiled_arrays) and takes x as int16 per group (int16_x), so its
+products are integer ones, 16 per instruction.
 """
 import numpy as np
 
 import kdsl
 import kdsl.language as kl
 
+from kdsl.device_features import has_int16_pair_dot
+
+from .configs import blocks_per_program
 from .elementwise import as_tensor, check_out
+from .int16_x import int16_x_groups
+from .scratch import scratch
 
 GROUP = 32
+ROW_TILE = 8        # rows per tile of the CPU integer GEMV's layout (tiled_arrays)
 
 
 class Int8Weight:
@@ -52,6 +61,39 @@ class Int8Weight:
             scales = self.scales.astype(np.float32) if device.is_cpu else self.scales
             self._on_device[key] = (kdsl.tensor(np.ascontiguousarray(self.codes), device=device),
                                     kdsl.tensor(np.ascontiguousarray(scales), device=device))
+        return self._on_device[key]
+
+    def upload(self, device):
+        """Upload now what `device`'s default kernel reads (the row-tiled copy
+        where that is the CPU's integer GEMV, else the row layout), rather
+        than at the first call."""
+        if _default_config(device, self.shape[0]).get("lanes") == "int16":
+            self.tiled_arrays(device)
+        else:
+            self.device_arrays(device)
+
+    def tiled_arrays(self, device):
+        """(codes, scales) in the row-tiled layout of the CPU's integer GEMV,
+        uploaded at the first call per device: rows in tiles of ROW_TILE (N
+        padded with zero rows), within a tile group by group, the tile's rows
+        one after another; row r's group g is block (r // ROW_TILE * n_groups
+        + g) * ROW_TILE + r % ROW_TILE, its codes at codes[block * 32 ...],
+        its scale (fp32) at scales[block]. A program reading a tile so walks
+        one contiguous stream."""
+        key = ("tiled", device.fingerprint)
+        if key not in self._on_device:
+            n, k = self.shape
+            rows, n_groups = -(-n // ROW_TILE) * ROW_TILE, k // GROUP
+
+            def tiled(a, inner):
+                padded = np.zeros((rows, n_groups, inner), a.dtype)
+                padded[:n] = a.reshape(n, n_groups, inner)
+                return np.ascontiguousarray(
+                    padded.reshape(rows // ROW_TILE, ROW_TILE, n_groups, inner)
+                    .transpose(0, 2, 1, 3)).reshape(-1)
+            self._on_device[key] = (
+                kdsl.tensor(tiled(self.codes, GROUP), device=device),
+                kdsl.tensor(tiled(self.scales.astype(np.float32), 1), device=device))
         return self._on_device[key]
 
     def __repr__(self):
@@ -127,6 +169,39 @@ def q8_gemv_rows_kernel(x_ptr, codes_ptr, scales_ptr, y_ptr, N, K, stride_xm, st
         kl.store(y_ptr + m * stride_ym + row, kl.sum(acc, axis=0))
 
 
+@kdsl.jit
+def q8_gemv_int16_kernel(x_ptr, codes_ptr, scales_ptr, y_ptr, xq_ptr, xs_ptr, N, K,
+                         stride_xm, stride_ym, G: kl.constexpr, R: kl.constexpr,
+                         T: kl.constexpr):
+    """q8_gemv_kernel's result on the row-tiled layout (Int8Weight.tiled_arrays),
+    T tiles of R rows per program one after another, with integer products:
+    the program converts its row m of x to int16 per group once
+    (int16_x_groups, into its scratch slot: K int16 at xq_ptr, 2 K / G
+    floats at xs_ptr), then per tile and group sums codes * xq as an integer
+    kl.dot (pmaddwd on PoCL x86) and scales it by the row's scale times the
+    group's d."""
+    m = kl.program_id(1)
+    slot = m * kl.num_programs(0) + kl.program_id(0)
+    n_groups = K // G
+    xq_ptr += slot * K
+    xs_ptr += slot * (2 * n_groups)
+    int16_x_groups(x_ptr + m * stride_xm, x_ptr, xq_ptr, xs_ptr, K, n_groups, G, True, False)
+    rr = kl.arange(0, R)
+    rk = kl.arange(0, G)
+    for t in range(0, T):
+        tile = kl.program_id(0) * T + t
+        if tile * R < N:
+            y = kl.zeros((R,), dtype=kl.float32)
+            for g in range(0, n_groups):
+                block = (tile * n_groups + g) * R
+                c = kl.load(codes_ptr + (block + rr)[:, None] * G + rk[None, :])
+                qx = kl.sum(kl.dot(c, kl.load(xq_ptr + g * G + rk)[:, None]), axis=1)
+                y += qx.to(kl.float32) * (kl.load(scales_ptr + block + rr)
+                                          * kl.load(xs_ptr + 2 * g))
+            rows = tile * R + rr
+            kl.store(y_ptr + m * stride_ym + rows, y, mask=rows < N)
+
+
 def _default_config(device, N):
     # PoCL: runs of consecutive rows in one work-item (q8_gemv_rows_kernel), 64
     # where N leaves 8 programs per core: SmolLM2's 49152 x 576 head, caches
@@ -135,6 +210,14 @@ def _default_config(device, N):
     # programs; PoCL spends 0.39 ms on that many empty work-groups). Blocks of
     # 2 and 4 rows (q8_gemv_kernel) ran 2-3x slower: 2-4 strided streams.
     # H100, from the engine's profile: SmolLM2's head in 32 us (0.9 TB/s of codes)
+    # Where the CPU has x86's pmaddwd: integer products against x as int16 over
+    # 8-row tiles (q8_gemv_int16_kernel), 8 programs per compute unit. The same
+    # head, 3 cycled, wall time of alternated launches in two runs (the VM's fast
+    # and slow memory phases; .scratch/s14/q8_ab.py, 2026-12-07): 0.98 and 1.13
+    # ms against 1.12 and 1.67 for the runs of 64 rows; 1 program per unit 1.03
+    # and 1.44, 512 rows per program 0.92 and 1.43
+    if device.is_cpu and has_int16_pair_dot(device):
+        return {"lanes": "int16", "per_cu": 8, "num_threads": 1}
     if device.is_cpu:
         return {"ROWS": max(1, min(64, N // (8 * device.compute_units))), "num_threads": 1}
     return {"BN": 8, "num_threads": 32}
@@ -161,9 +244,11 @@ def linear(x, packed, *, out=None, config=None):
                          f"{out.strides}")
     if M * N == 0:
         return out
-    codes, scales = packed.device_arrays(x.device)
     cfg = dict(config or _default_config(x.device, N))
     cfg.setdefault("num_threads", 1 if x.device.is_cpu else 32)
+    if cfg.get("lanes") == "int16":
+        return _linear_int16(x, packed, out, cfg)
+    codes, scales = packed.device_arrays(x.device)
     if "ROWS" in cfg:
         q8_gemv_rows_kernel[(kdsl.cdiv(N, cfg["ROWS"]), M)](
             x, codes, scales, out, N, K, x.stride(0), out.stride(0), ROWS=cfg["ROWS"], G=GROUP,
@@ -172,4 +257,23 @@ def linear(x, packed, *, out=None, config=None):
     q8_gemv_kernel[(kdsl.cdiv(N, cfg["BN"]), M)](
         x, codes, scales, out, N, K, x.stride(0), out.stride(0), EVEN=N % cfg["BN"] == 0,
         BN=cfg["BN"], G=GROUP, num_threads=cfg["num_threads"])
+    return out
+
+
+def _linear_int16(x, packed, out, cfg):
+    """out = x @ W.T through q8_gemv_int16_kernel (CPUs with pmaddwd)."""
+    if not x.device.is_cpu:
+        raise ValueError(f"int8.linear(): the int16-lane config runs on CPU devices only, and "
+                         f"{x.device} is not one")
+    (N, K), M = packed.shape, x.shape[0]
+    codes, scales = packed.tiled_arrays(x.device)
+    tiles = kdsl.cdiv(N, ROW_TILE)
+    T = blocks_per_program(cfg, tiles, x.device)
+    programs = kdsl.cdiv(tiles, T)
+    xq = scratch("q8_gemv_int16_x", x.device, programs * M * K // 2)
+    xs = scratch("q8_gemv_int16_scales", x.device, programs * M * 2 * (K // GROUP))
+    xq = kdsl.Tensor(xq.buffer, (2 * xq.shape[0],), np.int16, x.device)
+    q8_gemv_int16_kernel[(programs, M)](x, codes, scales, out, xq, xs, N, K, x.stride(0),
+                                        out.stride(0), G=GROUP, R=ROW_TILE, T=T,
+                                        num_threads=cfg["num_threads"])
     return out
