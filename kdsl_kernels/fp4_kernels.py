@@ -330,7 +330,7 @@ def fp4_int16_rows(codes_ptr, step_ptr, base_ptr, xq_ptr, xs_ptr, row0, N, n_gro
                    G: kl.constexpr, BN: kl.constexpr, R: kl.constexpr, EVEN: kl.constexpr,
                    ALIGNED: kl.constexpr):
     """(W x')[rn] for the BN rows rn = row0 + arange(BN) against the int16 x'
-    of fp4_int16_x: per group  step * d * (q . xq) + base * sum(x'), q . xq
+    of int16_x_groups: per group  step * d * (q . xq) + base * sum(x'), q . xq
     an integer kl.dot of the group's 4-bit codes against its int16 x'."""
     HALF = G // 2
     rk = kl.arange(0, G)
@@ -365,8 +365,8 @@ def fp4_gemv_int16_kernel(x_ptr, norm_ptr, codes_ptr, step_ptr, base_ptr, y_ptr,
     """fp4_gemv_bytes_kernel for the uniform reading with integer products
     (same arguments, row-tiled layout, plus a scratch slot per program:
     n_groups * G int16 at xq_ptr, 2 * n_groups floats at xs_ptr). Each
-    program converts x' to int16 once (int16_x.int16_x_groups), then takes T tiles of
-    BN rows one after another, each against the converted x': on PoCL x86
+    program converts x' to int16 once (int16_x_groups), then takes T tiles
+    of BN rows one after another, each against the converted x': on PoCL x86
     the integer dot is pmaddwd (16 products per instruction, codegen_opencl)
     where the float form spends a conversion and an FMA on every code. The
     tiles go in turn, not side by side, so a program streams one tile of
