@@ -112,7 +112,8 @@ def matmul_space(device, key):
 
 def gemv_space(device, key):
     """GEMV: BN rows of W per work-group, read BK columns at a time; on a CPU
-    also as per_cu programs per compute unit, each walking a run of rows."""
+    also with runs of row blocks per program (T, or per_cu programs per
+    compute unit)."""
     N, K = key["N"], key["K"]
     threads = (1, 4, 16, 64) if device.is_cpu else (32, 64, 128, 256)
     # elements per work-item: a CPU work-item's block is unrolled code, and
@@ -124,9 +125,11 @@ def gemv_space(device, key):
                                                   _work_group_sizes(device, threads))
                if per_item[0] <= bn * bk // t <= per_item[1] and _within(bk, K, bks)]
     if device.is_cpu:
-        # one-work-item programs also as 1, 2 or 4 contiguous runs per compute unit
-        configs += [dict(c, per_cu=p) for c in configs if c["num_threads"] == 1
-                    for p in (1, 2, 4)]
+        # one-work-item programs also over runs of rows: 16 or 64 blocks per
+        # program, or 1, 2 or 4 programs per compute unit
+        single = [c for c in configs if c["num_threads"] == 1]
+        configs += ([dict(c, T=t) for c in single for t in (16, 64)]
+                    + [dict(c, per_cu=p) for c in single for p in (1, 2, 4)])
     return _enough_programs(configs, lambda c: _cpu_gemv_programs(c, N, device), device)
 
 

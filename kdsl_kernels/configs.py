@@ -83,11 +83,14 @@ def gemv_config(N, K, trans_b=True, device=None, b_dtype=None):
     if kdsl.device.as_device(device).is_cpu:
         # One work-item per row, 64-wide K steps: 12-16 GB/s fp32 at SmolLM2's
         # shapes against 8-10 for 16 work-items, 7 GB/s fp16 against 1.6 (PoCL 3.1).
-        # Four programs per compute unit, each walking a run of rows: from DRAM
-        # 4096 x 4096 45.8 against 26.2 GB/s for a program per row, 11008 x
-        # 4096 48.3 against 26.8 (0.74 and 0.81 of the float4 copy); 1 or 2 per
-        # unit within 5 % (.scratch/s14/gemv32b.py, PoCL 3.1 Zen 4, 2026-12-07)
-        default = {"BN": 1, "BK": 64, "num_threads": 1, "per_cu": 4}
+        # 16 rows per program, taken in turn (one contiguous run of W). From
+        # DRAM on the 2-core Zen 4 VM (PoCL 3.1): 4096 x 4096 43.2 against
+        # 26.2 GB/s for a program per row, 11008 x 4096 47.1 against 26.8;
+        # on the 16-core Xeon beside the H100 (PoCL 5) 92.4 and 95.7 against
+        # 88.8 and 100.5, 1536 x 576 48.1 against 36.2. Runs sized by compute
+        # unit (4 programs per unit) did as well on the VM and up to 16 %
+        # worse on the Xeon (.scratch/s14/gemv32b.py, 2026-12-07)
+        default = {"BN": 1, "BK": 64, "num_threads": 1, "T": 16}
     else:
         # H100 sweeps (bench/matmul.py --sweep, two runs): one row per work-group
         # over 256 work-items in 1024-wide K steps read 11008 x 4096 at 2.50 TB/s

@@ -610,23 +610,27 @@ def fp4_pack_panels_kernel(codes_ptr, step_ptr, base_ptr, oidx_ptr, ow_ptr, p_pt
 # SmolLM2's shapes (e.g. gate/up 3072 x 576 with SwiGLU 0.087 against
 # 0.126-0.136 ms, min of 4 x 40 launches; .scratch/gemv_bn_cold.py, PoCL 3.1,
 # 2026-12-07). int16 lanes (where the device has pmaddwd): 8-row tiles, as
-# many per program as make one program per compute unit, so each core
-# converts x once and then streams one contiguous run of the weight. With
-# 96 MB of weights cycled (cold, as in a decode step), against 4 tiles per
-# program: 74.7 / 39.8 / 25.4 us against 113.6 / 53.4 / 36.3 for gate/up
-# (norm, SwiGLU), down and qkv (norm), and 2, 4 or 8 programs per compute
-# unit were slower (.scratch/s14/cold_gemv.py, two runs). In SmolLM2's
-# decode: 110.1-127.2 tok/s = 0.96-1.10x llama.cpp in the same runs, against
-# 88.5-110.9 = 0.84-0.91x with one tile per program (bench/llm.py --quants
-# m0e4 --peers llama.cpp, alternated twice; PoCL 3.1 AVX2, Zen 4, fourteenth
-# session).
+# many per program as make one program per compute unit on small CPUs (two
+# on larger ones), so each core converts x once and then streams one
+# contiguous run of the weight. With 96 MB of weights cycled (cold, as in a
+# decode step), SmolLM2's gate/up (norm, SwiGLU), down and qkv (norm):
+# on the 2-core Zen 4 VM (PoCL 3.1) one program per unit 74.7 / 39.8 / 25.4
+# us, two 75.8 / 40.9 / 26.7, 4 tiles per program 113.6 / 53.4 / 36.3; on
+# the 16-core Xeon beside the H100 (PoCL 5) one per unit 70.0 / 86.4 / 34.7,
+# two 65.9 / 44.3 / 40.5, 4 tiles 65.5 / 43.6 / 40.4
+# (.scratch/s14/cold_gemv.py, two runs each). In SmolLM2's decode on the VM:
+# 1.01-1.10x llama.cpp, against 0.84-0.99x with one tile per program
+# (bench/llm.py --quants m0e4 --peers llama.cpp, alternated three times;
+# fourteenth session).
 CPU_BYTES_GEMV = {"BN": 8, "BK": 16, "lanes": "bytes", "num_threads": 1}
 CPU_INT16_GEMV = {"BN": 8, "per_cu": 1, "lanes": "int16", "num_threads": 1}
+SMALL_CPU = 4        # compute units up to which the int16 GEMV runs one program per unit
 
 
 def gemv_default(device, K=None):
     """The GEMV's default config, from bench/fp4.py --sweep. On a CPU
-    CPU_INT16_GEMV where the device compiles x86's pmaddwd
+    CPU_INT16_GEMV (one program per compute unit, two beyond SMALL_CPU
+    units) where the device compiles x86's pmaddwd
     (kdsl.device_features), else CPU_BYTES_GEMV. On a
     GPU the word kernel, 4 rows over 128 work-items, 512 words (4096
     weights) of each row per step for long rows, 128 for short ones (or K
@@ -639,7 +643,7 @@ def gemv_default(device, K=None):
     tuner."""
     if device.is_cpu:
         if has_int16_pair_dot(device):
-            return dict(CPU_INT16_GEMV)
+            return dict(CPU_INT16_GEMV, per_cu=1 if device.compute_units <= SMALL_CPU else 2)
         return dict(CPU_BYTES_GEMV)
     long_rows = K is not None and K >= 2048
     return {"BN": 4, "BW": 512 if long_rows else 128, "DEQ": "convert", "num_threads": 128}
