@@ -384,10 +384,12 @@ class Codegen:
             return out
         product = self._contractible_product(v)
         if product is not None:
+            if self._vector_op(v, n) and self._vector_op(v.args[product], n):
+                return self._vector_multiply_add(v, product, layout, n)
             return self._define(v, self._multiply_add(v, product, layout))
         args = [self.val(a, layout) for a in v.args]
-        if self._vector_math(v, n):
-            return self._vector_math_slots(v, args, n)
+        if self._vector_math(v, n) or self._vector_op(v, n):
+            return self._vector_slots(v, args, n, layout)
         exprs = [self._expr(v, [a[r] for a in args]) for r in range(n)]
         return self._define(v, exprs)
 
@@ -405,18 +407,113 @@ class Codegen:
         return (v.op == "math" and v.attrs["fn"] in self._VECTOR_MATH and v.dtype == kl.float32
                 and self.T == 1 and self.device.get("is_cpu") and n >= self.VECTOR)
 
-    def _vector_math_slots(self, v, args, n):
-        """v's slots as float8 calls of its function, 8 slots each; the tail per slot."""
+    # Arithmetic a one-work-item CPU kernel writes on 8-slot vectors (_vector_op)
+    _VECTOR_BINOPS = {kl.float32: frozenset({"+", "-", "*", "/"}),
+                      kl.int32: frozenset({"+", "-", "*", "&", "|", "^", "<<", ">>"})}
+    _VECTOR_FNS = frozenset({"fma", "maximum", "minimum", "abs"})
+
+    def _vector_op(self, v, n):
+        """Whether a one-work-item CPU kernel writes this arithmetic 8 slots at a time.
+
+        Written per slot, the ops of a block left PoCL's LLVM to rebuild
+        vectors with its SLP vectoriser, which on a long chain (softmax's
+        exponential over a 64-slot block) mixed 4- and 8-wide pieces with
+        scalar slots, permutes, blends and stack spills: 355 instructions
+        per 64 elements where 8-wide code needs about 170. Written on
+        float8 / int8 values, each op is one vector instruction. Only ops
+        whose vector form means the same per lane: float arithmetic, int32
+        arithmetic on float bits, float <-> int32 bitcasts, fma, min, max,
+        abs, and `where` on a float comparison."""
+        if not (self.T == 1 and self.device.get("is_cpu") and n >= self.VECTOR):
+            return False
+        dtypes = {a.dtype for a in v.args if isinstance(a, ir.Value)}
+        if len(dtypes) != 1 or len(v.args) != sum(isinstance(a, ir.Value) for a in v.args):
+            return v.op == "where" and self._vector_where(v)
+        (dtype,) = dtypes
+        if v.op == "binop" and dtype == kl.int32:
+            # integer arithmetic on float bits only (exp's 2**n): index arithmetic
+            # stays per slot, where the compiler folds it into addressing modes
+            return (dtype == v.dtype and v.attrs["op"] in self._VECTOR_BINOPS[dtype]
+                    and any(self._float_bits(a) for a in v.args))
+        if v.op == "binop":
+            return dtype == v.dtype and v.attrs["op"] in self._VECTOR_BINOPS.get(dtype, ())
+        if v.op == "math":
+            return dtype == v.dtype == kl.float32 and v.attrs["fn"] in self._VECTOR_FNS
+        if v.op == "cast":
+            return (v.attrs.get("bitcast") and dtype != v.dtype
+                    and {dtype, v.dtype} == {kl.float32, kl.int32})
+        return False
+
+    def _float_bits(self, v):
+        """v is an int32 block holding float bits: a bitcast of a float32 block,
+        or integer arithmetic on one."""
+        if not isinstance(v, ir.Value) or v.dtype != kl.int32:
+            return False
+        if v.op == "cast":
+            return bool(v.attrs.get("bitcast")) and v.args[0].dtype == kl.float32
+        return v.op == "binop" and any(self._float_bits(a) for a in v.args)
+
+    def _vector_where(self, v):
+        """`where(c, a, b)` with a, b float32 and c a comparison of two float32
+        blocks (as OpenCL's select on the comparison's lane masks)."""
+        c, a, b = v.args
+        return (all(isinstance(x, ir.Value) for x in v.args) and a.dtype == b.dtype == v.dtype
+                == kl.float32 and c.op == "cmp" and all(isinstance(x, ir.Value) for x in c.args)
+                and c.args[0].dtype == c.args[1].dtype == kl.float32)
+
+    def _vector(self, exprs, dtype):
+        """An 8-slot vector built from slot expressions (one value broadcast where all match)."""
+        ctype = f"{c_type(dtype)}{self.VECTOR}"
+        if len(set(exprs)) == 1:
+            return f"({ctype})({exprs[0]})"
+        return f"({ctype})({', '.join(exprs)})"
+
+    def _vector_slots(self, v, args, n, layout=None):
+        """v's slots as 8-slot vector expressions of its op; the tail per slot."""
         W = self.VECTOR
-        base = self.fresh(v.name or v.attrs["fn"])
+        base = self.fresh(v.name or v.attrs.get("fn") or v.op)
+        vtype = f"{c_type(v.dtype)}{W}"
+        extra = None
+        if v.op == "where":        # the comparison, lane masks on vectors of its operands
+            cmp = v.args[0]
+            extra = [self.val(a, layout) for a in cmp.args]
         out = []
         for r0 in range(0, n - n % W, W):
-            operands = [f"(float{W})({', '.join(a[r0:r0 + W])})" for a in args]
+            if extra is not None:
+                lhs, rhs = (self._vector(e[r0:r0 + W], a.dtype)
+                            for e, a in zip(extra, v.args[0].args))
+                a, b = (self._vector(x[r0:r0 + W], v.dtype) for x in args[1:])
+                expr = f"select({b}, {a}, ({lhs} {v.args[0].attrs['op']} {rhs}))"
+            elif v.op == "cast":
+                expr = f"as_{vtype}({self._vector(args[0][r0:r0 + W], v.args[0].dtype)})"
+            else:
+                operands = [self._vector(a[r0:r0 + W], x.dtype) for a, x in zip(args, v.args)]
+                expr = self._expr(v, operands)
             vec = f"{base}_v{r0 // W}"
-            self.line(f"const float{W} {vec} = {self._expr(v, operands)};")
+            self.line(f"const {vtype} {vec} = {expr};")
             out += [f"{vec}.s{i:x}" for i in range(W)]
         tail = [self._expr(v, [a[r] for a in args]) for r in range(n - n % W, n)]
         return self._define(v, out + tail)
+
+    def _vector_multiply_add(self, v, i, layout, n):
+        """_multiply_add's x * y + other written on 8-slot vectors (_vector_op)."""
+        W = self.VECTOR
+        product = v.args[i]
+        xs, ys = (self.val(a, layout) for a in product.args)
+        others = self.val(v.args[1 - i], layout)
+        slots = self._multiply_add(v, i, layout)
+        base = self.fresh(v.name or v.op)
+        out = []
+        for r0 in range(0, n - n % W, W):
+            x, y, o = (self._vector(e[r0:r0 + W], kl.float32) for e in (xs, ys, others))
+            if v.attrs["op"] == "+":
+                expr = f"{x} * {y} + {o}"
+            else:
+                expr = f"{x} * {y} - {o}" if i == 0 else f"{o} - {x} * {y}"
+            vec = f"{base}_v{r0 // W}"
+            self.line(f"const float{W} {vec} = {expr};")
+            out += [f"{vec}.s{j:x}" for j in range(W)]
+        return self._define(v, out + slots[n - n % W:])
 
     def _contractible_product(self, v):
         """The operand index of a float `x * y` that only this `+`/`-` uses, else None.
