@@ -1150,3 +1150,53 @@ def test_parameter_assigned_once_in_a_loop_carries_its_value(interpret, num_thre
     np.testing.assert_array_equal(got[:8], x.reshape(8, 8).max(axis=0))
     assert got[8] == max(0.0, x.max())
     assert got[9] == 12.0
+
+
+@kdsl.jit
+def vector_arith_kernel(x_ptr, y_ptr, out_ptr, N: kl.constexpr):
+    """Float arithmetic, fma, min/max/abs, float-bit integer ops and where on a
+    float compare: the ops a one-work-item CPU kernel writes 8 slots at a time."""
+    i = kl.arange(0, N)
+    x = kl.load(x_ptr + i)
+    y = kl.load(y_ptr + i)
+    bits = ((x.to(kl.int32, bitcast=True) & 0x7FFFFFFF) + 1) >> 1
+    outs = [x + y, x - y, x * y, x / y, kl.fma(x, y, 0.5), kl.maximum(x, y), kl.minimum(x, y),
+            kl.abs(x), bits.to(kl.float32, bitcast=True), kl.where(x < y, x * 2.0, y - 1.0),
+            x * y + 3.0, 1.0 - x * y]
+    for k in kl.static_range(0, 12):
+        kl.store(out_ptr + k * N + i, outs[k])
+
+
+@both_backends
+@settings(max_examples=6, deadline=None)
+@given(n=st.sampled_from((4, 8, 16, 64)), seed=st.integers(0, 2**16),
+       specials=st.booleans())
+@example(n=64, seed=1, specials=True)
+def test_vector_arithmetic_matches_numpy(interpret, n, seed, specials):
+    # 8-slot vector expressions (n >= 8 on a CPU) compute what per-slot code
+    # (n = 4) does: IEEE results, inf and nan included
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(n).astype(np.float32)
+    y = rng.standard_normal(n).astype(np.float32)
+    if specials:
+        x[:4] = [np.inf, -np.inf, np.nan, 0.0]
+        y[2:6] = [0.0, np.nan, -np.inf, 1.0]
+    out = kdsl.empty((12 * n,))
+    launch(vector_arith_kernel, interpret, (1,), kdsl.tensor(x), kdsl.tensor(y), out, N=n,
+           num_threads=1)
+    with np.errstate(all="ignore"):
+        bits = ((x.view(np.int32) & 0x7FFFFFFF) + 1) >> 1
+        a, b = x.astype(np.float64), y.astype(np.float64)     # fused or not, within an ulp
+        want = [a + b, a - b, a * b, a / b, a * b + 0.5, np.fmax(a, b), np.fmin(a, b),
+                np.abs(a), bits.astype(np.int32).view(np.float32),
+                np.where(a < b, a * 2, b - 1), a * b + 3, 1 - a * b]
+    got = out.numpy().reshape(12, n)
+    for k, w in enumerate(want):
+        np.testing.assert_allclose(got[k], w.astype(np.float32), rtol=2e-6, atol=1e-6,
+                                   equal_nan=True, err_msg=f"output {k}")
+    if not interpret and kdsl.current_device().is_cpu and n >= 8:
+        from kdsl.launch import compile_kernel
+        values, threads = vector_arith_kernel.bind(
+            (kdsl.tensor(x), kdsl.tensor(y), out), {"N": n, "num_threads": 1})
+        source = compile_kernel(vector_arith_kernel, values, threads).source
+        assert "const float8 " in source and "as_int8(" in source and "select(" in source
