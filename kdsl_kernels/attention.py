@@ -261,8 +261,11 @@ def attention_config(S, T, D, group, kv_heads, device=None):
     elif device.is_cpu and rows <= 8:
         # decode with grouped heads: the group's query rows packed in one block
         # read each K/V head once; q k^T is the back end's dot along K.
-        # PoCL, 32/8 heads x 4096 x 128: 4.9 ms against 6.7 for rows_kernel
-        cfg = {"BM": rows, "BN": 8, "BK": min(bd, 128), "BD": bd, "num_threads": 1,
+        # PoCL, 32/8 heads x 4096 x 128: 4.9 ms against 6.7 for rows_kernel;
+        # 16 keys a step since the float8 arithmetic (codegen, fourteenth
+        # session): 0.93-0.96 ms against 1.22-1.26 for 8 and 1.50-1.52 for 32
+        # (.scratch/dec_attn_sweep.py, two runs, caches warm)
+        cfg = {"BM": rows, "BN": 16, "BK": min(bd, 128), "BD": bd, "num_threads": 1,
                "acc_in_memory": rows * bd > 512}
     elif device.is_cpu and bd >= 128:
         # prefill with heads of 128 or more: one work-item per query row
