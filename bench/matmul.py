@@ -12,7 +12,6 @@ default) and each keeps its best round (all rounds are in the JSON), so a
 burst of load from a neighbour on a shared machine shows as spread in the
 JSON rather than as one contender's slowdown.
 """
-import argparse
 import json
 import os
 import statistics
@@ -111,17 +110,9 @@ GEMV_SWEEP = [{"BN": bn, "BK": bk, "num_threads": t}
                                 (2, 256, 128), (2, 1024, 256), (4, 512, 256), (1, 2048, 512)]]
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--sweep", action="store_true", help="try several tile configs")
-    ap.add_argument("--json", default=None)
-    ap.add_argument("--no-plot", action="store_true", help="do not draw the bar chart")
-    ap.add_argument("--rounds", type=int, default=3,
-                    help="alternate kdsl and the peers this many times, best round of each kept")
-    args = ap.parse_args()
-    if args.rounds < 1:
-        ap.error(f"--rounds must be at least 1, got {args.rounds}")
+def main(argv=None):
+    args = common.parse_args(__doc__.splitlines()[0], argv, rounds=3, extra=[
+        (("--sweep",), {"action": "store_true", "help": "try several tile configs"})])
     dev = kdsl.current_device()
     print(f"device: {dev}")
     common.warn_if_busy()

@@ -468,7 +468,7 @@ class Codegen:
             return f"({ctype})({exprs[0]})"
         return f"({ctype})({', '.join(exprs)})"
 
-    def _vector_slots(self, v, args, n, layout=None):
+    def _vector_slots(self, v, args, n, layout):
         """v's slots as 8-slot vector expressions of its op; the tail per slot."""
         W = self.VECTOR
         base = self.fresh(v.name or v.attrs.get("fn") or v.op)
@@ -501,7 +501,7 @@ class Codegen:
         product = v.args[i]
         xs, ys = (self.val(a, layout) for a in product.args)
         others = self.val(v.args[1 - i], layout)
-        slots = self._multiply_add(v, i, layout)
+        tail = self._multiply_add(v, i, layout)[n - n % W:] if n % W else []
         base = self.fresh(v.name or v.op)
         out = []
         for r0 in range(0, n - n % W, W):
@@ -513,7 +513,7 @@ class Codegen:
             vec = f"{base}_v{r0 // W}"
             self.line(f"const float{W} {vec} = {expr};")
             out += [f"{vec}.s{j:x}" for j in range(W)]
-        return self._define(v, out + slots[n - n % W:])
+        return self._define(v, out + tail)
 
     def _contractible_product(self, v):
         """The operand index of a float `x * y` that only this `+`/`-` uses, else None.

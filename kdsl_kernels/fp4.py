@@ -31,10 +31,11 @@ FP4 body; dequantize() and the kernels add them back.
 """
 import numpy as np
 
+from .row_tiles import ROW_TILE, row_tiled  # noqa: F401  (fp4.ROW_TILE: docs/fp4.md)
+
 READINGS = ("e0m4", "e4m0")
 DEFAULT_READING = "e0m4"
 GROUP_SIZES = (16, 32, 64, 128, 256)
-ROW_TILE = 8          # rows per tile of the CPU kernels' layout (PackedWeight.tiled_layout)
 
 
 def mantissa_value(q, reading):
@@ -149,28 +150,14 @@ class PackedWeight:
         return arrays
 
     def tiled_layout(self):
-        """(codes, step, base) in the CPU kernels' row-tiled layout: rows in
-        tiles of ROW_TILE, and within a tile group by group, the tile's rows
-        one after another: row r's group g sits at block
-        (r // ROW_TILE * n_groups + g) * ROW_TILE + r % ROW_TILE, its G/2 code
-        bytes at codes[block * G/2 ...], its step and base (group_affine())
-        at step[block], base[block]. N is padded to a multiple of ROW_TILE
-        with zero rows. A program reading ROW_TILE rows (or a divisor of it)
-        group by group so walks one contiguous stream, which the CPU's
-        prefetchers follow; in the row layout its rows were ROW_TILE streams
-        of G/2 bytes each, and from DRAM the GEMV ran 1.5-1.9x slower."""
-        n, n_groups, half = self.shape[0], self.n_groups, self.group_size // 2
-        rows = -(-n // ROW_TILE) * ROW_TILE
+        """(codes, step, base) in the CPU kernels' row-tiled layout
+        (row_tiles.py): row r's group g at block b, its G/2 code bytes at
+        codes[b * G/2 ...], its step and base (group_affine()) at step[b],
+        base[b]. From DRAM the GEMV ran 1.5-1.9x slower on the row layout,
+        where a program's rows were ROW_TILE streams of G/2 bytes each."""
         step, base = self.group_affine()
-
-        def tiled(a, inner):
-            padded = np.zeros((rows, n_groups, inner), a.dtype)
-            padded[:n] = a.reshape(n, n_groups, inner)
-            return np.ascontiguousarray(
-                padded.reshape(rows // ROW_TILE, ROW_TILE, n_groups, inner)
-                .transpose(0, 2, 1, 3)).reshape(-1)
-
-        return tiled(self.codes, half), tiled(step, 1), tiled(base, 1)
+        return (row_tiled(self.codes, self.n_groups, self.group_size // 2),
+                row_tiled(step, self.n_groups, 1), row_tiled(base, self.n_groups, 1))
 
     def group_affine(self):
         """Per group fp32 (step, base), each [N, n_groups], with w = step * v(q) + base:

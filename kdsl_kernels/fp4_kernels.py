@@ -24,7 +24,8 @@ from kdsl.device_features import has_int16_pair_dot
 from .activations import swiglu
 from .elementwise import add, copy
 from .norms import rms_norm as rms_norm_rows
-from .fp4 import PackedWeight, ROW_TILE
+from .fp4 import PackedWeight
+from .row_tiles import ROW_TILE
 from .int16_x import int16_x_groups
 from .configs import RUNS, blocks_per_program
 from .matmul import panels_kernel, store_tile
@@ -623,7 +624,7 @@ def fp4_pack_panels_kernel(codes_ptr, step_ptr, base_ptr, oidx_ptr, ow_ptr, p_pt
 # (bench/llm.py --quants m0e4 --peers llama.cpp, alternated three times;
 # fourteenth session).
 CPU_BYTES_GEMV = {"BN": 8, "BK": 16, "lanes": "bytes", "num_threads": 1}
-CPU_INT16_GEMV = {"BN": 8, "per_cu": 1, "lanes": "int16", "num_threads": 1}
+CPU_INT16_GEMV = {"BN": 8, "lanes": "int16", "num_threads": 1}
 SMALL_CPU = 4        # compute units up to which the int16 GEMV runs one program per unit
 
 
@@ -869,9 +870,8 @@ def _launch_int16(x, norm_w, packed, arrays, tail, F, eps, cfg, fused, has_bias)
     BN, tiles = cfg["BN"], kdsl.cdiv(F, cfg["BN"])
     T = blocks_per_program(cfg, tiles, x.device)
     programs = kdsl.cdiv(tiles, T)
-    xq = scratch("fp4_gemv_int16_x", x.device, programs * n_groups * G // 2)
+    xq = scratch("fp4_gemv_int16_x", x.device, programs * n_groups * G, dtype=np.int16)
     xs = scratch("fp4_gemv_int16_scales", x.device, programs * 2 * n_groups)
-    xq = kdsl.Tensor(xq.buffer, (2 * xq.shape[0],), np.int16, x.device)
     even = F % (BN * T) == 0 and K % G == 0
     return fp4_gemv_int16_kernel[(programs,)](
         x, norm_w, arrays["tiled_codes"], arrays["tiled_step"], arrays["tiled_base"], *tail,

@@ -20,7 +20,7 @@ import kdsl.language as kl
 
 from .fp4_kernels import (CPU_BYTES_GEMV, _byte_chunk, fp4_gemv_bytes_rows, fp4_gemv_config,
                           fp4_gemv_rows)
-from .fp4 import ROW_TILE
+from .row_tiles import ROW_TILE
 from .rope import cos_sin_tables
 
 

@@ -23,10 +23,10 @@ from kdsl.device_features import has_int16_pair_dot
 from .configs import blocks_per_program
 from .elementwise import as_tensor, check_out
 from .int16_x import int16_x_groups
+from .row_tiles import ROW_TILE, row_tiled
 from .scratch import scratch
 
 GROUP = 32
-ROW_TILE = 8        # rows per tile of the CPU integer GEMV's layout (tiled_arrays)
 
 
 class Int8Weight:
@@ -73,27 +73,17 @@ class Int8Weight:
             self.device_arrays(device)
 
     def tiled_arrays(self, device):
-        """(codes, scales) in the row-tiled layout of the CPU's integer GEMV,
-        uploaded at the first call per device: rows in tiles of ROW_TILE (N
-        padded with zero rows), within a tile group by group, the tile's rows
-        one after another; row r's group g is block (r // ROW_TILE * n_groups
-        + g) * ROW_TILE + r % ROW_TILE, its codes at codes[block * 32 ...],
-        its scale (fp32) at scales[block]. A program reading a tile so walks
-        one contiguous stream."""
+        """(codes, scales) in the row-tiled layout of the CPU's integer GEMV
+        (row_tiles.py), uploaded at the first call per device: row r's group
+        g at block b, its codes at codes[b * 32 ...], its scale (fp32) at
+        scales[b]."""
         key = ("tiled", device.fingerprint)
         if key not in self._on_device:
-            n, k = self.shape
-            rows, n_groups = -(-n // ROW_TILE) * ROW_TILE, k // GROUP
-
-            def tiled(a, inner):
-                padded = np.zeros((rows, n_groups, inner), a.dtype)
-                padded[:n] = a.reshape(n, n_groups, inner)
-                return np.ascontiguousarray(
-                    padded.reshape(rows // ROW_TILE, ROW_TILE, n_groups, inner)
-                    .transpose(0, 2, 1, 3)).reshape(-1)
+            n_groups = self.shape[1] // GROUP
             self._on_device[key] = (
-                kdsl.tensor(tiled(self.codes, GROUP), device=device),
-                kdsl.tensor(tiled(self.scales.astype(np.float32), 1), device=device))
+                kdsl.tensor(row_tiled(self.codes, n_groups, GROUP), device=device),
+                kdsl.tensor(row_tiled(self.scales.astype(np.float32), n_groups, 1),
+                            device=device))
         return self._on_device[key]
 
     def __repr__(self):
@@ -264,15 +254,15 @@ def _linear_int16(x, packed, out, cfg):
     """out = x @ W.T through q8_gemv_int16_kernel (CPUs with pmaddwd)."""
     if not x.device.is_cpu:
         raise ValueError(f"int8.linear(): the int16-lane config runs on CPU devices only, and "
-                         f"{x.device} is not one")
+                         f"{x.device} is not one; pass config=None (the device's default) or "
+                         f"{{'BN': 8, 'num_threads': 32}}")
     (N, K), M = packed.shape, x.shape[0]
     codes, scales = packed.tiled_arrays(x.device)
     tiles = kdsl.cdiv(N, ROW_TILE)
     T = blocks_per_program(cfg, tiles, x.device)
     programs = kdsl.cdiv(tiles, T)
-    xq = scratch("q8_gemv_int16_x", x.device, programs * M * K // 2)
+    xq = scratch("q8_gemv_int16_x", x.device, programs * M * K, dtype=np.int16)
     xs = scratch("q8_gemv_int16_scales", x.device, programs * M * 2 * (K // GROUP))
-    xq = kdsl.Tensor(xq.buffer, (2 * xq.shape[0],), np.int16, x.device)
     q8_gemv_int16_kernel[(programs, M)](x, codes, scales, out, xq, xs, N, K, x.stride(0),
                                         out.stride(0), G=GROUP, R=ROW_TILE, T=T,
                                         num_threads=cfg["num_threads"])

@@ -14,12 +14,13 @@ import kdsl
 _BUFFERS = {}
 
 
-def scratch(purpose, device, n_floats, minimum=1 << 20):
-    """A float32 device buffer of at least `n_floats` (at least `minimum` when
-    first made) for `purpose` on `device`, reused by every call that asks."""
+def scratch(purpose, device, n, minimum=1 << 20, dtype=np.float32):
+    """A 1-D device buffer of at least `n` elements of `dtype` (at least
+    `minimum` when first made) for `purpose` on `device`, reused by every
+    call that asks."""
     key = (purpose, device.fingerprint)
     buf = _BUFFERS.get(key)
-    if buf is None or buf.size < n_floats:
-        buf = kdsl.empty((max(n_floats, minimum),), np.float32, device=device)
+    if buf is None or buf.size < n or buf.dtype != np.dtype(dtype):
+        buf = kdsl.empty((max(n, minimum),), dtype, device=device)
         _BUFFERS[key] = buf
     return buf
