@@ -24,18 +24,22 @@ RUNNING_MAX_START = -1.0e30
 
 
 @kdsl.jit
-def masked_scaled(x_row, cols, visible, scale, CAUSAL: kl.constexpr, EVEN: kl.constexpr):
-    """x[cols] * scale, -inf past the visible columns (masked after the
-    scaling, so a zero or negative scale cannot turn the padding into nan or +inf).
-    EVEN: every column of the block is in the row, so the load needs no mask
-    and only the causal limit masks."""
+def masked_scaled(x_row, cols, visible, scale, shift, CAUSAL: kl.constexpr, EVEN: kl.constexpr):
+    """x[cols] * scale - shift (one FMA), -inf past the visible columns (masked
+    after the scaling, so a zero or negative scale cannot turn the padding into
+    nan or +inf). EVEN: every column of the block is in the row, so the load
+    needs no mask and only the causal limit masks. The stored form's
+    exponential pass subtracts the row maximum here: written as a multiply
+    and a subtract PoCL kept two instructions per 8 elements."""
     if EVEN and CAUSAL:
-        x = kl.where(cols < visible, kl.load(x_row + cols) * scale, -float("inf"))
+        x = kl.where(cols < visible, kl.fma(kl.load(x_row + cols), scale, -shift),
+                     -float("inf"))
     elif EVEN:
-        x = kl.load(x_row + cols) * scale
+        x = kl.fma(kl.load(x_row + cols), scale, -shift)
     else:
         mask = cols < visible
-        x = kl.where(mask, kl.load(x_row + cols, mask=mask, other=0.0) * scale, -float("inf"))
+        x = kl.where(mask, kl.fma(kl.load(x_row + cols, mask=mask, other=0.0), scale, -shift),
+                     -float("inf"))
     return x
 
 
@@ -54,7 +58,8 @@ def running_max_pass(x_row, offs, lo, hi, visible, scale, running_max, CAUSAL: k
     """running_max, maximised over the blocks of columns lo..hi (FULL: whole blocks)."""
     for start in range(lo, hi, BLOCK):
         running_max = kl.maximum(running_max,
-                                 masked_scaled(x_row, start + offs, visible, scale, CAUSAL, FULL))
+                                 masked_scaled(x_row, start + offs, visible, scale, 0.0, CAUSAL,
+                                               FULL))
     return running_max
 
 
@@ -65,7 +70,7 @@ def stored_exp_pass(x_row, out_row, offs, lo, hi, visible, scale, row_max, runni
     """out = exp(x - row_max) over the blocks of columns lo..hi; returns running_sum plus them."""
     for start in range(lo, hi, BLOCK):
         num = exp_nonpositive(
-            masked_scaled(x_row, start + offs, visible, scale, CAUSAL, FULL) - row_max, EXP)
+            masked_scaled(x_row, start + offs, visible, scale, row_max, CAUSAL, FULL), EXP)
         running_sum += num
         store_cols(out_row, start + offs, num, N, FULL)
     return running_sum
@@ -90,7 +95,7 @@ def online_sum_pass(x_row, offs, lo, hi, visible, scale, running_max, running_su
                     EXP: kl.constexpr):
     """(running_max, running_sum) of the online softmax over the blocks of columns lo..hi."""
     for start in range(lo, hi, BLOCK):
-        x = masked_scaled(x_row, start + offs, visible, scale, CAUSAL, FULL)
+        x = masked_scaled(x_row, start + offs, visible, scale, 0.0, CAUSAL, FULL)
         new_max = kl.maximum(running_max, x)
         running_sum = (running_sum * exp_nonpositive(running_max - new_max, EXP)
                        + exp_nonpositive(x - new_max, EXP))
@@ -104,8 +109,8 @@ def online_out_pass(x_row, out_row, offs, lo, hi, visible, scale, row_max, inv_s
                     EXP: kl.constexpr):
     """out = exp(x - row_max) * inv_sum over the blocks of columns lo..hi."""
     for start in range(lo, hi, BLOCK):
-        x = masked_scaled(x_row, start + offs, visible, scale, CAUSAL, FULL)
-        store_cols(out_row, start + offs, exp_nonpositive(x - row_max, EXP) * inv_sum, N, FULL)
+        x = masked_scaled(x_row, start + offs, visible, scale, row_max, CAUSAL, FULL)
+        store_cols(out_row, start + offs, exp_nonpositive(x, EXP) * inv_sum, N, FULL)
 
 
 @kdsl.jit
@@ -134,7 +139,7 @@ def softmax_kernel(x_ptr, out_ptr, N, S, stride_x, stride_o, scale,
         visible = N - S + row % S + 1
     full = N - N % BLOCK             # columns in whole blocks
     if FORM == "one_pass":
-        x = masked_scaled(x_row, offs, visible, scale, CAUSAL, EVEN)
+        x = masked_scaled(x_row, offs, visible, scale, 0.0, CAUSAL, EVEN)
         num = exp_nonpositive(x - kl.max(x, axis=0), EXP)
         store_cols(out_row, offs, num / kl.sum(num, axis=0), N, EVEN)
     elif FORM == "stored":
