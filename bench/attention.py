@@ -1,6 +1,6 @@
 """kdsl_kernels.attention beside torch's scaled_dot_product_attention, measured in the same run.
 
-    python3 bench/attention.py [--quick] [--sweep] [--json PATH] [--no-plot]
+    python3 bench/attention.py [--quick] [--sweep] [--rounds N] [--json PATH] [--no-plot]
 
 Cases: causal prefill (the anchor: 1 x 32 heads x 512 x 128 on a CPU,
 x 2048 on a GPU), chunked prefill (128 new queries after 896 cached tokens,
@@ -10,6 +10,17 @@ products); decode in GB/s of K and V read, beside the device's float4 copy
 bandwidth. torch runs on CUDA where a GPU is present, else on the CPU with
 its default threads; its causal mask for S < T is passed explicitly (torch's
 is_causal aligns queries to the first keys, kdsl to the last).
+
+Each config is measured for --rounds rounds (3 by default), the copy
+bandwidth right after it in each (common.rounds_beside_copy); each figure
+keeps its best round. kdsl ms is device time (profiling events of the
+attention and split-reduce kernels), from which GFLOP/s, K+V GB/s and 'of
+copy bw' (against the best copy of the case's rounds) come; decode is timed
+with the caches flushed before each call, so K and V come from memory as in
+a model's decode step, where the layers' weights pass through the caches in
+between. wall ms is host time per call, calls back to back (launch cost
+included): vs torch divides torch's time by it, as both are what a caller
+waits for.
 """
 import statistics
 import sys
@@ -87,7 +98,7 @@ def torch_sdpa(q, k, v, causal):
     return statistics.median(times), dev, out[0].cpu().numpy()
 
 
-def measure(case, configs, copy_gbps, reps, rng):
+def measure(case, configs, reps, n_rounds, quick, rng):
     name, H, KVH, S, T, D, causal = case
     q = rng.standard_normal((H, S, D), dtype=np.float32)
     k = rng.standard_normal((KVH, T, D), dtype=np.float32)
@@ -98,23 +109,29 @@ def measure(case, configs, copy_gbps, reps, rng):
     kv_bytes = 2 * KVH * T * D * 4
     peer = torch_sdpa(q, k, v, causal)
     rows = []
+    copy_floats = (1 << 22) if quick else (1 << 26)
     for config in configs:
-        common.settle()              # torch's threads (timed in torch_sdpa) stop spinning
-        seconds = common.batch_time(lambda: attention(qt, kt, vt, causal=causal, out=out,
-                                               config=config), reps)
+        def run():
+            return attention(qt, kt, vt, causal=causal, out=out, config=config)
+        rounds = common.rounds_beside_copy(run, kdsl.current_device(), n_rounds, reps,
+                                           copy_floats, flush_cache=S == 1)
         if peer is not None and not np.allclose(out.numpy(), peer[2], rtol=1e-3, atol=1e-3):
             raise AssertionError(f"{name}: kdsl attention (config {config}) disagrees with torch")
+        seconds, wall = min(rounds["kdsl_s"]), min(rounds["wall_s"])
         used = dict(attention_config(S, T, D, H // KVH, KVH), **(config or {}))
         row = {"case": name, "H": H, "KVH": KVH, "S": S, "T": T, "D": D, "causal": causal,
-               "config": used, "kdsl_ms": seconds * 1e3, "kdsl_gflops": flops / seconds / 1e9,
-               "kv_gbps": common.gbps(kv_bytes, seconds), "of_copy": 0.0,
+               "config": used, "kdsl_ms": seconds * 1e3, "wall_ms": wall * 1e3,
+               "kdsl_gflops": flops / seconds / 1e9, "kv_gbps": common.gbps(kv_bytes, seconds),
+               "copy_gbps": max(rounds["copy_gbps"]), "rounds": rounds,
+               "caches_flushed": S == 1,
                "torch_ms": None, "torch_device": None, "torch_gflops": None, "vs_torch": None}
-        row["of_copy"] = row["kv_gbps"] / copy_gbps
+        row["of_copy"] = row["kv_gbps"] / row["copy_gbps"]
         if peer is not None:
             row.update(torch_ms=peer[0] * 1e3, torch_device=peer[1],
-                       torch_gflops=flops / peer[0] / 1e9, vs_torch=peer[0] / seconds)
+                       torch_gflops=flops / peer[0] / 1e9, vs_torch=peer[0] / wall)
         rows.append(row)
-        print(f"  {name}: {config or 'default'}: {row['kdsl_ms']:.2f} ms", flush=True)
+        print(f"  {name}: {config or 'default'}: {row['kdsl_ms']:.2f} ms device, "
+              f"{row['wall_ms']:.2f} ms wall", flush=True)
     best = min(rows, key=lambda r: r["kdsl_ms"])
     for row in rows:
         row["best"] = row is best
@@ -122,9 +139,10 @@ def measure(case, configs, copy_gbps, reps, rng):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    sweep = "--sweep" in argv          # also time the configs of CPU_SWEEP / GPU_SWEEP
-    args = common.parse_args(__doc__.splitlines()[0], [a for a in argv if a != "--sweep"])
+    args = common.parse_args(__doc__.splitlines()[0], argv, rounds=3, extra=[
+        (("--sweep",), {"action": "store_true",
+                        "help": "also time the configs of CPU_SWEEP / GPU_SWEEP"})])
+    sweep = args.sweep
     device = kdsl.current_device()
     cases = QUICK_CASES if args.quick else GPU_CASES if device.is_gpu else CPU_CASES
     configs = [None] + ((GPU_SWEEP if device.is_gpu else CPU_SWEEP) if sweep else [])
@@ -132,26 +150,30 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     rows = []
     for case in cases:
-        rows += measure(case, configs, copy_gbps, 2 if args.quick else 5, rng)
+        rows += measure(case, configs, 2 if args.quick else 5, args.rounds, args.quick, rng)
     best = [r for r in rows if r["best"]]
-    print("\nattention, best config per case; vs torch > 1 means kdsl is faster")
+    print("\nattention, best config per case. kdsl ms: device time (decode: caches flushed); "
+          "wall ms: per call, back to back; of copy bw: K+V GB/s over the best copy of the "
+          "case's rounds; vs torch = torch ms / wall ms, > 1 means kdsl is faster")
     common.print_table(best, [
         ("case", "case", "{}"), ("H", "H", "{}"), ("KVH", "KVH", "{}"), ("S", "S", "{}"),
         ("T", "T", "{}"), ("D", "D", "{}"), ("kdsl_ms", "kdsl ms", "{:.3f}"),
+        ("wall_ms", "wall ms", "{:.3f}"),
         ("kdsl_gflops", "kdsl GFLOP/s", "{:.1f}"), ("kv_gbps", "K+V GB/s", "{:.1f}"),
         ("of_copy", "of copy bw", "{:.0%}"), ("torch_ms", "torch ms", "{:.3f}"),
         ("vs_torch", "vs torch", "{:.2f}"),
     ] if all(r["torch_ms"] for r in best) else [
         ("case", "case", "{}"), ("kdsl_ms", "kdsl ms", "{:.3f}"),
+        ("wall_ms", "wall ms", "{:.3f}"), ("of_copy", "of copy bw", "{:.0%}"),
         ("kdsl_gflops", "kdsl GFLOP/s", "{:.1f}"), ("kv_gbps", "K+V GB/s", "{:.1f}")])
     path = common.write_results("attention", device, rows,
                                 {"copy_bandwidth_gbps": copy_gbps, "quick": args.quick,
-                                 "sweep": sweep}, args.json)
+                                 "sweep": sweep, "rounds": args.rounds}, args.json)
     print(f"\nwrote {path}")
     if not args.no_plot:
         labels = [r["case"] for r in best]
         xs = [2 ** i for i in range(len(best))]
-        series = {"kdsl": (xs, [r["kdsl_ms"] for r in best])}
+        series = {"kdsl (wall)": (xs, [r["wall_ms"] for r in best])}
         if all(r["torch_ms"] for r in best):
             series["torch SDPA"] = (xs, [r["torch_ms"] for r in best])
         plotted = common.plot_results(path.with_suffix(".png"),

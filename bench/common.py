@@ -115,6 +115,31 @@ def settle(seconds=0.3):
     time.sleep(seconds)
 
 
+def rounds_beside_copy(fn, device, rounds, reps, copy_floats, flush_cache=False):
+    """Time `fn` (a kdsl call) for `rounds` rounds, the float4 copy measured
+    right after it in each: {"kdsl_s": [...], "wall_s": [...], "copy_gbps": [...]}.
+
+    Per round: settle(); device seconds per call (kdsl.autotuner.time_call:
+    the summed profiling times of the kernels a call launched, median of
+    3 * reps calls; `flush_cache`: each call after a buffer larger than the
+    caches is overwritten, so its operands come from memory); wall seconds
+    per call (batch_time, launch cost included); the copy bandwidth of
+    `copy_floats` floats. On a shared machine whose speed moves between
+    bursts (this project's 2-core VM halves at times) a kernel's ratio to a
+    copy measured minutes before it measured the noise; a caller keeps each
+    figure's best round and divides by the best copy of the same rounds.
+    """
+    from kdsl.autotuner import time_call
+    out = {"kdsl_s": [], "wall_s": [], "copy_gbps": []}
+    for _ in range(rounds):
+        settle()
+        out["kdsl_s"].append(time_call(fn, warmup=1, rep=3 * reps, device=device,
+                                       flush_cache=flush_cache))
+        out["wall_s"].append(batch_time(fn, reps))
+        out["copy_gbps"].append(copy_bandwidth(device, n_floats=copy_floats))
+    return out
+
+
 def time_numpy(fn, warmup=1, min_reps=3, max_reps=30, budget_s=0.5):
     """The median wall-clock seconds of calling `fn()` (a numpy computation).
 

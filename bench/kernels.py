@@ -43,7 +43,6 @@ import numpy as np
 
 import kdsl
 import kdsl_kernels as kk
-from kdsl.autotuner import time_call
 from bench import common
 from kdsl_kernels.rope import inv_freq
 
@@ -198,17 +197,6 @@ def _softmax(rng, rows, n):
     return lambda: kk.softmax(tx, out=out), peer, 2 * rows * n * F32
 
 
-def kdsl_time(fn, reps, batches=3):
-    """(device seconds, wall seconds) per call of `fn`, a kdsl wrapper call.
-
-    Device: the median over `reps * batches` calls of the summed profiling
-    times of the kernels each call launched (kdsl.autotuner.time_call).
-    Wall: calls back to back, launch cost included (common.batch_time).
-    """
-    device_s = time_call(fn, warmup=1, rep=reps * batches)
-    return device_s, common.batch_time(fn, reps, batches)
-
-
 def torch_time(fn, reps, batches=3):
     """Seconds per call of `fn` (a torch call), after one warm-up call.
 
@@ -253,13 +241,7 @@ def main(argv=None):
     for name, label, setup in cases(args.quick):
         run, peer, nbytes = setup(rng)
         reps = 5 if label == "prefill" else 50
-        rounds = {"kdsl_s": [], "wall_s": [], "copy_gbps": []}
-        for _ in range(args.rounds):
-            common.settle()          # torch's threads from the last case stop spinning
-            seconds, wall = kdsl_time(run, reps)
-            rounds["kdsl_s"].append(seconds)
-            rounds["wall_s"].append(wall)
-            rounds["copy_gbps"].append(common.copy_bandwidth(device, n_floats=copy_floats))
+        rounds = common.rounds_beside_copy(run, device, args.rounds, reps, copy_floats)
         seconds, wall = min(rounds["kdsl_s"]), min(rounds["wall_s"])
         case_copy = max(rounds["copy_gbps"])
         row = {"kernel": name, "size": label, "bytes": nbytes, "kdsl_ms": seconds * 1e3,
