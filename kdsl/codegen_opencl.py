@@ -426,6 +426,13 @@ class Codegen:
         abs, and `where` on a float comparison."""
         if not (self.T == 1 and self.device.get("is_cpu") and n >= self.VECTOR):
             return False
+        if any(isinstance(a, ir.Value) and a.op == "dot" for a in v.args):
+            # `acc + kl.dot(a, b)`: float8 values built from the dot's scalar
+            # accumulators kept PoCL's SLP vectoriser off the dot's FMA chains
+            # (PoCL, M = 16 x 4096 x 4096, 8 x 8 tiles: 2048 scalar FMAs and
+            # 4446 stack moves per loop where per-slot code gets 256 8-wide
+            # FMAs; 56 against 7.8 ms)
+            return False
         dtypes = {a.dtype for a in v.args if isinstance(a, ir.Value)}
         if len(dtypes) != 1 or len(v.args) != sum(isinstance(a, ir.Value) for a in v.args):
             return v.op == "where" and self._vector_where(v)

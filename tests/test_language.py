@@ -1200,3 +1200,35 @@ def test_vector_arithmetic_matches_numpy(interpret, n, seed, specials):
             (kdsl.tensor(x), kdsl.tensor(y), out), {"N": n, "num_threads": 1})
         source = compile_kernel(vector_arith_kernel, values, threads).source
         assert "const float8 " in source and "as_int8(" in source and "select(" in source
+
+
+@kdsl.jit
+def dot_accumulate_kernel(a_ptr, b_ptr, c_ptr, M: kl.constexpr, N: kl.constexpr,
+                          K: kl.constexpr):
+    rm = kl.arange(0, M)
+    rn = kl.arange(0, N)
+    rk = kl.arange(0, K)
+    acc = kl.full((M, N), 1.0, kl.float32)
+    for _ in range(0, 2):
+        acc += kl.dot(kl.load(a_ptr + rm[:, None] * K + rk[None, :]),
+                      kl.load(b_ptr + rk[:, None] * N + rn[None, :]))
+    kl.store(c_ptr + rm[:, None] * N + rn[None, :], acc)
+
+
+@both_backends
+def test_dot_accumulated_by_add(interpret):
+    # `acc += kl.dot(a, b)` (the tutorial's form): on a CPU the add stays per slot
+    # (float8 values built from the dot's accumulators kept PoCL from vectorising
+    # the dot's FMAs: M = 16 GEMMs ran 7x slower)
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((8, 16)).astype(np.float32)
+    b = rng.standard_normal((16, 8)).astype(np.float32)
+    c = kdsl.empty((8, 8))
+    launch(dot_accumulate_kernel, interpret, (1,), kdsl.tensor(a), kdsl.tensor(b), c,
+           M=8, N=8, K=16, num_threads=1)
+    np.testing.assert_allclose(c.numpy(), 1.0 + 2 * (a @ b), rtol=1e-5, atol=1e-5)
+    if not interpret and kdsl.current_device().is_cpu:
+        from kdsl.launch import compile_kernel
+        values, threads = dot_accumulate_kernel.bind(
+            (kdsl.tensor(a), kdsl.tensor(b), c), {"M": 8, "N": 8, "K": 16, "num_threads": 1})
+        assert "float8" not in compile_kernel(dot_accumulate_kernel, values, threads).source
