@@ -161,7 +161,8 @@ def fp4_gemv_space(device, key):
     group per step, BK of its bytes at a time (16 or 32; 8 ran 2-4x slower);
     where the device has x86's pmaddwd also the int16-lane kernel (integer
     products, fp4_gemv_int16_kernel): 1, 2 or 4 programs per compute unit
-    over 8-row tiles, or T tiles of 8-32 rows per program.
+    over 8-row tiles, or T tiles of 8-32 rows per program; for groups of 64+
+    also with the codes read as bytes instead of 16-bit nibble planes.
     On a GPU: BN rows per work-group, BW packed 32-bit words (8 codes) per
     row per step."""
     N, K, words_per_group = key["N"], key["K"], key["G"] // 8
@@ -176,6 +177,9 @@ def fp4_gemv_space(device, key):
                          for p in (1, 2, 4)]
                         + [{"BN": bn, "T": t, "lanes": "int16", "num_threads": 1}
                            for bn, t in ((8, 1), (8, 4), (16, 1), (32, 1))])
+            if key["G"] % 64 == 0:            # the planes' default against the codes as bytes
+                configs += [{"BN": 8, "per_cu": p, "lanes": "int16", "planes": False,
+                             "num_threads": 1} for p in (1, 2)]
         return _enough_programs(configs, lambda c: _cpu_gemv_programs(c, N, device), device)
     threads = (32, 64, 128, 256)
     widths = [w for w in (4, 8, 16, 32, 64, 128, 256, 512) if w >= words_per_group]

@@ -199,6 +199,10 @@ class _DeviceArrays(dict):
         elif name == "words":
             codes = self["codes"]
             self[name] = kdsl.Tensor(codes.buffer, (codes.size // 4,), np.uint32, device)
+        elif name == "tiled_words16":
+            # the row-tiled codes as 16-bit words (the int16 GEMV's nibble planes)
+            codes = self["tiled_codes"]
+            self[name] = kdsl.Tensor(codes.buffer, (codes.size // 2,), np.int16, device)
         elif name in self._TILED:
             for key, a in zip(self._TILED, packed.tiled_layout()):
                 self[key] = kdsl.tensor(a if a.size else np.zeros(1, a.dtype), device=device)

@@ -329,29 +329,50 @@ def fp4_tile_split(row0, n_groups, BN: kl.constexpr, R: kl.constexpr, ALIGNED: k
 @kdsl.jit
 def fp4_int16_rows(codes_ptr, step_ptr, base_ptr, xq_ptr, xs_ptr, row0, N, n_groups,
                    G: kl.constexpr, BN: kl.constexpr, R: kl.constexpr, EVEN: kl.constexpr,
-                   ALIGNED: kl.constexpr):
+                   ALIGNED: kl.constexpr, PLANES: kl.constexpr):
     """(W x')[rn] for the BN rows rn = row0 + arange(BN) against the int16 x'
     of int16_x_groups: per group  step * d * (q . xq) + base * sum(x'), q . xq
-    an integer kl.dot of the group's 4-bit codes against its int16 x'."""
+    an integer kl.dot of the group's 4-bit codes against its int16 x'.
+
+    PLANES: codes_ptr is the codes as 16-bit words, and x' is in the planes'
+    order (int16_x.nibble_planes_x_order): the group's G/4 words are read as
+    four planes of int16 lanes, each word's nibble p shifted down and masked,
+    so a dot over the G slots pairs plane p with its x'. The byte form
+    widens each of its G/2-byte loads to int16 (pmovzxbw) before the
+    products; the words need no widening."""
     HALF = G // 2
+    QW = G // 4
     rk = kl.arange(0, G)
     rn = row0 + kl.arange(0, BN)
     first, lanes = fp4_tile_split(row0, n_groups, BN, R, ALIGNED)
     y = kl.zeros((BN,), dtype=kl.float32)
     for g in range(0, n_groups):
         block = first + g * R
-        # element k of a group: the low nibble of byte k for k < G/2, else the high of byte k - G/2
-        c_ptrs = codes_ptr + block * HALF + (lanes * HALF)[:, None] + (rk % HALF)[None, :]
         if EVEN:
             a = kl.load(step_ptr + block + lanes)
             b = kl.load(base_ptr + block + lanes)
-            c = kl.load(c_ptrs)
         else:
             a = kl.load(step_ptr + block + lanes, mask=rn < N, other=0.0)
             b = kl.load(base_ptr + block + lanes, mask=rn < N, other=0.0)
-            c = kl.load(c_ptrs, mask=rn[:, None] < N, other=0)
-        q = ((c >> (rk // HALF * 4)[None, :]) & 15).to(kl.uint8)
-        qx = kl.sum(kl.dot(q, kl.load(xq_ptr + g * G + rk)[:, None]), axis=1)
+        if PLANES:
+            # slot k of the group: nibble plane k // QW of word k % QW
+            w_ptrs = codes_ptr + block * QW + (lanes * QW)[:, None] + (rk % QW)[None, :]
+            if EVEN:
+                w = kl.load(w_ptrs)
+            else:
+                w = kl.load(w_ptrs, mask=rn[:, None] < N, other=0)
+            q = ((w >> (rk // QW * 4)[None, :]) & 15).to(kl.int16)
+            qx = kl.sum(kl.dot(q, kl.load(xq_ptr + g * G + rk)[:, None]), axis=1)
+        else:
+            # element k of a group: the low nibble of byte k for k < G/2, else the high
+            # of byte k - G/2
+            c_ptrs = codes_ptr + block * HALF + (lanes * HALF)[:, None] + (rk % HALF)[None, :]
+            if EVEN:
+                c = kl.load(c_ptrs)
+            else:
+                c = kl.load(c_ptrs, mask=rn[:, None] < N, other=0)
+            q = ((c >> (rk // HALF * 4)[None, :]) & 15).to(kl.uint8)
+            qx = kl.sum(kl.dot(q, kl.load(xq_ptr + g * G + rk)[:, None]), axis=1)
         y += qx.to(kl.float32) * (a * kl.load(xs_ptr + 2 * g)) + b * kl.load(xs_ptr + 2 * g + 1)
     return y
 
@@ -362,7 +383,7 @@ def fp4_gemv_int16_kernel(x_ptr, norm_ptr, codes_ptr, step_ptr, base_ptr, y_ptr,
                           G: kl.constexpr, HAS_BIAS: kl.constexpr, EVEN: kl.constexpr,
                           GATED: kl.constexpr, NORM: kl.constexpr, ACCUMULATE: kl.constexpr,
                           BN: kl.constexpr, T: kl.constexpr, R: kl.constexpr,
-                          ALIGNED: kl.constexpr):
+                          ALIGNED: kl.constexpr, PLANES: kl.constexpr):
     """fp4_gemv_bytes_kernel for the uniform reading with integer products
     (same arguments, row-tiled layout, plus a scratch slot per program:
     n_groups * G int16 at xq_ptr, 2 * n_groups floats at xs_ptr). Each
@@ -376,17 +397,18 @@ def fp4_gemv_int16_kernel(x_ptr, norm_ptr, codes_ptr, step_ptr, base_ptr, y_ptr,
     pid = kl.program_id(0)
     xq_ptr += pid * (n_groups * G)
     xs_ptr += pid * (2 * n_groups)
-    squares = int16_x_groups(x_ptr, norm_ptr, xq_ptr, xs_ptr, K, n_groups, G, EVEN, NORM)
+    squares = int16_x_groups(x_ptr, norm_ptr, xq_ptr, xs_ptr, K, n_groups, G, EVEN, NORM,
+                             PLANES)
     for t in range(0, T):
         row0 = (pid * T + t) * BN
         rn = row0 + kl.arange(0, BN)
         y = fp4_int16_rows(codes_ptr, step_ptr, base_ptr, xq_ptr, xs_ptr, row0, N, n_groups, G,
-                           BN, R, EVEN, ALIGNED)
+                           BN, R, EVEN, ALIGNED, PLANES)
         y = fp4_rows_epilogue(y, x_ptr, norm_ptr, squares, eps, bias_ptr, oidx_ptr, ow_ptr, rn,
                               N, K, n_out, HAS_BIAS, NORM)
         if GATED:
             up = fp4_int16_rows(codes_ptr, step_ptr, base_ptr, xq_ptr, xs_ptr, row0 + F, N,
-                                n_groups, G, BN, R, EVEN, ALIGNED)
+                                n_groups, G, BN, R, EVEN, ALIGNED, PLANES)
             up = fp4_rows_epilogue(up, x_ptr, norm_ptr, squares, eps, bias_ptr, oidx_ptr,
                                    ow_ptr, rn + F, N, K, n_out, HAS_BIAS, NORM)
             y = y * kl.sigmoid(y) * up
@@ -653,9 +675,9 @@ def gemv_default(device, K=None):
 def fp4_gemv_config(packed, device):
     """The GEMV's config for this weight on `device`: tuned, else gemv_default."""
     N, K = packed.shape
-    # the CPU kernels' forms: byte lanes take BK, int16 lanes runs of tiles
+    # the CPU kernels' forms: byte lanes take BK, int16 lanes runs of tiles and planes
     return _config("fp4_gemv", {"N": N, "K": K, "G": packed.group_size},
-                   gemv_default(device, K), optional=("BK",) + RUNS)
+                   gemv_default(device, K), optional=("BK", "planes") + RUNS)
 
 
 def gemm_default(device, M=None, N=None, K=None):
@@ -873,11 +895,14 @@ def _launch_int16(x, norm_w, packed, arrays, tail, F, eps, cfg, fused, has_bias)
     xq = scratch("fp4_gemv_int16_x", x.device, programs * n_groups * G, dtype=np.int16)
     xs = scratch("fp4_gemv_int16_scales", x.device, programs * 2 * n_groups)
     even = F % (BN * T) == 0 and K % G == 0
+    # nibble planes where each plane's dot is whole pmaddwd steps (G/4 a multiple of 16)
+    planes = cfg.get("planes", True) and G % 64 == 0
     return fp4_gemv_int16_kernel[(programs,)](
-        x, norm_w, arrays["tiled_codes"], arrays["tiled_step"], arrays["tiled_base"], *tail,
-        xq, xs, N, K, n_groups, len(packed.outlier_idx), F, eps, G=G, HAS_BIAS=has_bias,
-        **fused, EVEN=even, BN=BN, T=T, R=ROW_TILE,
-        ALIGNED=_tile_aligned(BN, F if fused["GATED"] else 0), num_threads=cfg["num_threads"])
+        x, norm_w, arrays["tiled_words16" if planes else "tiled_codes"], arrays["tiled_step"],
+        arrays["tiled_base"], *tail, xq, xs, N, K, n_groups, len(packed.outlier_idx), F, eps,
+        G=G, HAS_BIAS=has_bias, **fused, EVEN=even, BN=BN, T=T, R=ROW_TILE,
+        ALIGNED=_tile_aligned(BN, F if fused["GATED"] else 0), PLANES=planes,
+        num_threads=cfg["num_threads"])
 
 
 def _launch_panels(x, packed, out, bias, cfg, arrays):

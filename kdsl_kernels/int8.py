@@ -175,7 +175,8 @@ def q8_gemv_int16_kernel(x_ptr, codes_ptr, scales_ptr, y_ptr, xq_ptr, xs_ptr, N,
     n_groups = K // G
     xq_ptr += slot * K
     xs_ptr += slot * (2 * n_groups)
-    int16_x_groups(x_ptr + m * stride_xm, x_ptr, xq_ptr, xs_ptr, K, n_groups, G, True, False)
+    int16_x_groups(x_ptr + m * stride_xm, x_ptr, xq_ptr, xs_ptr, K, n_groups, G, True, False,
+                   False)
     rr = kl.arange(0, R)
     rk = kl.arange(0, G)
     for t in range(0, T):

@@ -281,23 +281,32 @@ def test_byte_lane_gemv_in_interpreter(monkeypatch):
 
 @cpu_only
 @settings(max_examples=10, deadline=None)          # each draw compiles
-@given(n=st.integers(1, 70), k=st.integers(1, 300), group_size=st.sampled_from((16, 32, 64)),
-       reading=st.sampled_from(fp4.READINGS), bn=st.sampled_from((8, 16, 32)),
-       t=st.sampled_from((None, 1, 2, 3)), outliers=st.integers(0, 3), bias=st.booleans(),
+@given(n=st.integers(1, 70), k=st.integers(1, 300),
+       group_size=st.sampled_from((16, 32, 64, 128)), reading=st.sampled_from(fp4.READINGS),
+       bn=st.sampled_from((8, 16, 32)), t=st.sampled_from((None, 1, 2, 3)),
+       planes=st.booleans(), outliers=st.integers(0, 3), bias=st.booleans(),
        seed=st.integers(0, 2**16))
-@example(n=576, k=576, group_size=32, reading="e0m4", bn=8, t=4, outliers=0, bias=False,
-         seed=1)                                   # SmolLM2's shape, the default, EVEN
-@example(n=1, k=1, group_size=16, reading="e0m4", bn=8, t=None, outliers=0, bias=True, seed=2)
-@example(n=9, k=40, group_size=16, reading="e4m0", bn=8, t=1, outliers=1, bias=True,
-         seed=3)                                   # power-of-two grid: the byte-lane kernel
-@example(n=20, k=64, group_size=32, reading="e0m4", bn=8, t=4, outliers=0, bias=False,
-         seed=4)                                   # a program whose last tiles have no rows
-def test_int16_gemv_matches_reference(n, k, group_size, reading, bn, t, outliers, bias, seed):
+@example(n=576, k=576, group_size=32, reading="e0m4", bn=8, t=4, planes=True, outliers=0,
+         bias=False, seed=1)                       # SmolLM2's shape, the default, EVEN
+@example(n=1536, k=576, group_size=64, reading="e0m4", bn=8, t=4, planes=True, outliers=0,
+         bias=False, seed=5)                       # G = 64: codes read as nibble planes, EVEN
+@example(n=37, k=200, group_size=128, reading="e0m4", bn=8, t=2, planes=True, outliers=2,
+         bias=True, seed=6)                        # planes with row and K tails
+@example(n=1, k=1, group_size=16, reading="e0m4", bn=8, t=None, planes=True, outliers=0,
+         bias=True, seed=2)
+@example(n=9, k=40, group_size=16, reading="e4m0", bn=8, t=1, planes=True, outliers=1,
+         bias=True, seed=3)                        # power-of-two grid: the byte-lane kernel
+@example(n=20, k=64, group_size=32, reading="e0m4", bn=8, t=4, planes=False, outliers=0,
+         bias=False, seed=4)                       # a program whose last tiles have no rows
+def test_int16_gemv_matches_reference(n, k, group_size, reading, bn, t, planes, outliers, bias,
+                                      seed):
     # integer products against x rounded to int16 per group: row and K tails, programs
     # over one or several row tiles taken in turn (t; None: one program per compute
-    # unit), outliers, bias
+    # unit), codes as bytes or (G a multiple of 64, planes) as 16-bit nibble planes,
+    # outliers, bias
     _check_linear(1, n, k, group_size, min(outliers, k), reading, seed, bias=bias,
-                  config=dict(INT16_GEMV, BN=bn, **({"T": t} if t else {"per_cu": 1})))
+                  config=dict(INT16_GEMV, BN=bn, planes=planes,
+                              **({"T": t} if t else {"per_cu": 1})))
 
 
 @cpu_only
@@ -306,6 +315,7 @@ def test_int16_gemv_in_interpreter(monkeypatch):
     _check_linear(1, 20, 70, 32, 2, "e0m4", seed=3, config=INT16_GEMV)
     _check_linear(1, 16, 64, 16, 0, "e0m4", seed=4, config=dict(INT16_GEMV, BN=16))
     _check_linear(1, 40, 64, 32, 1, "e0m4", seed=5, config=dict(INT16_GEMV, T=3))
+    _check_linear(1, 21, 150, 64, 1, "e0m4", seed=6, config=dict(INT16_GEMV, T=2))  # planes
 
 
 def test_group_affine_is_the_dequantisation():
