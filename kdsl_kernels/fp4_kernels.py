@@ -895,7 +895,9 @@ def _launch_int16(x, norm_w, packed, arrays, tail, F, eps, cfg, fused, has_bias)
     xq = scratch("fp4_gemv_int16_x", x.device, programs * n_groups * G, dtype=np.int16)
     xs = scratch("fp4_gemv_int16_scales", x.device, programs * 2 * n_groups)
     even = F % (BN * T) == 0 and K % G == 0
-    # nibble planes where each plane's dot is whole pmaddwd steps (G/4 a multiple of 16)
+    # the codes as nibble planes for groups of 64+; at G = 32 the planes ran no
+    # faster than bytes (PoCL, warm: 4096 x 4096 0.36 against 0.32 ms, 576 x 1536
+    # 0.038 against 0.034; .scratch/s15/fp4g_cfg.py)
     planes = cfg.get("planes", True) and G % 64 == 0
     return fp4_gemv_int16_kernel[(programs,)](
         x, norm_w, arrays["tiled_words16" if planes else "tiled_codes"], arrays["tiled_step"],
