@@ -8,6 +8,7 @@ CompileError that points at the source.
 """
 import builtins
 import math
+import re
 import types as pytypes
 
 import numpy as np
@@ -1154,6 +1155,70 @@ class Checker:
         vals = [self._cast(self._require_value(node, v), kl.float32, node) for v in vals]
         vals, shape = self._unify_shapes(node, *vals)
         return ir.Value("math", vals, kl.float32, shape, False, {"fn": "fma"}, node)
+
+    # inline assembly: a constraint letter and the dtypes its register holds
+    _ASM_REGISTERS = {"r": (kl.int32, kl.uint32), "f": (kl.float32,)}
+
+    def _b_inline_asm_elementwise(self, node, args, kwargs):
+        b = self._args(node, "inline_asm_elementwise", args, kwargs,
+                       ["asm", "constraints", "args", "dtype", "is_pure", "pack"], 4)
+        name = "kl.inline_asm_elementwise()"
+        text = self.expr(b["asm"])
+        if not isinstance(text, str):
+            raise self.error(b["asm"], f"{name}: asm must be a string, got "
+                                       f"{self._describe(text)}")
+        constraints = self.expr(b["constraints"])
+        if not isinstance(constraints, str):
+            raise self.error(b["constraints"], f"{name}: constraints must be a string such as "
+                                               f"\"=r,r,r\", got {self._describe(constraints)}")
+        operands = self.expr(b["args"])
+        if not isinstance(operands, tuple):
+            operands = (operands,)
+        dtype = self._dtype_arg(b["dtype"], self.expr(b["dtype"]), "inline_asm_elementwise")
+        pure = _py(self.expr(b["is_pure"])) if "is_pure" in b else True
+        if not isinstance(pure, bool):
+            raise self.error(b["is_pure"], f"{name}: is_pure must be True or False")
+        pack = self._constexpr_int(b["pack"], self.expr(b["pack"]), f"{name}: pack") \
+            if "pack" in b else 1
+        if pack != 1:
+            raise self.error(b["pack"], f"{name}: pack={pack} is not supported; one element "
+                                        f"per asm (pack=1)")
+        letters = [c.strip() for c in constraints.split(",")]
+        if len(letters) != 1 + len(operands) or not letters[0].startswith("="):
+            raise self.error(b["constraints"], f"{name}: constraints {constraints!r} must name "
+                                               f"the result (\"=r\" or \"=f\") and then each of "
+                                               f"the {len(operands)} args, comma-separated")
+        for i, letter in enumerate(letters):
+            letter = letter.lstrip("=")
+            allowed = self._ASM_REGISTERS.get(letter)
+            if allowed is None:
+                raise self.error(b["constraints"], f"{name}: constraint {letters[i]!r} is not "
+                                                   f"supported; use \"r\" (32-bit integer) or "
+                                                   f"\"f\" (float32)")
+            if i == 0 and dtype not in allowed:
+                raise self.error(b["dtype"], f"{name}: a {letters[0]!r} result holds "
+                                             f"{' or '.join(d.name for d in allowed)}, not "
+                                             f"{dtype.name}")
+        values = []
+        for i, v in enumerate(operands):
+            allowed = self._ASM_REGISTERS[letters[i + 1].lstrip("=")]
+            if isinstance(v, ir.Value) and (v.is_ptr or v.dtype not in allowed):
+                raise self.error(b["args"], f"{name}: argument {i} is {self._describe(v)}, "
+                                            f"but its constraint {letters[i + 1]!r} takes "
+                                            f"{' or '.join(d.name for d in allowed)}")
+            values.append(self._to_value(self._require_value(b["args"], v), allowed[0], node)
+                          if not isinstance(v, ir.Value) else v)
+        if not values:
+            raise self.error(b["args"], f"{name}: args must hold at least one operand")
+        values, shape = self._unify_shapes(node, *values)
+        # the text in C's asm syntax: %N operands, a literal % doubled
+        c_text = re.sub(r"\$(\d+)", r"%\1", text.replace("%", "%%"))
+        unsupported = self.error(node, f"{name}: this device's OpenCL compiler takes no "
+                                       f"inline PTX (NVIDIA's does); pick a portable form of "
+                                       f"the kernel for it")
+        return ir.Value("asm", values, dtype, shape, False,
+                        {"text": c_text, "constraints": letters, "pure": pure,
+                         "unsupported": unsupported}, node)
 
     def _b_multiple_of(self, node, args, kwargs):
         b = self._args(node, "multiple_of", args, kwargs, ["x", "n"], 2)

@@ -283,6 +283,11 @@ class Codegen:
             self.scope.memo[key] = [name]
             self._keep.append(v)
             return name
+        if v.op == "asm":
+            (name,) = self._asm(v, [[self.scalar(a)] for a in v.args], 1)
+            self.scope.memo[key] = [name]
+            self._keep.append(v)
+            return name
         expr = self._compute(v)
         name = self.fresh(v.name or v.op)
         if v.is_ptr:
@@ -382,6 +387,8 @@ class Codegen:
                 del s[axis]
                 out.append(inner[inner_layout.slot_index(s)])
             return out
+        if op == "asm":
+            return self._asm(v, [self.val(a, layout) for a in v.args], n)
         product = self._contractible_product(v)
         if product is not None:
             if self._vector_op(v, n) and self._vector_op(v.args[product], n):
@@ -392,6 +399,28 @@ class Codegen:
             return self._vector_slots(v, args, n, layout)
         exprs = [self._expr(v, [a[r] for a in args]) for r in range(n)]
         return self._define(v, exprs)
+
+    def _asm(self, v, args, n):
+        """n slots of kl.inline_asm_elementwise, one asm statement each (GCC's
+        syntax, which NVIDIA's OpenCL compiler takes for inline PTX); the
+        checker's CompileError where the device takes none."""
+        feature = self.device.get("inline_ptx")
+        if not (feature() if callable(feature) else feature):
+            raise v.attrs["unsupported"]
+        letters = v.attrs["constraints"]
+        text = (v.attrs["text"].replace("\\", "\\\\").replace('"', '\\"')
+                .replace("\n", "\\n"))
+        keyword = "asm" if v.attrs["pure"] else "asm volatile"
+        base = self.fresh("asm")
+        names = []
+        for r in range(n):
+            name = f"{base}_{r}"
+            self.names[name] = 1
+            operands = ", ".join(f'"{c}"({a[r]})' for c, a in zip(letters[1:], args))
+            self.line(f"{c_type(v.dtype)} {name};")
+            self.line(f'{keyword}("{text}" : "{letters[0]}"({name}) : {operands});')
+            names.append(name)
+        return names
 
     _VECTOR_MATH = frozenset({"exp", "exp2", "log", "log2", "sqrt", "rsqrt", "sin", "cos",
                               "sigmoid"})

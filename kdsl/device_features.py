@@ -21,6 +21,17 @@ __kernel void kdsl_probe_int16_pair_dot(__global const short* a, __global int* o
 """
 
 
+# GCC-style inline PTX, which NVIDIA's OpenCL compiler takes (kl.inline_asm_elementwise)
+_INLINE_PTX_PROBE = """
+__kernel void kdsl_probe_inline_ptx(__global int* out)
+{
+    int v;
+    asm("mov.b32 %0, %1;" : "=r"(v) : "r"(out[1]));
+    out[0] = v;
+}
+"""
+
+
 @functools.lru_cache(maxsize=None)
 def _builds(device, source, name):
     try:
@@ -34,3 +45,8 @@ def has_int16_pair_dot(device):
     """Whether `device` compiles __builtin_ia32_pmaddwd256 (x86 AVX2 through PoCL)."""
     return device.is_cpu and _builds(device, _INT16_PAIR_DOT_PROBE,
                                      "kdsl_probe_int16_pair_dot")
+
+
+def has_inline_ptx(device):
+    """Whether `device` compiles inline PTX in OpenCL C (NVIDIA's OpenCL does)."""
+    return _builds(device, _INLINE_PTX_PROBE, "kdsl_probe_inline_ptx")

@@ -635,6 +635,12 @@ def _to(value, dtype, bitcast=False):
     return _scalar_or_block(np.asarray(source).view(dtype.np))
 
 
+def _inline_asm(*args, **kwargs):
+    raise _Error("kl.inline_asm_elementwise(): the interpreter cannot run device assembly; "
+                 "test this form of the kernel on a device that takes it (NVIDIA's OpenCL), "
+                 "and its portable form here")
+
+
 def _loop_only(*args):
     raise _Error("range(), kl.range() and kl.static_range() are only for loops: "
                  "for i in range(...)")
@@ -653,6 +659,7 @@ _BUILTINS = {
     kl.maximum: _elementwise_pair(np.fmax, "maximum"),
     kl.minimum: _elementwise_pair(np.fmin, "minimum"),
     kl.fma: _fma, kl.multiple_of: _multiple_of, kl.cdiv: _cdiv,
+    kl.inline_asm_elementwise: _inline_asm,
     kl.range: _loop_only, kl.static_range: _loop_only, range: _loop_only,
 }
 

@@ -61,12 +61,14 @@ OPS = {
     "trans": "(args: x; attrs: perm)",
     "reshape": "(args: x)",
     "readvar": "the current value of a Var (attrs: var)",
+    "asm": "inline assembly per element (args: operands; attrs: text, constraints, pure, "
+           "unsupported: the CompileError for devices without it)",
 }
 
 # ops computed from their operands alone, with no memory access or exchange
 # between work-items: the back end may compute them in any layout.
 ELEMENTWISE = {"const", "arg", "program_id", "num_programs", "arange", "splat", "broadcast",
-               "expand", "binop", "unop", "cmp", "where", "cast", "math"}
+               "expand", "binop", "unop", "cmp", "where", "cast", "math", "asm"}
 
 
 @dataclass(eq=False)

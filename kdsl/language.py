@@ -259,6 +259,25 @@ def fma(x, y, z):
 
 
 @_builtin
+def inline_asm_elementwise(asm, constraints, args, dtype, is_pure=True, pack=1):
+    """Triton's escape hatch to the device's assembly: `asm` runs once per element.
+
+    asm: the instruction text, operands written $0 (the result), $1, $2, ...
+    for args in order; constraints: "=r,r,r" style, the result's then each
+    argument's ("r" a 32-bit integer register, "f" a float32 one); args: a
+    tuple of scalars or blocks (broadcast together); dtype: the result's
+    (kl.int32, kl.uint32 or kl.float32). is_pure=False keeps an asm the
+    compiler must not merge or drop; pack must be 1 (one element per asm).
+    The text is PTX, so the kernel builds only for NVIDIA's OpenCL (a
+    CompileError elsewhere and in the interpreter); a library kernel picks
+    such a form by config, beside a portable one.
+
+    >>> d = kl.inline_asm_elementwise("dp4a.u32.s32 $0, $1, $2, $3;", "=r,r,r,r",
+    ...                               (codes, x_bytes, acc), kl.int32)
+    """
+
+
+@_builtin
 def multiple_of(x, n):
     """Hint: the scalar x is a multiple of n (lets the compiler drop bounds checks)."""
 

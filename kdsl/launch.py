@@ -15,7 +15,7 @@ from .cache import build_program
 from .checker import check
 from .codegen_opencl import c_kernel_name, generate
 from .device import current_device
-from .device_features import has_int16_pair_dot
+from .device_features import has_inline_ptx, has_int16_pair_dot
 from .errors import LaunchError
 from .simplify import remove_proven_masks
 from .tensor import Tensor, tensor
@@ -153,7 +153,8 @@ def compile_kernel(jit_fn, values, num_threads=None, device=None):
     remove_proven_masks(kernel_ir)
     source = generate(kernel_ir, {"is_cpu": device.is_cpu, "has_fp16": device.has_fp16,
                                   # asked (and probed) only by kernels that could use it
-                                  "int16_pair_dot": lambda: has_int16_pair_dot(device)})
+                                  "int16_pair_dot": lambda: has_int16_pair_dot(device),
+                                  "inline_ptx": lambda: has_inline_ptx(device)})
     program = build_program(device, source, kernel_ir.name)
     compiled = CompiledKernel(jit_fn, kernel_ir, source, program, threads, device)
     jit_fn._compiled[key] = compiled
