@@ -100,42 +100,23 @@ def test_emitted_asm_statements():
 
 
 @kdsl.jit
-def bad_constraints_kernel(x_ptr, out_ptr, BLOCK: kl.constexpr):
+def asm_call_kernel(x_ptr, out_ptr, TEXT: kl.constexpr, CONSTRAINTS: kl.constexpr,
+                    PACK: kl.constexpr, BLOCK: kl.constexpr):
     i = kl.arange(0, BLOCK)
-    kl.store(out_ptr + i, kl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r,r",
-                                                    (kl.load(x_ptr + i),), kl.int32))
+    kl.store(out_ptr + i, kl.inline_asm_elementwise(TEXT, CONSTRAINTS, (kl.load(x_ptr + i),),
+                                                    kl.int32, True, PACK))
 
 
-@kdsl.jit
-def bad_operand_kernel(x_ptr, out_ptr, BLOCK: kl.constexpr):
-    i = kl.arange(0, BLOCK)
-    kl.store(out_ptr + i, kl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r",
-                                                    (kl.load(x_ptr + i),), kl.int32))
-
-
-@kdsl.jit
-def bad_letter_kernel(x_ptr, out_ptr, BLOCK: kl.constexpr):
-    i = kl.arange(0, BLOCK)
-    kl.store(out_ptr + i, kl.inline_asm_elementwise("mov.b64 $0, $1;", "=l,l",
-                                                    (kl.load(x_ptr + i),), kl.int32))
-
-
-@kdsl.jit
-def bad_pack_kernel(x_ptr, out_ptr, BLOCK: kl.constexpr):
-    i = kl.arange(0, BLOCK)
-    kl.store(out_ptr + i, kl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r",
-                                                    (kl.load(x_ptr + i),), kl.int32, True, 4))
-
-
-@pytest.mark.parametrize("kernel, x_dtype, message", [
-    (bad_constraints_kernel, np.int32, "must name the result"),
-    (bad_operand_kernel, np.float32, "argument 0 is"),
-    (bad_letter_kernel, np.int32, "constraint '=l' is not supported"),
-    (bad_pack_kernel, np.int32, "pack=4 is not supported"),
+@pytest.mark.parametrize("constraints, x_dtype, pack, message", [
+    ("=r,r,r", np.int32, 1, "must name the result"),
+    ("=r,r", np.float32, 1, "argument 0 is"),
+    ("=l,l", np.int32, 1, "constraint '=l' is not supported"),
+    ("=r,r", np.int32, 4, "pack=4 is not supported"),
 ])
-def test_bad_calls_name_the_cause_and_place(kernel, x_dtype, message):
+def test_bad_calls_name_the_cause_and_place(constraints, x_dtype, pack, message):
     x = kdsl.tensor(np.zeros(8, x_dtype), dtype=x_dtype)
     out = kdsl.empty((8,), dtype=np.int32)
     with pytest.raises(kdsl.CompileError) as info:
-        kernel[(1,)](x, out, BLOCK=8)
+        asm_call_kernel[(1,)](x, out, TEXT="mov.b32 $0, $1;", CONSTRAINTS=constraints,
+                              PACK=pack, BLOCK=8)
     assert message in str(info.value) and "test_inline_asm.py:" in str(info.value)
