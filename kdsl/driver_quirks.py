@@ -1,4 +1,4 @@
-"""Work-arounds for OpenCL driver bugs, applied before a platform's devices start.
+"""Work-arounds for OpenCL driver behaviour, applied before a platform's devices start.
 
 PoCL 3.x built on LLVM 15 (Debian 12's pocl-opencl-icd) picks its AVX-512
 kernel library on CPUs that have AVX-512 (`pthread-skylake-avx512-...`), and
@@ -7,6 +7,18 @@ LLVM 15's x86 back end then aborts the whole process on some kernels
 attention kernel on a Zen 4 EPYC). The AVX2 library compiles them. PoCL
 reads `POCL_KERNELLIB_NAME` when its devices start (the first
 get_devices()), so kdsl sets it there unless the user chose a value.
+
+PoCL's CPU driver leaves its worker threads unpinned, and on a small VM
+(2 vCPUs here) the kernel's workers were at times stacked on one core: the
+512^3 GEMM's device time, calls one at a time, flipped between 1.4 and
+3.3 ms from one batch of calls to the next, where pinned workers
+(POCL_AFFINITY=1: worker i on CPU i) kept 1.5-1.8 ms. SmolLM2 m0e4 on the
+engine (bench/llm.py, alternated five times): decode 1.04-1.21x llama.cpp
+pinned in five runs of six (0.90x in the sixth) against 0.91-1.09x
+unpinned, prefill 543-587 tok/s in five of six against 464-594 (464-482 in
+four of five); fifteenth session, docs/performance.md. kdsl sets it where PoCL's workers may run
+on every CPU (no taskset or cpuset narrower than the machine, where CPU i
+could be outside the allowed set), unless the user chose a value.
 """
 import os
 import re
@@ -35,11 +47,23 @@ def _cpu_has_avx512():
         return False
 
 
+def _all_cpus_allowed():
+    """Whether this process may run on every CPU of the machine."""
+    try:
+        return len(os.sched_getaffinity(0)) == os.cpu_count()
+    except (AttributeError, OSError):            # no sched_getaffinity (not Linux)
+        return False
+
+
 def before_devices(platform):
-    """Call before platform.get_devices(): steer PoCL on LLVM <= 15 away from AVX-512."""
+    """Call before platform.get_devices(): steer PoCL on LLVM <= 15 away from
+    AVX-512, and pin PoCL's worker threads where every CPU is allowed."""
     if _affected_llvm(platform) and "POCL_KERNELLIB_NAME" not in os.environ \
             and _cpu_has_avx512():
         os.environ["POCL_KERNELLIB_NAME"] = "avx2"
+    if platform.name.strip() == _POCL and "POCL_AFFINITY" not in os.environ \
+            and _all_cpus_allowed():
+        os.environ["POCL_AFFINITY"] = "1"
 
 
 def check_device(cl_device):

@@ -1,4 +1,5 @@
-"""The PoCL/LLVM 15 AVX-512 work-around (kdsl/driver_quirks.py), with stand-in platforms."""
+"""PoCL work-arounds (kdsl/driver_quirks.py): the LLVM 15 AVX-512 library, pinned
+workers; with stand-in platforms."""
 import os
 from types import SimpleNamespace
 
@@ -57,3 +58,30 @@ def test_no_warning_for_a_safe_device(no_kernellib, recwarn):
     driver_quirks.check_device(SimpleNamespace(name="pthread-skylake-avx512-Xeon",
                                                platform=platform(version=POCL_17)))
     assert not recwarn.list
+
+
+@pytest.fixture
+def no_affinity(monkeypatch):
+    monkeypatch.setenv("POCL_AFFINITY", "placeholder")
+    monkeypatch.delenv("POCL_AFFINITY")
+
+
+@pytest.mark.parametrize("plat, all_cpus, expected", [
+    (platform(), True, "1"),
+    (platform(version=POCL_17), True, "1"),
+    (platform(), False, None),                    # taskset or a cpuset: CPU i may be outside
+    (platform(name="NVIDIA CUDA", version="OpenCL 3.0 CUDA 12.8"), True, None),
+])
+def test_pocl_workers_are_pinned_where_every_cpu_is_allowed(monkeypatch, no_affinity, plat,
+                                                            all_cpus, expected):
+    monkeypatch.setattr(driver_quirks, "_all_cpus_allowed", lambda: all_cpus)
+    monkeypatch.setattr(driver_quirks, "_cpu_has_avx512", lambda: False)
+    driver_quirks.before_devices(plat)
+    assert os.environ.get("POCL_AFFINITY") == expected
+
+
+def test_user_affinity_choice_is_kept(monkeypatch):
+    monkeypatch.setenv("POCL_AFFINITY", "0")
+    monkeypatch.setattr(driver_quirks, "_all_cpus_allowed", lambda: True)
+    driver_quirks.before_devices(platform())
+    assert os.environ["POCL_AFFINITY"] == "0"
