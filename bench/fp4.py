@@ -1,10 +1,11 @@
 """FP4 GEMV (decode) and GEMM (prefill) speed beside fp32 and the copy roofline.
 
-    python3 bench/fp4.py [--quick] [--sweep] [--json PATH] [--no-plot]
+    python3 bench/fp4.py [--quick] [--sweep] [--rounds N] [--json PATH] [--no-plot]
 
 GEMV: y = W x for a packed [N, K] weight (group size 64). Effective GB/s
 counts the bytes the kernel must read from the weight (codes, scales,
-offsets), as a fraction of the device's copy bandwidth (bench/common.py);
+offsets), as a fraction of the device's copy bandwidth (bench/common.py),
+measured beside the GEMV in each of --rounds rounds (best of each kept);
 beside it the fp32 `kdsl_kernels.matmul` GEMV on the same shape (16 bytes
 per 4-bit weight pair more), and the speed-up of FP4 over it. GEMM: x W.T at
 M = 128 in GFLOP/s against the fp32 matmul at the same shape. llama.cpp
@@ -15,7 +16,6 @@ Device times come from OpenCL profiling events (median); "per call" times
 are wall-clock over a queued batch of calls (launch overhead included), the
 same method for the fp4 and fp32 kernels.
 """
-import argparse
 import importlib.util
 import os
 import sys
@@ -76,7 +76,7 @@ def best_device_time(x, packed, out, candidates):
     return best
 
 
-def gemv_rows(shapes, sweep, copy_gbps, device, reps):
+def gemv_rows(shapes, sweep, device, reps, rounds, copy_floats):
     rng = np.random.default_rng(0)
     rows = []
     for n, k in shapes:
@@ -89,8 +89,14 @@ def gemv_rows(shapes, sweep, copy_gbps, device, reps):
         device_s, cfg = best_device_time(x, packed, out, candidates)
         np.testing.assert_allclose(out.numpy(), x_np @ fp4.dequantize(packed).T,
                                    rtol=1e-3, atol=1e-3)
-        common.settle()              # numpy's threads (the check above) stop spinning
-        fp4_call = common.batch_time(lambda: fp4.linear(x, packed, out=out, config=cfg), reps)
+        # the chosen config in rounds, the copy measured beside each (numpy's threads
+        # from the check above settle first)
+        rounds_ = common.rounds_beside_copy(
+            lambda: fp4.linear(x, packed, out=out, config=cfg), device, rounds, reps,
+            copy_floats)
+        device_s = min([device_s] + rounds_["kdsl_s"])
+        fp4_call = min(rounds_["wall_s"])
+        copy_gbps = max(rounds_["copy_gbps"])
         w_dev = kdsl.tensor(w)
         common.settle()
         fp32_call = common.batch_time(lambda: matmul(x, w_dev, trans_b=True, out=out), reps)
@@ -99,7 +105,7 @@ def gemv_rows(shapes, sweep, copy_gbps, device, reps):
         gbps = common.gbps(read, device_s)
         rows.append({
             "N": n, "K": k, "group": GROUP, "packed_bytes": packed.nbytes, "bytes_read": read,
-            "config": cfg,
+            "config": cfg, "rounds": rounds_, "copy_gbps": copy_gbps,
             "fp4_device_ms": device_s * 1e3, "fp4_gbps": gbps,
             "of_copy_bw": gbps / copy_gbps,
             "fp4_call_ms": fp4_call * 1e3, "fp32_call_ms": fp32_call * 1e3,
@@ -206,12 +212,8 @@ def print_row(row, columns):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="SmolLM2 shapes only, few reps")
-    parser.add_argument("--sweep", action="store_true", help="try several configs per shape")
-    parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--no-plot", action="store_true")
-    args = parser.parse_args()
+    args = common.parse_args(__doc__.splitlines()[0], rounds=3, extra=[
+        (("--sweep",), {"action": "store_true", "help": "try several configs per shape"})])
     device = kdsl.current_device()
     print(f"device: {device.name} ({device.platform_name}); load average "
           f"{os.getloadavg()[0]:.2f}")
@@ -220,8 +222,8 @@ def main():
     print(f"copy bandwidth (float4 copy, read + write): {copy_gbps:.1f} GB/s")
     reps = 5 if args.quick else 20
     shapes = GEMV_SHAPES[:4] if args.quick else GEMV_SHAPES
-    gemv = gemv_rows(shapes + (GPU_ONLY_GEMV if device.is_gpu else []), args.sweep, copy_gbps,
-                     device, reps)
+    gemv = gemv_rows(shapes + (GPU_ONLY_GEMV if device.is_gpu else []), args.sweep, device,
+                     reps, args.rounds, 1 << (24 if args.quick else 26))
     common.print_table(gemv, GEMV_COLUMNS)
     gemm = gemm_rows(GEMM_SHAPES[:3] if args.quick else GEMM_SHAPES, args.sweep, device, reps)
     common.print_table(gemm, GEMM_COLUMNS)
