@@ -1189,6 +1189,10 @@ class Checker:
                                                f"the result (\"=r\" or \"=f\") and then each of "
                                                f"the {len(operands)} args, comma-separated")
         for i, letter in enumerate(letters):
+            if i and letter.startswith("="):
+                raise self.error(b["constraints"], f"{name}: only the first constraint is the "
+                                                   f"result ('='); {letter!r} is argument "
+                                                   f"{i - 1}'s")
             letter = letter.lstrip("=")
             allowed = self._ASM_REGISTERS.get(letter)
             if allowed is None:
@@ -1202,7 +1206,9 @@ class Checker:
         values = []
         for i, v in enumerate(operands):
             allowed = self._ASM_REGISTERS[letters[i + 1].lstrip("=")]
-            if isinstance(v, ir.Value) and (v.is_ptr or v.dtype not in allowed):
+            wrong = (v.is_ptr or v.dtype not in allowed) if isinstance(v, ir.Value) else \
+                isinstance(_py(v), float) and not allowed[0].is_float
+            if wrong:
                 raise self.error(b["args"], f"{name}: argument {i} is {self._describe(v)}, "
                                             f"but its constraint {letters[i + 1]!r} takes "
                                             f"{' or '.join(d.name for d in allowed)}")

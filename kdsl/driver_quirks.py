@@ -15,7 +15,7 @@ PoCL's CPU driver leaves its worker threads unpinned, and on a small VM
 (POCL_AFFINITY=1: worker i on CPU i) kept 1.5-1.8 ms. SmolLM2 m0e4 on the
 engine (bench/llm.py, alternated five times): decode 1.04-1.21x llama.cpp
 pinned in five runs of six (0.90x in the sixth) against 0.91-1.09x
-unpinned, prefill 543-587 tok/s in five of six against 464-594 (464-482 in
+unpinned, prefill 544-587 tok/s in five of six against 464-594 (464-482 in
 four of five); fifteenth session, docs/performance.md. kdsl sets it where PoCL's workers may run
 on every CPU (no taskset or cpuset narrower than the machine, where CPU i
 could be outside the allowed set), unless the user chose a value.

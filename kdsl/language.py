@@ -266,8 +266,10 @@ def inline_asm_elementwise(asm, constraints, args, dtype, is_pure=True, pack=1):
     for args in order; constraints: "=r,r,r" style, the result's then each
     argument's ("r" a 32-bit integer register, "f" a float32 one); args: a
     tuple of scalars or blocks (broadcast together); dtype: the result's
-    (kl.int32, kl.uint32 or kl.float32). is_pure=False keeps an asm the
-    compiler must not merge or drop; pack must be 1 (one element per asm).
+    (kl.int32, kl.uint32 or kl.float32). is_pure=False writes `asm volatile`
+    (the device compiler neither merges nor moves it; kdsl itself emits an
+    asm only where its result is used, once per layout it is used in); pack
+    must be 1 (one element per asm).
     The text is PTX, so the kernel builds only for NVIDIA's OpenCL (a
     CompileError elsewhere and in the interpreter); a library kernel picks
     such a form by config, beside a portable one.

@@ -52,8 +52,10 @@ def exp_nonpositive(x, EXP: kl.constexpr):
         # t's low mantissa bits hold n + 0x400000; shifted by 23 (the 0x400000 and
         # t's exponent fall off the top) they are n in the exponent field, and
         # adding that to p's bits multiplies p by 2**n: exact while the result is
-        # normal, which x >= SMALLEST_NORMAL_LOG guarantees (n >= -126 and p >= 1
-        # there); one integer add where a float multiply by a built 2**n took two ops
+        # normal, which x >= SMALLEST_NORMAL_LOG guarantees (n >= -126, and where
+        # n = -126, r >= 0 so p >= 1); one integer add where a float multiply by a
+        # built 2**n took two ops. The int32 shift overflows by design: clang (PoCL,
+        # NVIDIA) emits a plain shl, and int32 keeps it in the CPU's 8-wide code
         y = (p.to(kl.int32, bitcast=True) + (t.to(kl.int32, bitcast=True) << 23)).to(
             kl.float32, bitcast=True)
         y = kl.where(x < SMALLEST_NORMAL_LOG, 0.0, y)

@@ -28,9 +28,11 @@ def masked_scaled(x_row, cols, visible, scale, shift, CAUSAL: kl.constexpr, EVEN
     """x[cols] * scale - shift (one FMA), -inf past the visible columns (masked
     after the scaling, so a zero or negative scale cannot turn the padding into
     nan or +inf). EVEN: every column of the block is in the row, so the load
-    needs no mask and only the causal limit masks. The stored form's
-    exponential pass subtracts the row maximum here: written as a multiply
-    and a subtract PoCL kept two instructions per 8 elements."""
+    needs no mask and only the causal limit masks. The passes that take
+    exponentials (stored_exp_pass, online_out_pass) subtract the row maximum
+    here: written as a multiply and a subtract PoCL kept two instructions per
+    8 elements. Fused, the row's largest element can come out half an ulp
+    above 0, which exp_nonpositive takes (e**x for x a little over 0)."""
     if EVEN and CAUSAL:
         x = kl.where(cols < visible, kl.fma(kl.load(x_row + cols), scale, -shift),
                      -float("inf"))

@@ -111,6 +111,7 @@ def asm_call_kernel(x_ptr, out_ptr, TEXT: kl.constexpr, CONSTRAINTS: kl.constexp
     ("=r,r,r", np.int32, 1, "must name the result"),
     ("=r,r", np.float32, 1, "argument 0 is"),
     ("=l,l", np.int32, 1, "constraint '=l' is not supported"),
+    ("=r,=r", np.int32, 1, "only the first constraint is the result"),
     ("=r,r", np.int32, 4, "pack=4 is not supported"),
 ])
 def test_bad_calls_name_the_cause_and_place(constraints, x_dtype, pack, message):
@@ -120,3 +121,16 @@ def test_bad_calls_name_the_cause_and_place(constraints, x_dtype, pack, message)
         asm_call_kernel[(1,)](x, out, TEXT="mov.b32 $0, $1;", CONSTRAINTS=constraints,
                               PACK=pack, BLOCK=8)
     assert message in str(info.value) and "test_inline_asm.py:" in str(info.value)
+
+
+@kdsl.jit
+def scalar_operand_kernel(x_ptr, out_ptr, BLOCK: kl.constexpr):
+    i = kl.arange(0, BLOCK)
+    kl.store(out_ptr + i, kl.inline_asm_elementwise("add.s32 $0, $1, $2;", "=r,r,r",
+                                                    (kl.load(x_ptr + i), 1.5), kl.int32))
+
+
+def test_a_float_for_an_integer_register_is_an_error():
+    with pytest.raises(kdsl.CompileError, match="argument 1 is"):
+        scalar_operand_kernel[(1,)](kdsl.tensor(np.zeros(8, np.int32), dtype=np.int32),
+                                    kdsl.empty((8,), dtype=np.int32), BLOCK=8)
