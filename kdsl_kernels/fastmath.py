@@ -6,10 +6,12 @@ PoCL's exp (its kernel library's 8-wide SLEEF-style routine) handles the
 whole float range and costs about a third of a softmax's time on this CPU;
 `exp_nonpositive` computes the same values in fewer instructions:
 e**x = 2**n * e**r with n = round(x / ln 2) (rounded by adding 1.5 * 2**23),
-r = x - n ln 2 in two steps (Cody and Waite), e**r by Cephes' degree-7
-polynomial for expf, and the multiply by 2**n as an integer add of n to the
-exponent field of e**r's bits. Within 1 ulp of e**x for -87.3 <= x <= 0
-(PoCL's exp: 0.96); below -87.3365 (= ln of the smallest normal float) it
+r = x - n ln 2 in two steps (Cody and Waite), e**r as 1 + r + r**2 P(r)
+with P of degree 4 (a minimax fit of the relative error over |r| <= ln 2 / 2
+by Lawson's iteration, 3.7e-9; Cephes' expf takes degree 5, one FMA more,
+for no ulp this needs), and the multiply by 2**n as an integer add of n to
+the exponent field of e**r's bits. Within 0.96 ulp of e**x for -87.3 <= x
+<= 0 (PoCL's exp: 0.96); below -87.3365 (= ln of the smallest normal float) it
 returns 0 where e**x is a denormal (below 1.2e-38; a softmax's sum is at
 least 1). Not for x > 88, where the exponent field overflows. A nan
 argument gives nan when its 9 lowest payload bits are zero, as for every
@@ -43,11 +45,10 @@ def exp_nonpositive(x, EXP: kl.constexpr):
         n = t - ROUND
         r = kl.fma(n, -LN2_HI, x)
         r = kl.fma(n, LN2_LO, r)
-        p = kl.fma(r, 1.9875691500e-4, 1.3981999507e-3)
-        p = kl.fma(p, r, 8.3334519073e-3)
-        p = kl.fma(p, r, 4.1665795894e-2)
-        p = kl.fma(p, r, 1.6666665459e-1)
-        p = kl.fma(p, r, 5.0000001201e-1)
+        p = kl.fma(r, 1.3879687758e-3, 8.3687007427e-3)
+        p = kl.fma(p, r, 4.1667226702e-2)
+        p = kl.fma(p, r, 1.6666521132e-1)
+        p = kl.fma(p, r, 4.9999997020e-1)
         p = kl.fma(p * r, r, r) + 1.0
         # t's low mantissa bits hold n + 0x400000; shifted by 23 (the 0x400000 and
         # t's exponent fall off the top) they are n in the exponent field, and
