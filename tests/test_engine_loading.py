@@ -3,12 +3,13 @@
 References: gguf's own quantiser and transformers (its GGUF reader, its
 GGUF-built tokenizer, its chat templates, its safetensors files).
 """
+import copy
 import importlib.util
 import os
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import assume, given, strategies as st
 
 from engine.config import ModelFormatError
 from engine.gguf_loader import GGUFModel, unpermute_rope_rows
@@ -213,8 +214,28 @@ def test_tokenizer_ids_equal_transformers(smollm2_tokenizers, text):
 
 @given(st.text(max_size=40))
 def test_tokenizer_random_text_equal_transformers(smollm2_tokenizers, text):
+    # SmolLM2's tokenizer splits digits one by one before GPT-2's byte-level split
+    # (its tokenizer.json: Digits(individual_digits) then ByteLevel; llama.cpp's
+    # "smollm" pre-tokenizer alike), and so does ours; transformers' GGUF loader
+    # keeps only the ByteLevel step. They agree on ASCII digits (the vocabulary has
+    # no multi-digit tokens) but not on other numerals: " ²" is [216, 19133] here
+    # and [3351, 127] there. Those texts are left out.
+    assume(not any(c.isnumeric() and not c.isascii() for c in text))
     ours, ref = smollm2_tokenizers
     assert ours.encode(text) == ref(text)["input_ids"]
+
+
+def test_tokenizer_numerals_equal_transformers_with_the_digit_split(smollm2_tokenizers):
+    # the texts left out above, against transformers' vocabulary and merges under
+    # SmolLM2's own pre-tokenizer (Digits one by one, then ByteLevel)
+    from tokenizers import pre_tokenizers
+    ours, ref = smollm2_tokenizers
+    backend = copy.deepcopy(ref.backend_tokenizer)
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    for text in (" ²", "x² + y³ = z⁴", "Ⅻ ½ ٣٤ ௫", "१२३ 45"):
+        assert ours.encode(text) == backend.encode(text, add_special_tokens=False).ids, text
 
 
 def test_chat_template_equal_transformers(smollm2_tokenizers):
