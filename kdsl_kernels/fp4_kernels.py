@@ -340,8 +340,7 @@ def fp4_int16_rows(codes_ptr, step_ptr, base_ptr, xq_ptr, xs_ptr, row0, N, n_gro
     so a dot over the G slots pairs plane p with its x'. The byte form
     widens each of its G/2-byte loads to int16 (pmovzxbw) before the
     products; the words need no widening."""
-    HALF = G // 2
-    QW = G // 4
+    SPAN = G // 2 // (1 + PLANES)         # code units (bytes, or 16-bit words) per group
     rk = kl.arange(0, G)
     rn = row0 + kl.arange(0, BN)
     first, lanes = fp4_tile_split(row0, n_groups, BN, R, ALIGNED)
@@ -354,25 +353,20 @@ def fp4_int16_rows(codes_ptr, step_ptr, base_ptr, xq_ptr, xs_ptr, row0, N, n_gro
         else:
             a = kl.load(step_ptr + block + lanes, mask=rn < N, other=0.0)
             b = kl.load(base_ptr + block + lanes, mask=rn < N, other=0.0)
-        if PLANES:
-            # slot k of the group: nibble plane k // QW of word k % QW
-            w_ptrs = codes_ptr + block * QW + (lanes * QW)[:, None] + (rk % QW)[None, :]
-            if EVEN:
-                w = kl.load(w_ptrs)
-            else:
-                w = kl.load(w_ptrs, mask=rn[:, None] < N, other=0)
-            q = ((w >> (rk // QW * 4)[None, :]) & 15).to(kl.int16)
-            qx = kl.sum(kl.dot(q, kl.load(xq_ptr + g * G + rk)[:, None]), axis=1)
+        # slot k of the group: nibble k // SPAN of code unit k % SPAN, the units bytes
+        # (the low nibble of byte k for k < G/2, else the high of byte k - G/2) or,
+        # with PLANES, 16-bit words (SPAN = G/4: plane k // SPAN of word k % SPAN)
+        c_ptrs = codes_ptr + block * SPAN + (lanes * SPAN)[:, None] + (rk % SPAN)[None, :]
+        if EVEN:
+            c = kl.load(c_ptrs)
         else:
-            # element k of a group: the low nibble of byte k for k < G/2, else the high
-            # of byte k - G/2
-            c_ptrs = codes_ptr + block * HALF + (lanes * HALF)[:, None] + (rk % HALF)[None, :]
-            if EVEN:
-                c = kl.load(c_ptrs)
-            else:
-                c = kl.load(c_ptrs, mask=rn[:, None] < N, other=0)
-            q = ((c >> (rk // HALF * 4)[None, :]) & 15).to(kl.uint8)
-            qx = kl.sum(kl.dot(q, kl.load(xq_ptr + g * G + rk)[:, None]), axis=1)
+            c = kl.load(c_ptrs, mask=rn[:, None] < N, other=0)
+        nibbles = (c >> (rk // SPAN * 4)[None, :]) & 15
+        if PLANES:
+            q = nibbles.to(kl.int16)
+        else:
+            q = nibbles.to(kl.uint8)
+        qx = kl.sum(kl.dot(q, kl.load(xq_ptr + g * G + rk)[:, None]), axis=1)
         y += qx.to(kl.float32) * (a * kl.load(xs_ptr + 2 * g)) + b * kl.load(xs_ptr + 2 * g + 1)
     return y
 
