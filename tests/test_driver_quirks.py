@@ -39,11 +39,15 @@ def test_kernellib_is_steered_only_for_pocl_on_llvm15_with_avx512(monkeypatch, n
     assert os.environ.get("POCL_KERNELLIB_NAME") == expected
 
 
-def test_user_choice_is_kept(monkeypatch):
-    monkeypatch.setenv("POCL_KERNELLIB_NAME", "avx512")
+@pytest.mark.parametrize("variable, choice", [("POCL_KERNELLIB_NAME", "avx512"),
+                                              ("POCL_AFFINITY", "0")])
+def test_user_choice_is_kept(monkeypatch, variable, choice):
+    # where kdsl would otherwise set each: AVX-512 on LLVM 15, every CPU allowed
+    monkeypatch.setenv(variable, choice)
     monkeypatch.setattr(driver_quirks, "_cpu_has_avx512", lambda: True)
+    monkeypatch.setattr(driver_quirks, "_all_cpus_allowed", lambda: True)
     driver_quirks.before_devices(platform())
-    assert os.environ["POCL_KERNELLIB_NAME"] == "avx512"
+    assert os.environ[variable] == choice
 
 
 def test_late_start_warns_with_the_fix(no_kernellib):
@@ -78,10 +82,3 @@ def test_pocl_workers_are_pinned_where_every_cpu_is_allowed(monkeypatch, no_affi
     monkeypatch.setattr(driver_quirks, "_cpu_has_avx512", lambda: False)
     driver_quirks.before_devices(plat)
     assert os.environ.get("POCL_AFFINITY") == expected
-
-
-def test_user_affinity_choice_is_kept(monkeypatch):
-    monkeypatch.setenv("POCL_AFFINITY", "0")
-    monkeypatch.setattr(driver_quirks, "_all_cpus_allowed", lambda: True)
-    driver_quirks.before_devices(platform())
-    assert os.environ["POCL_AFFINITY"] == "0"
