@@ -18,6 +18,15 @@ for:
 - rows: hand-written, a work-item owns whole groups of R rows, every row's
   codes loaded before any arithmetic, one FMA per product; m(q) from bits
   or the code masked in place and converted (x scaled by 2^-p to match);
+- idot: integer dot products, as llama.cpp's CUDA GEMV takes them: x
+  scaled per group to int8 (dp4a: 4 byte products per instruction) or
+  int16 (dp2a: 2 products, the numerics of kdsl's CPU GEMV), by a separate
+  kernel timed on its own (`xq_s`); each work-item takes whole groups of R
+  rows, 16-byte loads of codes, and applies the group's scale and offset
+  once to the integer sum. Through inline PTX where the device compiles it
+  (kdsl.device_features.has_inline_ptx), else the same products written in
+  C; checked against x rounded as the kernel rounds it (the int8 form's
+  error against the float x is printed: it is the price of its speed);
 - read: the same walk over codes, scales and offsets with no arithmetic, the
   ceiling a kernel reading this layout can reach.
 
@@ -58,12 +67,13 @@ from kdsl_kernels import fp4
 from kdsl.launch import compile_kernel
 from kdsl_kernels.fp4_kernels import launch_fp4
 
-SHAPES = [(16384, 8192, 32), (16384, 8192, 64), (11008, 4096, 32), (4096, 4096, 32)]
+SHAPES = [(16384, 8192, 32), (16384, 8192, 64), (11008, 4096, 32), (11008, 4096, 64),
+          (4096, 4096, 32)]
 QUICK_SHAPES = [(512, 1024, 32), (256, 576, 32)]
 FORMS = [(4, 128), (4, 256), (8, 128), (2, 256), (1, 256)]       # (BN, work-group size)
 ROW_FORMS = [(8, 128), (16, 128), (8, 256)]                       # (R, work-group size)
 EXTRACTS = {0: "bits", 1: "masked conversion"}
-FORM_NAMES = ("kdsl", "vec", "rows", "read")
+FORM_NAMES = ("kdsl", "vec", "rows", "dp4a", "dp2a", "read")
 
 SOURCE = r"""
 #define QW (G / 8)
@@ -216,6 +226,127 @@ void read_only_walk(__global const float* x, __global const uint* words,
 }
 """
 
+IDOT_SOURCE = r"""
+#define QW (G / 8)
+#define XW (G / XPW)                  /* words of quantised x per group */
+/* d + a . b, a: 4 x u8, b: 4 x s8 (dp4a) */
+inline int dot4(uint a, uint b, int d) {
+#if USE_PTX
+    int r; asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(d)); return r;
+#else
+    return d + (int)(a & 255u) * (int)(char)b + (int)((a >> 8) & 255u) * (int)(char)(b >> 8)
+             + (int)((a >> 16) & 255u) * (int)(char)(b >> 16) + (int)(a >> 24) * (int)(char)(b >> 24);
+#endif
+}
+/* d + a . (bytes 0, 1 of b) (dp2a.lo) and (bytes 2, 3) (dp2a.hi), a: 2 x s16 */
+inline int dot2lo(uint a, uint b, int d) {
+#if USE_PTX
+    int r; asm("dp2a.lo.s32.u32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(d)); return r;
+#else
+    return d + (int)(short)a * (int)(b & 255u) + (int)(short)(a >> 16) * (int)((b >> 8) & 255u);
+#endif
+}
+inline int dot2hi(uint a, uint b, int d) {
+#if USE_PTX
+    int r; asm("dp2a.hi.s32.u32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(d)); return r;
+#else
+    return d + (int)(short)a * (int)((b >> 16) & 255u) + (int)(short)(a >> 16) * (int)(b >> 24);
+#endif
+}
+
+/* x per group as integers: one work-group of G/4 work-items per group, each
+   four elements; xq packs XPW of them per word (XPW = 4: int8, 2: int16),
+   xd the group's step (max|x| / XMAX), xs its exact sum */
+__kernel __attribute__((reqd_work_group_size(G / 4, 1, 1)))
+void quantize_x(__global const float* x, __global uint* xq, __global float* xd,
+                __global float* xs)
+{
+    __local float part_max[G / 4], part_sum[G / 4];
+    const int g = get_group_id(0), lid = get_local_id(0);
+    const float4 v = vload4(g * (G / 4) + lid, x);
+    part_max[lid] = fmax(fmax(fabs(v.x), fabs(v.y)), fmax(fabs(v.z), fabs(v.w)));
+    part_sum[lid] = (v.x + v.y) + (v.z + v.w);
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int h = G / 8; h > 0; h >>= 1) {
+        if (lid < h) {
+            part_max[lid] = fmax(part_max[lid], part_max[lid + h]);
+            part_sum[lid] += part_sum[lid + h];
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    const float d = part_max[0] / XMAX, inv = d > 0.0f ? 1.0f / d : 0.0f;
+    const int4 q = convert_int4_rte(v * inv);
+#if XPW == 4
+    xq[g * XW + lid] = (q.x & 255) | (q.y & 255) << 8 | (q.z & 255) << 16 | (uint)q.w << 24;
+#else
+    xq[g * XW + 2 * lid] = (q.x & 65535) | (uint)q.y << 16;
+    xq[g * XW + 2 * lid + 1] = (q.z & 65535) | (uint)q.w << 16;
+#endif
+    if (lid == 0) { xd[g] = d; xs[g] = part_sum[0]; }
+}
+
+/* y = W x for R rows per work-group of T: work-item lid takes groups lid,
+   lid + T, ...; per group and row the codes' integer dot with xq, then
+   y += (s/16) d dot + (s + o) sum(x)  (w = s (1 + q/16) + o) */
+__kernel __attribute__((reqd_work_group_size(T, 1, 1)))
+void gemv_idot(__global const uint* xq, __global const float* xd, __global const float* xs,
+               __global const uint* words, __global const half* scales,
+               __global const half* offsets, __global float* y, int K)
+{
+    const int lid = get_local_id(0);
+    const int n_groups = K / G;
+    const int r0 = get_group_id(0) * R;
+    float acc[R];
+    for (int r = 0; r < R; r++) acc[r] = 0.0f;
+    for (int g = lid; g < n_groups; g += T) {
+        uint4 cw[R][QW / 4];
+        float s[R], o[R];
+        for (int r = 0; r < R; r++) {
+            const size_t base = (size_t)(r0 + r) * n_groups + g;
+            for (int j = 0; j < QW / 4; j++) cw[r][j] = ((__global const uint4*)(words + base * QW))[j];
+            s[r] = vload_half(base, scales);
+            o[r] = vload_half(base, offsets);
+        }
+        uint xw[XW];
+        for (int j = 0; j < XW / 4; j++) {
+            const uint4 v = ((__global const uint4*)(xq + g * XW))[j];
+            xw[4 * j] = v.x; xw[4 * j + 1] = v.y; xw[4 * j + 2] = v.z; xw[4 * j + 3] = v.w;
+        }
+        const float d = xd[g] * 0.0625f, sx = xs[g];
+        for (int r = 0; r < R; r++) {
+            int t = 0;
+            for (int j = 0; j < QW / 4; j++) {
+                const uint c[4] = {cw[r][j].x, cw[r][j].y, cw[r][j].z, cw[r][j].w};
+                for (int i = 0; i < 4; i++) {
+                    const int w = 4 * j + i;           /* elements 4w.. and G/2 + 4w.. */
+                    const uint lo = c[i] & 0x0F0F0F0Fu, hi = (c[i] >> 4) & 0x0F0F0F0Fu;
+#if XPW == 4
+                    t = dot4(lo, xw[w], t);
+                    t = dot4(hi, xw[QW + w], t);
+#else
+                    t = dot2lo(xw[2 * w], lo, t);
+                    t = dot2hi(xw[2 * w + 1], lo, t);
+                    t = dot2lo(xw[2 * QW + 2 * w], hi, t);
+                    t = dot2hi(xw[2 * QW + 2 * w + 1], hi, t);
+#endif
+                }
+            }
+            acc[r] = fma(s[r] * d, (float)t, fma(s[r] + o[r], sx, acc[r]));
+        }
+    }
+    __local float part[R * T];
+    for (int r = 0; r < R; r++) part[r * T + lid] = acc[r];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int h = T / 2; h > 0; h >>= 1) {
+        if (lid < h) for (int r = 0; r < R; r++) part[r * T + lid] += part[r * T + lid + h];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    if (lid < R) y[r0 + lid] = part[lid * T];
+}
+"""
+IDOT_FORMS = [(4, 64), (4, 128), (8, 64), (16, 64)]            # (R, work-group size)
+IDOT_X = {"dp4a": (4, 127.0), "dp2a": (2, 32767.0)}             # x values per word, largest |xq|
+
 
 def measure(device, N, K, G, rng, ptx_dir=None, report=None):
     w = rng.standard_normal((N, K)).astype(np.float32)
@@ -274,10 +405,75 @@ def measure(device, N, K, G, rng, ptx_dir=None, report=None):
                     program, f"rows_R{r}_T{threads}_E{extract}_G{G}", ptx_dir, device)
             if "gemv_rows" not in best or t < best["gemv_rows"][0]:
                 best["gemv_rows"] = (t, form)
+    for name, (t, form, xq_s, error) in idot_forms(device, packed, x, y, rng).items():
+        row[f"{name}_s"], row[f"{name}_form"], row[f"{name}_xq_s"] = t, form, xq_s
+        row[f"{name}_err"] = error
     row["vec_s"], row["vec_form"] = best["gemv_vec"]
     row["rows_s"], row["rows_form"] = best["gemv_rows"]
     row["read_s"], row["read_form"] = best["read_only_walk"]
     return row
+
+
+def idot_reference(packed, x, per_word, xmax):
+    """y of the integer-dot forms, in float64: x rounded per group as
+    quantize_x rounds it (float32 steps, round half to even) in the (s/16) q
+    term, the exact sum of x in the (s + o) term."""
+    N = packed.shape[0]
+    G = packed.group_size
+    xg = x.reshape(-1, G)
+    d = (np.abs(xg).max(axis=1) / np.float32(xmax)).astype(np.float32)
+    inv = np.where(d > 0, np.float32(1) / np.where(d > 0, d, 1), 0).astype(np.float32)
+    x_hat = (np.rint(xg * inv[:, None]) * d[:, None]).astype(np.float64)
+    q = fp4._unpack(packed.codes, G).astype(np.float64)          # [N, n_groups, G]
+    s = packed.scales.astype(np.float64)
+    o = packed.offsets.astype(np.float64)
+    return ((s / 16) * np.einsum("ngk,gk->ng", q, x_hat)
+            + (s + o) * xg.astype(np.float64).sum(axis=1)).sum(axis=1)
+
+
+def idot_forms(device, packed, x, y, rng):
+    """{name: (best device seconds, its form, x quantisation seconds, max error
+    against the float x)} of the dp4a and dp2a forms (IDOT_SOURCE)."""
+    from kdsl.device_features import has_inline_ptx
+    (N, K), G = packed.shape, packed.group_size
+    ptx = int(has_inline_ptx(device))
+    arrays = packed.device_arrays(device)
+    n_groups = K // G
+    flags = cl.mem_flags.READ_WRITE
+    xq = cl.Buffer(device.context, flags, 2 * K)
+    xd = cl.Buffer(device.context, flags, 4 * n_groups)
+    xs = cl.Buffer(device.context, flags, 4 * n_groups)
+    exact = (x.numpy() @ fp4.dequantize(packed).T)[0]
+    out = {}
+    for name, (per_word, xmax) in IDOT_X.items():
+        ref = idot_reference(packed, x.numpy()[0], per_word, xmax)
+        tolerance = 1e-4 * np.abs(ref).max() * np.sqrt(K)
+        best = None
+        for r, threads in IDOT_FORMS:
+            if N % r or threads > device.max_work_group_size or G // 4 > device.max_work_group_size:
+                continue
+            program = cl.Program(device.context, IDOT_SOURCE).build(
+                options=f"-DG={G} -DR={r} -DT={threads} -DXPW={per_word} "
+                        f"-DXMAX={xmax:.1f}f -DUSE_PTX={ptx}")
+            quant = cl.Kernel(program, "quantize_x")
+            quant.set_args(x.buffer, xq, xd, xs)
+            gemv = cl.Kernel(program, "gemv_idot")
+            gemv.set_args(xq, xd, xs, arrays["words"].buffer, arrays["scales"].buffer,
+                          arrays["offsets"].buffer, y.buffer, np.int32(K))
+            xq_s = common.time_launch(lambda: cl.enqueue_nd_range_kernel(
+                device.queue, quant, (n_groups * (G // 4),), (G // 4,))).device_s
+            t = common.time_launch(lambda: cl.enqueue_nd_range_kernel(
+                device.queue, gemv, (N // r * threads,), (threads,))).device_s
+            got = y.numpy()[0]
+            form = f"R={r} T={threads} {'ptx' if ptx else 'C'}"
+            if np.abs(got - ref).max() > tolerance:
+                raise AssertionError(f"{name} {form} at {N}x{K} G={G}: max error "
+                                     f"{np.abs(got - ref).max():.3g} against its rounded x")
+            if best is None or t < best[0]:
+                best = (t, form, xq_s, float(np.abs(got - exact).max() / np.abs(exact).max()))
+        if best is not None:
+            out[name] = best
+    return out
 
 
 def machine_code(program, name, out_dir, device):
@@ -337,6 +533,10 @@ def main(argv=None):
         ("vec_form", "vec form", "{}"),
         ("rows_gbps", "rows GB/s", "{:.1f}"), ("rows_of_copy", "of copy", "{:.2f}"),
         ("rows_form", "rows form", "{}"),
+        ("dp4a_of_copy", "dp4a of copy", "{:.2f}"), ("dp4a_xq_s", "x int8 s", "{:.2e}"),
+        ("dp4a_err", "dp4a err", "{:.1e}"), ("dp4a_form", "dp4a form", "{}"),
+        ("dp2a_of_copy", "dp2a of copy", "{:.2f}"), ("dp2a_xq_s", "x int16 s", "{:.2e}"),
+        ("dp2a_err", "dp2a err", "{:.1e}"), ("dp2a_form", "dp2a form", "{}"),
         ("read_gbps", "read GB/s", "{:.1f}"), ("read_of_copy", "of copy", "{:.2f}")])
     for row in rows:
         print(f"{row['shape']}: kdsl / rows {row['rows_s'] / row['kdsl_s']:.2f}, "
