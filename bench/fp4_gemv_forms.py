@@ -75,7 +75,7 @@ ROW_FORMS = [(8, 128), (16, 128), (8, 256)]                       # (R, work-gro
 EXTRACTS = {0: "bits", 1: "masked conversion"}
 FORM_NAMES = ("kdsl", "vec", "rows", "dp4a", "dp2a", "read")
 
-SOURCE = r"""
+HELPERS = r"""
 #define QW (G / 8)
 
 inline float m_of(uint c, int shift) { return as_float(((c >> shift) & 15u) << 19 | 0x3F800000u); }
@@ -107,6 +107,23 @@ inline void store_row_sums(const float* acc, int n, __local float* part, int lid
     if (lid < n) y[r0 + lid] = part[lid * T];
 }
 
+#ifdef R
+/* the codes (16-byte loads), scale and offset of group g of rows r0 .. r0 + R - 1 */
+inline void load_group_rows(__global const uint* words, __global const half* scales,
+                            __global const half* offsets, int r0, int g, int n_groups,
+                            uint4 cw[R][QW / 4], float* s, float* o)
+{
+    for (int r = 0; r < R; r++) {
+        const size_t base = (size_t)(r0 + r) * n_groups + g;
+        for (int j = 0; j < QW / 4; j++) cw[r][j] = ((__global const uint4*)(words + base * QW))[j];
+        s[r] = vload_half(base, scales);
+        o[r] = vload_half(base, offsets);
+    }
+}
+#endif
+"""
+
+SOURCE = HELPERS + r"""
 __kernel __attribute__((reqd_work_group_size(T, 1, 1)))
 void gemv_vec(__global const float* x, __global const uint* words, __global const half* scales,
               __global const half* offsets, __global float* y, int K)
@@ -160,12 +177,7 @@ void gemv_rows(__global const float* x, __global const uint* words, __global con
     for (int g = lid; g < n_groups; g += T) {
         uint4 cw[R][QW / 4];
         float s[R], o[R];
-        for (int r = 0; r < R; r++) {
-            const size_t base = (size_t)(r0 + r) * n_groups + g;
-            for (int j = 0; j < QW / 4; j++) cw[r][j] = ((__global const uint4*)(words + base * QW))[j];
-            s[r] = vload_half(base, scales);
-            o[r] = vload_half(base, offsets);
-        }
+        load_group_rows(words, scales, offsets, r0, g, n_groups, cw, s, o);
         float xs[G];
         const float sx = group_x(x, g, xs);
 #if EXTRACT == 1
@@ -226,8 +238,7 @@ void read_only_walk(__global const float* x, __global const uint* words,
 }
 """
 
-IDOT_SOURCE = r"""
-#define QW (G / 8)
+IDOT_SOURCE = HELPERS + r"""
 #define XW (G / XPW)                  /* words of quantised x per group */
 /* d + a . b, a: 4 x u8, b: 4 x s8 (dp4a) */
 inline int dot4(uint a, uint b, int d) {
@@ -301,12 +312,7 @@ void gemv_idot(__global const uint* xq, __global const float* xd, __global const
     for (int g = lid; g < n_groups; g += T) {
         uint4 cw[R][QW / 4];
         float s[R], o[R];
-        for (int r = 0; r < R; r++) {
-            const size_t base = (size_t)(r0 + r) * n_groups + g;
-            for (int j = 0; j < QW / 4; j++) cw[r][j] = ((__global const uint4*)(words + base * QW))[j];
-            s[r] = vload_half(base, scales);
-            o[r] = vload_half(base, offsets);
-        }
+        load_group_rows(words, scales, offsets, r0, g, n_groups, cw, s, o);
         uint xw[XW];
         for (int j = 0; j < XW / 4; j++) {
             const uint4 v = ((__global const uint4*)(xq + g * XW))[j];
@@ -334,14 +340,8 @@ void gemv_idot(__global const uint* xq, __global const float* xd, __global const
             acc[r] = fma(s[r] * d, (float)t, fma(s[r] + o[r], sx, acc[r]));
         }
     }
-    __local float part[R * T];
-    for (int r = 0; r < R; r++) part[r * T + lid] = acc[r];
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (int h = T / 2; h > 0; h >>= 1) {
-        if (lid < h) for (int r = 0; r < R; r++) part[r * T + lid] += part[r * T + lid + h];
-        barrier(CLK_LOCAL_MEM_FENCE);
-    }
-    if (lid < R) y[r0 + lid] = part[lid * T];
+    __local float partial[R * T];
+    store_row_sums(acc, R, partial, lid, y, r0);
 }
 """
 IDOT_FORMS = [(4, 64), (4, 128), (8, 64), (16, 64)]            # (R, work-group size)
