@@ -21,7 +21,7 @@ for:
 - idot: integer dot products, as llama.cpp's CUDA GEMV takes them: x
   scaled per group to int8 (dp4a: 4 byte products per instruction) or
   int16 (dp2a: 2 products, the numerics of kdsl's CPU GEMV), by a separate
-  kernel timed on its own (`xq_s`); each work-item takes whole groups of R
+  kernel timed on its own (the `x int8 s` and `x int16 s` columns); each work-item takes whole groups of R
   rows, 16-byte loads of codes, and applies the group's scale and offset
   once to the integer sum. Through inline PTX where the device compiles it
   (kdsl.device_features.has_inline_ptx), else the same products written in
@@ -405,7 +405,7 @@ def measure(device, N, K, G, rng, ptx_dir=None, report=None):
                     program, f"rows_R{r}_T{threads}_E{extract}_G{G}", ptx_dir, device)
             if "gemv_rows" not in best or t < best["gemv_rows"][0]:
                 best["gemv_rows"] = (t, form)
-    for name, (t, form, xq_s, error) in idot_forms(device, packed, x, y, rng).items():
+    for name, (t, form, xq_s, error) in idot_forms(device, packed, x, y, ref).items():
         row[f"{name}_s"], row[f"{name}_form"], row[f"{name}_xq_s"] = t, form, xq_s
         row[f"{name}_err"] = error
     row["vec_s"], row["vec_form"] = best["gemv_vec"]
@@ -431,9 +431,10 @@ def idot_reference(packed, x, per_word, xmax):
             + (s + o) * xg.astype(np.float64).sum(axis=1)).sum(axis=1)
 
 
-def idot_forms(device, packed, x, y, rng):
+def idot_forms(device, packed, x, y, exact):
     """{name: (best device seconds, its form, x quantisation seconds, max error
-    against the float x)} of the dp4a and dp2a forms (IDOT_SOURCE)."""
+    against the float x, whose product `exact` measure() computed)} of the
+    dp4a and dp2a forms (IDOT_SOURCE)."""
     from kdsl.device_features import has_inline_ptx
     (N, K), G = packed.shape, packed.group_size
     ptx = int(has_inline_ptx(device))
@@ -443,7 +444,6 @@ def idot_forms(device, packed, x, y, rng):
     xq = cl.Buffer(device.context, flags, 2 * K)
     xd = cl.Buffer(device.context, flags, 4 * n_groups)
     xs = cl.Buffer(device.context, flags, 4 * n_groups)
-    exact = (x.numpy() @ fp4.dequantize(packed).T)[0]
     out = {}
     for name, (per_word, xmax) in IDOT_X.items():
         ref = idot_reference(packed, x.numpy()[0], per_word, xmax)
