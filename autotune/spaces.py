@@ -28,6 +28,7 @@ import kdsl
 from kdsl import tuning_db
 from kdsl.device_features import has_int16_pair_dot
 from kdsl_kernels.configs import blocks_per_program
+from kdsl_kernels.fp4_kernels import gemv_default
 
 # How many configs a task times at most; the ones nearest the default (in
 # log2 of each parameter) are kept, so a cut space still searches around it.
@@ -164,7 +165,10 @@ def fp4_gemv_space(device, key):
     over 8-row tiles, or T tiles of 8-32 rows per program; for groups of 64+
     also with the codes read as bytes instead of 16-bit nibble planes.
     On a GPU: BN rows per work-group, BW packed 32-bit words (8 codes) per
-    row per step."""
+    row per step, dequantising in floats, and the same tiles with integer
+    products (lanes "idot", fp4_idot.py) at the x precision the device's
+    default takes (int8 where it compiles dp4a, else int16): the tuner picks
+    speed, never numerics."""
     N, K, words_per_group = key["N"], key["K"], key["G"] // 8
     if device.is_cpu:
         byte_steps = [bk for bk in (16, 32) if bk <= key["G"] // 2] or [key["G"] // 2]
@@ -187,6 +191,11 @@ def fp4_gemv_space(device, key):
                for bn, bw, deq, t in itertools.product((1, 2, 4, 8, 16), widths, GEMV_DEQUANTISE,
                                                        _work_group_sizes(device, threads))
                if t <= bn * bw and _within(bw * 8, K, [w * 8 for w in widths])]
+    xbits = gemv_default(device, K).get("XBITS", 16)
+    configs += [{"BN": bn, "BW": bw, "lanes": "idot", "XBITS": xbits, "num_threads": t}
+                for bn, bw, t in itertools.product((1, 2, 4, 8, 16), widths,
+                                                   _work_group_sizes(device, threads))
+                if t <= bn * bw and _within(bw * 8, K, [w * 8 for w in widths])]
     return _enough_programs(configs, lambda c: -(-N // c["BN"]), device)
 
 

@@ -12,7 +12,7 @@ import re
 
 from . import ir
 from . import language as kl
-from .layouts import (default_layout, dot_layout, dot_operand_layout,
+from .layouts import (default_layout, dot_layout, dot_operand_layout, owner_condition,
                       permute, remove_dim, slot_map)
 
 _PRELUDE = """\
@@ -747,15 +747,21 @@ class Codegen:
         reads use the new shape's indices over the same row-major order
         (kl.reshape)."""
         ctype = c_type(v.dtype, v.is_ptr)
+        # a block of pointers travels as 64-bit integers: a __global pointer
+        # cannot be an element of a __local array
+        slot_type = "ulong" if v.is_ptr else ctype
         self._smem(v.numel * 8)
         buf = self.fresh("xchg")
-        self.line(f"__local {ctype}* {buf} = (__local {ctype}*)kdsl_smem;")
+        self.line(f"__local {slot_type}* {buf} = (__local {slot_type}*)kdsl_smem;")
         self.line("barrier(CLK_LOCAL_MEM_FENCE);")
         for r in range(home.nslots):
-            self.line(f"{buf}[{self.flat_index(home, r, v.shape)}] = {own[r]};")
+            own_r = f"(ulong)({own[r]})" if v.is_ptr else own[r]
+            self.line(f"{buf}[{self.flat_index(home, r, v.shape)}] = {own_r};")
         self.line("barrier(CLK_LOCAL_MEM_FENCE);")
         shape = out_shape or v.shape
         exprs = [f"{buf}[{self.flat_index(layout, r, shape)}]" for r in range(layout.nslots)]
+        if v.is_ptr:
+            exprs = [f"({ctype})({e})" for e in exprs]
         names = self._define(v, exprs, ctype)
         return names
 
@@ -1256,20 +1262,28 @@ class Codegen:
     def _s_Store(self, s):
         layout = self.pref(s.value) or self.pref(s.ptr) or (
             default_layout(s.ptr.shape, self.T) if s.ptr.shape else None)
+        # one work-item writes each element (layouts.owner_condition): a
+        # read-modify-write in every replica would apply its change repeatedly
         if layout is None:
             p, val = self.scalar(s.ptr), self.scalar(s.value)
             m = self.scalar(s.mask) if s.mask is not None else None
-            self._store_slot(s.ptr.dtype, p, val, m)
+            self._store_slot(s.ptr.dtype, p, val, m, "lid == 0" if self.T > 1 else None)
             return
         p = self.val(s.ptr, layout)
         val = self.val(s.value, layout)
         m = self.val(s.mask, layout) if s.mask is not None else None
+        owner = owner_condition(layout)
+        if owner is not None:
+            guard = self.fresh("owner")
+            self.line(f"const bool {guard} = {owner};")
+            owner = guard
         for r in range(layout.nslots):
-            self._store_slot(s.ptr.dtype, p[r], val[r], m and m[r])
+            self._store_slot(s.ptr.dtype, p[r], val[r], m and m[r], owner)
 
-    def _store_slot(self, dtype, p, value, m):
+    def _store_slot(self, dtype, p, value, m, owner=None):
         write = f"vstore_half({value}, 0, {p});" if dtype == kl.float16 else f"*({p}) = {value};"
-        self.line(f"if ({m}) {write}" if m is not None else write)
+        cond = " && ".join(c for c in (owner, m) if c is not None)
+        self.line(f"if ({cond}) {write}" if cond else write)
 
     def _s_SetVar(self, s):
         var = s.var

@@ -159,6 +159,38 @@ def dot_operand_layout(c_layout, k, operand):
                    (1, c_layout.tdiv[1]), c_layout.num_threads)
 
 
+def owner_condition(layout):
+    """A C condition on `lid` true in exactly one work-item per element of the
+    block, or None when no element is held twice. Stores guard on it: where
+    work-items replicate a slot (a reduction's result, a block smaller than
+    the work-group), `kl.store(p, kl.load(p) + y)` in every replica would add
+    y again in each replica that loads after another's store."""
+    coords = element_coords(layout).reshape(-1, layout.rank)
+    every = {tuple(c) for c in coords}
+    if len(every) == len(coords):
+        return None
+    # the owner: each thread coordinate below its dimension's distinct count,
+    # and no work-item bits outside the layout's coordinates
+    lids = np.arange(layout.num_threads)
+    owners = np.ones(layout.num_threads, bool)
+    total = np.zeros(layout.num_threads, np.int64)
+    parts, used = [], []
+    for d in range(layout.rank):
+        tc = lids // layout.tdiv[d] % layout.tpd[d]
+        c_tc = f"(lid / {layout.tdiv[d]}) % {layout.tpd[d]}"
+        if layout.distinct_threads(d) < layout.tpd[d]:
+            owners &= tc < layout.distinct_threads(d)
+            parts.append(f"{c_tc} < {layout.distinct_threads(d)}")
+        total += tc * layout.tdiv[d]
+        used.append(f"({c_tc}) * {layout.tdiv[d]}")
+    owners &= total == lids
+    parts.append(f"lid == {' + '.join(used)}")
+    held = element_coords(layout)[owners].reshape(-1, layout.rank)
+    if len(held) != len(every) or {tuple(c) for c in held} != every:
+        raise AssertionError(f"owner_condition: no single owner per element in {layout}")
+    return " && ".join(f"({p})" for p in parts)
+
+
 # -------------------------------------------------------------- enumeration
 def _thread_coords(layout):
     """[T, rank] thread coordinate of every work-item along every dimension."""

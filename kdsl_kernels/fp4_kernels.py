@@ -25,6 +25,8 @@ from .activations import swiglu
 from .elementwise import add, copy
 from .norms import rms_norm as rms_norm_rows
 from .fp4 import PackedWeight
+from .fp4_epilogue import fp4_rows_epilogue, fp4_store_rows
+from .fp4_idot import launch_idot
 from .row_tiles import ROW_TILE
 from .int16_x import int16_x_groups
 from .configs import RUNS, blocks_per_program
@@ -173,41 +175,6 @@ def fp4_gemv_rows(x_ptr, norm_ptr, words_ptr, scales_ptr, offsets_ptr, bias_ptr,
     y = kl.sum(acc, axis=1)
     return fp4_rows_epilogue(y, x_ptr, norm_ptr, squares, eps, bias_ptr, oidx_ptr, ow_ptr, rn,
                              N, K, n_out, HAS_BIAS, NORM)
-
-
-@kdsl.jit
-def fp4_rows_epilogue(y, x_ptr, norm_ptr, squares, eps, bias_ptr, oidx_ptr, ow_ptr, rn, N, K,
-                      n_out, HAS_BIAS: kl.constexpr, NORM: kl.constexpr):
-    """y plus the outlier channels (fp16 residual columns beside the FP4 body),
-    then with NORM the RMS normalisation's 1/rms(x) (a common factor of the
-    row, so applied once to the sum: rms_norm(x) W^T = (x * w) W^T / rms(x)),
-    then the bias."""
-    for i in range(0, n_out):
-        col = kl.load(oidx_ptr + i)
-        xi = kl.load(x_ptr + col)
-        if NORM:
-            xi = xi * kl.load(norm_ptr + col)
-        y += kl.load(ow_ptr + rn * n_out + i, mask=rn < N, other=0.0) * xi
-    if NORM:
-        # reduced here, under NORM: on a GPU the sum across work-items costs barriers
-        y = y * kl.rsqrt(kl.sum(squares, axis=0) / K + eps)
-    if HAS_BIAS:
-        y += kl.load(bias_ptr + rn, mask=rn < N, other=0.0)
-    return y
-
-
-@kdsl.jit
-def fp4_store_rows(y_ptr, y, rn, F, EVEN: kl.constexpr, ACCUMULATE: kl.constexpr):
-    """y_ptr[rn] = y (+= y with ACCUMULATE, a residual add) for the rows below F
-    (all of them when EVEN)."""
-    if EVEN:
-        if ACCUMULATE:
-            y += kl.load(y_ptr + rn)
-        kl.store(y_ptr + rn, y)
-    else:
-        if ACCUMULATE:
-            y += kl.load(y_ptr + rn, mask=rn < F, other=0.0)
-        kl.store(y_ptr + rn, y, mask=rn < F)
 
 
 @kdsl.jit
@@ -846,13 +813,17 @@ def launch_fp4(x, packed, out, bias=None, config=None, gated=False, norm=None, a
                 BN=cfg["BN"], BK=_byte_chunk(packed.group_size, cfg.get("BK", 16)),
                 R=ROW_TILE, ALIGNED=_tile_aligned(cfg["BN"], F if gated else 0),
                 num_threads=cfg["num_threads"])
+        if lanes == "idot" and packed.reading == "e0m4":
+            # the power-of-two grid is not affine in q: it takes the float GEMV below
+            return launch_idot(x, norm_w, packed, arrays, tail, F, eps, cfg, fused,
+                               has_bias=bias is not None)
         # the words of a step must not straddle groups: at least G/8 of them
         words = max(cfg["BW"], packed.group_size // 8)
         even = (F % cfg["BN"] == 0 and K % packed.group_size == 0
                 and packed.codes.shape[1] // 4 % words == 0)
         return fp4_gemv_kernel[(kdsl.cdiv(F, cfg["BN"]),)](
             x, norm_w, arrays["words"], arrays["scales"], arrays["offsets"], *tail, N, K,
-            packed.n_groups, n_out, F, eps, **common, **fused, DEQ=cfg["DEQ"], EVEN=even,
+            packed.n_groups, n_out, F, eps, **common, **fused, DEQ=cfg.get("DEQ", "convert"), EVEN=even,
             BN=cfg["BN"], BW=words, num_threads=cfg["num_threads"])
     cfg = config or _config("fp4_gemm", {"M": M, "N": N, "K": K, "G": packed.group_size},
                             gemm_default(x.device, M, N, K))

@@ -1,0 +1,280 @@
+"""The FP4 GEMV with integer products (GPUs): x as int8 or int16 per group.
+
+For the uniform reading w = s (1 + q/16) + o, so a group's share of a row's
+dot product is (s/16) sum(q x) + (s + o) sum(x). With x ~ d * xq per group
+(xq integers, d = max|x| / XMAX) the first sum is d times an integer dot of
+the 4-bit codes with xq, which NVIDIA GPUs take four byte products at a
+time (dp4a: codes times int8 x) or two (dp2a: int16 x); the float work is
+then one conversion and two FMAs per 32-bit word of 8 codes, where the
+float GEMV (fp4_kernels.fp4_gemv_rows) spends an integer op or three and an
+FMA on every code. Hand-written, this form ran at 0.77-0.87 of the H100's
+copy bandwidth where the float one reached 0.4 (docs/fp4.md).
+
+Two launches: quantize_x_kernel (one program per group) writes xq, d/16 per
+group, sum(x') per code word (so the offset term needs no per-group step in
+the GEMV) and sum(x^2) per group (RMSNorm's, when it is fused); then
+fp4_gemv_idot_kernel reads the row layout's codes as 32-bit words, as
+fp4_gemv_kernel does. The dot products go through inline PTX where the
+device compiles it (kl.inline_asm_elementwise), else through the same
+integer arithmetic in the language (PoCL, the interpreter: the tests).
+
+The price is x's rounding: |x - d xq| <= d/2, so int8 x moved SmolLM2's
+outputs by up to 0.7 % of the largest one (docs/fp4.md); int16 x (XBITS=16)
+keeps the CPU GEMV's bound (int16_x.py) at dp2a's lower speed.
+"""
+import numpy as np
+
+import kdsl
+import kdsl.language as kl
+from kdsl.device_features import has_inline_ptx
+
+from .fp4_epilogue import fp4_rows_epilogue, fp4_store_rows
+from .scratch import scratch
+
+DP4A = "dp4a.u32.s32 $0, $1, $2, $3;"
+DP2A_LO = "dp2a.lo.s32.u32 $0, $1, $2, $3;"
+DP2A_HI = "dp2a.hi.s32.u32 $0, $1, $2, $3;"
+
+
+@kdsl.jit
+def signed_lane(v, lane: kl.constexpr, BITS: kl.constexpr):
+    """Lane `lane` of BITS-bit signed integers packed in the int32 block v, sign-extended."""
+    return (v << (32 - BITS * (lane + 1))) >> (32 - BITS)
+
+
+@kdsl.jit
+def code_byte(c, lane: kl.constexpr):
+    """Byte `lane` of the code word block c (int32; the codes' bytes are 0..15)."""
+    return (c >> (8 * lane)) & 255
+
+
+@kdsl.jit
+def dot4(codes, xw, acc, PTX: kl.constexpr):
+    """acc + the four byte products of codes (unsigned bytes) and xw (signed bytes)."""
+    if PTX:
+        acc = kl.inline_asm_elementwise(DP4A, "=r,r,r,r", (codes, xw, acc), kl.int32)
+    else:
+        for b in kl.static_range(4):
+            acc += code_byte(codes, b) * signed_lane(xw, b, 8)
+    return acc
+
+
+@kdsl.jit
+def dot2(xw, codes, acc, HIGH: kl.constexpr, PTX: kl.constexpr):
+    """acc + the two products of xw's int16 lanes with bytes 0, 1 (bytes 2, 3
+    with HIGH) of codes."""
+    if PTX:
+        if HIGH:
+            acc = kl.inline_asm_elementwise(DP2A_HI, "=r,r,r,r", (xw, codes, acc), kl.int32)
+        else:
+            acc = kl.inline_asm_elementwise(DP2A_LO, "=r,r,r,r", (xw, codes, acc), kl.int32)
+    else:
+        for h in kl.static_range(2):
+            acc += signed_lane(xw, h, 16) * code_byte(codes, 2 * HIGH + h)
+    return acc
+
+
+@kdsl.jit
+def pack_lanes(q, lane, BITS: kl.constexpr, FIRST: kl.constexpr, PER_WORD: kl.constexpr):
+    """The words packing q's [W, 4] integers, BITS each, PER_WORD to a word
+    (4 for int8, 2 for int16), from column FIRST on; disjoint bits, so a sum is an or."""
+    mask = (1 << BITS) - 1
+    mine = (lane >= FIRST) & (lane < FIRST + PER_WORD)
+    shift = kl.where(mine, BITS * (lane - FIRST), 0).to(kl.uint32)
+    shifted = (q & mask).to(kl.uint32) << shift[None, :]
+    return kl.sum(kl.where(mine[None, :], shifted, 0), axis=1)
+
+
+@kdsl.jit
+def quantize_x_kernel(x_ptr, norm_ptr, xq_ptr, xd_ptr, xsw_ptr, sq_ptr, K,
+                      G: kl.constexpr, XBITS: kl.constexpr, NORM: kl.constexpr,
+                      EVEN: kl.constexpr):
+    """Group g = program_id(0) of x' = x (times the norm weight with NORM) as
+    integers: xq = round(x' / d), d = max|x'| / XMAX (XMAX 127 or 32767), G * XBITS / 32
+    words per group, lanes in element order; xd[g] = d / 16; xsw[g * G/8 + w] =
+    the sum of x' over the 8 elements code word w multiplies (4w..4w+3 and
+    G/2 + 4w..); sq[g] = the sum of x^2 (before the norm weight). Elements past K
+    are 0."""
+    QW = G // 8
+    XMAX = 127.0 if XBITS == 8 else 32767.0
+    g = kl.program_id(0)
+    rw = kl.arange(0, QW)
+    lane = kl.arange(0, 4)
+    k_lo = g * G + 4 * rw[:, None] + lane[None, :]          # [QW, 4], the low nibbles' x
+    k_hi = k_lo + G // 2
+    if EVEN:
+        lo = kl.load(x_ptr + k_lo)
+        hi = kl.load(x_ptr + k_hi)
+    else:
+        lo = kl.load(x_ptr + k_lo, mask=k_lo < K, other=0.0)
+        hi = kl.load(x_ptr + k_hi, mask=k_hi < K, other=0.0)
+    kl.store(sq_ptr + g, kl.sum(kl.sum(lo * lo + hi * hi, axis=1), axis=0))
+    if NORM:
+        if EVEN:
+            lo = lo * kl.load(norm_ptr + k_lo)
+            hi = hi * kl.load(norm_ptr + k_hi)
+        else:
+            lo = lo * kl.load(norm_ptr + k_lo, mask=k_lo < K, other=0.0)
+            hi = hi * kl.load(norm_ptr + k_hi, mask=k_hi < K, other=0.0)
+    kl.store(xsw_ptr + g * QW + rw, kl.sum(lo + hi, axis=1))
+    amax = kl.max(kl.max(kl.maximum(kl.abs(lo), kl.abs(hi)), axis=1), axis=0)
+    inv = kl.where(amax > 0.0, XMAX / amax, 0.0)
+    kl.store(xd_ptr + g, amax * (0.0625 / XMAX))
+    # round to nearest (half away from zero): the conversion truncates
+    q_lo = (lo * inv + kl.where(lo >= 0.0, 0.5, -0.5)).to(kl.int32)
+    q_hi = (hi * inv + kl.where(hi >= 0.0, 0.5, -0.5)).to(kl.int32)
+    if XBITS == 8:
+        # word w of a group: elements 4w..4w+3; the high nibbles' x from word G/8 on
+        base = xq_ptr + g * (G // 4) + rw
+        kl.store(base, pack_lanes(q_lo, lane, 8, 0, 4))
+        kl.store(base + QW, pack_lanes(q_hi, lane, 8, 0, 4))
+    else:
+        # word w of a group: elements 2w, 2w + 1
+        base = xq_ptr + g * (G // 2) + 2 * rw
+        kl.store(base, pack_lanes(q_lo, lane, 16, 0, 2))
+        kl.store(base + 1, pack_lanes(q_lo, lane, 16, 2, 2))
+        kl.store(base + G // 4, pack_lanes(q_hi, lane, 16, 0, 2))
+        kl.store(base + G // 4 + 1, pack_lanes(q_hi, lane, 16, 2, 2))
+
+
+@kdsl.jit
+def idot_rows(xq_ptr, xd_ptr, xsw_ptr, words_ptr, scales_ptr, offsets_ptr, rn, N, n_groups,
+              G: kl.constexpr, XBITS: kl.constexpr, PTX: kl.constexpr, EVEN: kl.constexpr,
+              BN: kl.constexpr, BW: kl.constexpr):
+    """sum over K of W x' for the BN rows rn (before the epilogue), BW code
+    words of every row per step (BW >= G/8: a word never straddles groups).
+    Word w of a group holds elements 4w..4w+3 in its low nibbles and
+    G/2 + 4w.. in its high ones; its products with xq are summed as
+    integers, then (s d/16) * dot + (s + o) * sum(x' of the word's 8 elements)."""
+    QW = G // 8
+    XW = G * XBITS // 32                 # x words per group
+    rw = kl.arange(0, BW)
+    grp = rw // QW
+    in_grp = rw % QW
+    row_words = n_groups * QW
+    w_offs = rn[:, None] * row_words + rw[None, :]
+    s_offs = rn[:, None] * n_groups + grp[None, :]
+    if XBITS == 8:
+        x_offs = grp * XW + in_grp                   # the low nibbles' x word; + QW: the high
+    else:
+        x_offs = grp * XW + 2 * in_grp               # two words each, + G/4: the high
+    acc = kl.zeros((BN, BW), dtype=kl.float32)
+    for step in range(0, row_words, BW):
+        g0 = step // QW
+        xq_base = xq_ptr + g0 * XW + x_offs
+        if EVEN:
+            c = kl.load(words_ptr + step + w_offs)
+            s = kl.load(scales_ptr + g0 + s_offs).to(kl.float32)
+            o = kl.load(offsets_ptr + g0 + s_offs).to(kl.float32)
+            d = kl.load(xd_ptr + g0 + grp)
+            sxw = kl.load(xsw_ptr + step + rw)
+        else:
+            live_w = step + rw < row_words
+            live = (rn[:, None] < N) & live_w[None, :]
+            c = kl.load(words_ptr + step + w_offs, mask=live, other=0)
+            s = kl.load(scales_ptr + g0 + s_offs, mask=live, other=0.0).to(kl.float32)
+            o = kl.load(offsets_ptr + g0 + s_offs, mask=live, other=0.0).to(kl.float32)
+            d = kl.load(xd_ptr + g0 + grp, mask=live_w, other=0.0)
+            sxw = kl.load(xsw_ptr + step + rw, mask=live_w, other=0.0)
+        c = c.to(kl.int32, bitcast=True)
+        lo = c & 0x0F0F0F0F
+        hi = (c >> 4) & 0x0F0F0F0F
+        if XBITS == 8:
+            if EVEN:
+                x_lo = kl.load(xq_base)
+                x_hi = kl.load(xq_base + QW)
+            else:
+                x_lo = kl.load(xq_base, mask=live_w, other=0)
+                x_hi = kl.load(xq_base + QW, mask=live_w, other=0)
+            t = dot4(lo, x_lo.to(kl.int32, bitcast=True)[None, :], kl.zeros((BN, BW), kl.int32),
+                     PTX)
+            t = dot4(hi, x_hi.to(kl.int32, bitcast=True)[None, :], t, PTX)
+        else:
+            t = kl.zeros((BN, BW), kl.int32)
+            for j in kl.static_range(4):
+                # x words 0, 1 pair with the low nibbles' bytes 0-1 and 2-3, words 2, 3
+                # (G/4 further on) with the high nibbles'
+                off = (j // 2) * (G // 4) + j % 2
+                if EVEN:
+                    xw = kl.load(xq_base + off)
+                else:
+                    xw = kl.load(xq_base + off, mask=live_w, other=0)
+                if j < 2:
+                    t = dot2(xw.to(kl.int32, bitcast=True)[None, :], lo, t, j % 2, PTX)
+                else:
+                    t = dot2(xw.to(kl.int32, bitcast=True)[None, :], hi, t, j % 2, PTX)
+        acc += (s * d[None, :]) * t.to(kl.float32) + (s + o) * sxw[None, :]
+    return kl.sum(acc, axis=1)
+
+
+@kdsl.jit
+def norm_squares(sq_ptr, n_groups, BW: kl.constexpr):
+    """The per-group sums of x^2, gathered into a [BW] block (its sum is RMSNorm's)."""
+    rw = kl.arange(0, BW)
+    squares = kl.zeros((BW,), dtype=kl.float32)
+    for i in range(0, n_groups, BW):
+        squares += kl.load(sq_ptr + i + rw, mask=i + rw < n_groups, other=0.0)
+    return squares
+
+
+@kdsl.jit
+def fp4_gemv_idot_kernel(x_ptr, norm_ptr, xq_ptr, xd_ptr, xsw_ptr, sq_ptr, words_ptr,
+                         scales_ptr, offsets_ptr, y_ptr, bias_ptr, oidx_ptr, ow_ptr, N, K,
+                         n_groups, n_out, F, eps, G: kl.constexpr, XBITS: kl.constexpr,
+                         PTX: kl.constexpr, HAS_BIAS: kl.constexpr, EVEN: kl.constexpr,
+                         GATED: kl.constexpr, NORM: kl.constexpr, ACCUMULATE: kl.constexpr,
+                         BN: kl.constexpr, BW: kl.constexpr):
+    """fp4_gemv_kernel's y (same GATED, NORM, ACCUMULATE, bias and outliers)
+    from x quantised by quantize_x_kernel; x_ptr and norm_ptr serve the
+    outlier channels only."""
+    rn = kl.program_id(0) * BN + kl.arange(0, BN)
+    squares = kl.zeros((BW,), dtype=kl.float32)
+    if NORM:
+        squares = norm_squares(sq_ptr, n_groups, BW)
+    y = idot_rows(xq_ptr, xd_ptr, xsw_ptr, words_ptr, scales_ptr, offsets_ptr, rn, N, n_groups,
+                  G, XBITS, PTX, EVEN, BN, BW)
+    y = fp4_rows_epilogue(y, x_ptr, norm_ptr, squares, eps, bias_ptr, oidx_ptr, ow_ptr, rn, N,
+                          K, n_out, HAS_BIAS, NORM)
+    if GATED:
+        up = idot_rows(xq_ptr, xd_ptr, xsw_ptr, words_ptr, scales_ptr, offsets_ptr, rn + F, N,
+                       n_groups, G, XBITS, PTX, EVEN, BN, BW)
+        up = fp4_rows_epilogue(up, x_ptr, norm_ptr, squares, eps, bias_ptr, oidx_ptr, ow_ptr,
+                               rn + F, N, K, n_out, HAS_BIAS, NORM)
+        y = y * kl.sigmoid(y) * up
+    fp4_store_rows(y_ptr, y, rn, F, EVEN, ACCUMULATE)
+
+
+def x_buffers(device, n_groups, G, xbits):
+    """The scratch tensors quantize_x_kernel writes on `device` (xq as uint32
+    words, xd, xsw, sq), shared by every integer GEMV on it."""
+    return (scratch("fp4_idot_xq", device, n_groups * G * xbits // 32, dtype=np.uint32),
+            scratch("fp4_idot_xd", device, n_groups),
+            scratch("fp4_idot_xsw", device, n_groups * G // 8),
+            scratch("fp4_idot_sq", device, n_groups))
+
+
+def launch_idot(x, norm_w, packed, arrays, tail, F, eps, cfg, fused, has_bias):
+    """quantize_x_kernel into x_buffers(), then fp4_gemv_idot_kernel with BN
+    rows of BW words per program (cfg; XBITS 8 by default); returns the
+    GEMV's event. The dot products take inline PTX where the device compiles
+    it (cfg "PTX": False turns it off, for measuring)."""
+    (N, K), G, n_groups = packed.shape, packed.group_size, packed.n_groups
+    xbits = cfg.get("XBITS", 8)
+    if xbits not in (8, 16):
+        raise ValueError(f"fp4.linear(): the integer GEMV's XBITS must be 8 or 16, got {xbits!r}")
+    device = x.device
+    xq, xd, xsw, sq = x_buffers(device, n_groups, G, xbits)
+    even_k = K % G == 0
+    quantize_x_kernel[(n_groups,)](x, norm_w, xq, xd, xsw, sq, K, G=G, XBITS=xbits,
+                                   NORM=fused["NORM"], EVEN=even_k,
+                                   num_threads=cfg.get("x_threads", min(64, G // 2)))
+    words = max(cfg["BW"], G // 8)
+    even = F % cfg["BN"] == 0 and even_k and n_groups * G // 8 % words == 0
+    # the interpreter runs no device assembly: it takes the integer arithmetic
+    ptx = (cfg.get("PTX", True) and not fp4_gemv_idot_kernel.interpret
+           and has_inline_ptx(device))
+    return fp4_gemv_idot_kernel[(kdsl.cdiv(F, cfg["BN"]),)](
+        x, norm_w, xq, xd, xsw, sq, arrays["words"], arrays["scales"], arrays["offsets"], *tail,
+        N, K, n_groups, len(packed.outlier_idx), F, eps, G=G, XBITS=xbits, PTX=ptx,
+        HAS_BIAS=has_bias, **fused, EVEN=even, BN=cfg["BN"], BW=words,
+        num_threads=cfg["num_threads"])
