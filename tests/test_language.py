@@ -150,6 +150,33 @@ def test_reduction_over_work_items(interpret, num_threads):
         np.testing.assert_array_equal(out, [v.sum(), v.max(), v.argmin(), n], err_msg=f"n={n}")
 
 
+@kdsl.jit
+def accumulate_rows_kernel(x_ptr, y_ptr, total_ptr, ROWS: kl.constexpr, COLS: kl.constexpr):
+    """y[r] += the sum of row r, and total += all of x: read-modify-writes of
+    a reduction's result (held by several work-items) and of a scalar."""
+    r = kl.arange(0, ROWS)
+    c = kl.arange(0, COLS)
+    x = kl.load(x_ptr + r[:, None] * COLS + c[None, :])
+    # the sums first: their barriers must not separate the loads below from the stores
+    rows = kl.sum(x, axis=1)
+    everything = kl.sum(rows, axis=0)
+    kl.store(y_ptr + r, rows + kl.load(y_ptr + r))
+    kl.store(total_ptr, everything + kl.load(total_ptr))
+
+
+@both_backends
+@pytest.mark.parametrize("num_threads", [1, 2, 16, 64])
+def test_read_modify_write_of_replicated_elements_applies_once(interpret, num_threads):
+    # more work-items than the result has elements: each element is still written once
+    x = np.arange(4 * 8, dtype=np.float32).reshape(4, 8)
+    y = np.full(4, 100.0, np.float32)
+    total = np.full(1, 1.0, np.float32)
+    launch(accumulate_rows_kernel, interpret, (1,), x, y, total, ROWS=4, COLS=8,
+           num_threads=num_threads)
+    np.testing.assert_array_equal(y, 100.0 + x.sum(axis=1))
+    np.testing.assert_array_equal(total, [1.0 + x.sum()])
+
+
 # ----------------------------------------------------------------- where, masks
 @kdsl.jit
 def where_kernel(x_ptr, y_ptr, out_ptr, positive_ptr, n, BLOCK: kl.constexpr):
