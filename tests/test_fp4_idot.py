@@ -156,3 +156,38 @@ def test_bad_xbits_names_the_cause():
     packed = fp4.quantize(np.ones((4, 64), np.float32))
     with pytest.raises(ValueError, match="XBITS must be 8 or 16, got 4"):
         fp4.linear(np.ones((1, 64), np.float32), packed, config=dict(IDOT, XBITS=4))
+
+
+def test_engine_decode_with_the_integer_gemv(tmp_path, monkeypatch):
+    # a tiny m0e4 Llama whose decode GEMVs (norm, SwiGLU and residual fusions included)
+    # take the integer form: replayed steps equal eager ones (two launches per GEMV,
+    # x in shared scratch), and the logits stay within int16 x's rounding of the
+    # float GEMV's
+    pytest.importorskip("transformers")
+    from engine import LLM
+    from engine.graph import StepGraph
+    import kdsl_kernels.fp4_kernels as fp4_kernels
+    from test_engine_model import VOCAB, assert_close, decode_logits, save_tiny
+    save_tiny("llama", tmp_path)
+    ids = np.random.default_rng(2).integers(0, VOCAB, 12).tolist()
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(args[8])                # launch_idot's `fused`
+        return launch_idot(*args, **kwargs)
+
+    launch_idot = fp4_kernels.launch_idot
+    monkeypatch.setattr(fp4_kernels, "launch_idot", counted)
+    logits = {}
+    for name, cfg in (("float", {"BN": 4, "BW": 8, "DEQ": "convert", "num_threads": 1}),
+                      ("idot", dict(IDOT, XBITS=16, num_threads=1))):
+        monkeypatch.setattr(fp4_kernels, "gemv_default", lambda device, K=None, c=cfg: dict(c))
+        llm = LLM.load(tmp_path, quant="m0e4", chunk=8, context=64, use_cache=False,
+                       progress=False)
+        logits[name] = decode_logits(llm, ids, None)
+        if name == "idot":
+            graph = StepGraph()
+            np.testing.assert_array_equal(decode_logits(llm, ids, graph), logits[name])
+            assert graph.n_launches > 0
+    assert {f["NORM"] for f in calls} == {True, False} and any(f["GATED"] for f in calls)
+    assert_close(logits["idot"], logits["float"], rel=3e-4)
