@@ -90,10 +90,13 @@ def quantize_x_kernel(x_ptr, norm_ptr, xq_ptr, xd_ptr, xsw_ptr, sq_ptr, K,
                       G: kl.constexpr, XBITS: kl.constexpr, NORM: kl.constexpr,
                       EVEN: kl.constexpr):
     """Group g = program_id(0) of x' = x (times the norm weight with NORM) as
-    integers: xq = round(x' / d), d = max|x'| / XMAX (XMAX 127 or 32767), G * XBITS / 32
-    words per group, lanes in element order; xd[g] = d / 16; xsw[g * G/8 + w] =
-    the sum of x' over the 8 elements code word w multiplies (4w..4w+3 and
-    G/2 + 4w..); sq[g] = the sum of x^2 (before the norm weight). Elements past K
+    integers: xq = round(x' / d), G * XBITS / 32 words per group, lanes in
+    element order, d = max|x'| / XMAX over the group (int16, XMAX 32767) or
+    over each half of it (int8, XMAX 127: the halves the low and high
+    nibbles multiply, so an outlier of x coarsens 32 of its neighbours, not
+    64); xd[2g], xd[2g + 1] = the halves' d / 16; xsw[g * G/8 + w] = the sum
+    of x' over the 8 elements code word w multiplies (4w..4w+3 and G/2 +
+    4w..); sq[g] = the sum of x^2 (before the norm weight). Elements past K
     are 0."""
     QW = G // 8
     XMAX = 127.0 if XBITS == 8 else 32767.0
@@ -117,24 +120,32 @@ def quantize_x_kernel(x_ptr, norm_ptr, xq_ptr, xd_ptr, xsw_ptr, sq_ptr, K,
             lo = lo * kl.load(norm_ptr + k_lo, mask=k_lo < K, other=0.0)
             hi = hi * kl.load(norm_ptr + k_hi, mask=k_hi < K, other=0.0)
     kl.store(xsw_ptr + g * QW + rw, kl.sum(lo + hi, axis=1))
-    amax = kl.max(kl.max(kl.maximum(kl.abs(lo), kl.abs(hi)), axis=1), axis=0)
-    inv = kl.where(amax > 0.0, XMAX / amax, 0.0)
-    kl.store(xd_ptr + g, amax * (0.0625 / XMAX))
+    amax_lo = kl.max(kl.max(kl.abs(lo), axis=1), axis=0)
+    amax_hi = kl.max(kl.max(kl.abs(hi), axis=1), axis=0)
+    if XBITS == 16:
+        amax_lo = kl.maximum(amax_lo, amax_hi)
+        amax_hi = amax_lo
+    inv_lo = kl.where(amax_lo > 0.0, XMAX / amax_lo, 0.0)
+    inv_hi = kl.where(amax_hi > 0.0, XMAX / amax_hi, 0.0)
+    kl.store(xd_ptr + 2 * g, amax_lo * (0.0625 / XMAX))
+    kl.store(xd_ptr + 2 * g + 1, amax_hi * (0.0625 / XMAX))
     # round to nearest (half away from zero): the conversion truncates
-    q_lo = (lo * inv + kl.where(lo >= 0.0, 0.5, -0.5)).to(kl.int32)
-    q_hi = (hi * inv + kl.where(hi >= 0.0, 0.5, -0.5)).to(kl.int32)
+    q_lo = (lo * inv_lo + kl.where(lo >= 0.0, 0.5, -0.5)).to(kl.int32)
+    q_hi = (hi * inv_hi + kl.where(hi >= 0.0, 0.5, -0.5)).to(kl.int32)
+    # (the word offsets are written out in each store rather than kept in a
+    # pointer variable: moving a block of pointers between layouts crashed
+    # PoCL 3.1's kernel compiler at G = 16)
     if XBITS == 8:
         # word w of a group: elements 4w..4w+3; the high nibbles' x from word G/8 on
-        base = xq_ptr + g * (G // 4) + rw
-        kl.store(base, pack_lanes(q_lo, lane, 8, 0, 4))
-        kl.store(base + QW, pack_lanes(q_hi, lane, 8, 0, 4))
+        kl.store(xq_ptr + g * (G // 4) + rw, pack_lanes(q_lo, lane, 8, 0, 4))
+        kl.store(xq_ptr + g * (G // 4) + QW + rw, pack_lanes(q_hi, lane, 8, 0, 4))
     else:
         # word w of a group: elements 2w, 2w + 1
-        base = xq_ptr + g * (G // 2) + 2 * rw
-        kl.store(base, pack_lanes(q_lo, lane, 16, 0, 2))
-        kl.store(base + 1, pack_lanes(q_lo, lane, 16, 2, 2))
-        kl.store(base + G // 4, pack_lanes(q_hi, lane, 16, 0, 2))
-        kl.store(base + G // 4 + 1, pack_lanes(q_hi, lane, 16, 2, 2))
+        kl.store(xq_ptr + g * (G // 2) + 2 * rw, pack_lanes(q_lo, lane, 16, 0, 2))
+        kl.store(xq_ptr + g * (G // 2) + 2 * rw + 1, pack_lanes(q_lo, lane, 16, 2, 2))
+        kl.store(xq_ptr + g * (G // 2) + G // 4 + 2 * rw, pack_lanes(q_hi, lane, 16, 0, 2))
+        kl.store(xq_ptr + g * (G // 2) + G // 4 + 2 * rw + 1,
+                 pack_lanes(q_hi, lane, 16, 2, 2))
 
 
 @kdsl.jit
@@ -145,7 +156,8 @@ def idot_rows(xq_ptr, xd_ptr, xsw_ptr, words_ptr, scales_ptr, offsets_ptr, rn, N
     words of every row per step (BW >= G/8: a word never straddles groups).
     Word w of a group holds elements 4w..4w+3 in its low nibbles and
     G/2 + 4w.. in its high ones; its products with xq are summed as
-    integers, then (s d/16) * dot + (s + o) * sum(x' of the word's 8 elements)."""
+    integers, then (s d/16) * dot + (s + o) * sum(x' of the word's 8 elements)
+    (int8: a dot and a d per half)."""
     QW = G // 8
     XW = G * XBITS // 32                 # x words per group
     rw = kl.arange(0, BW)
@@ -166,7 +178,8 @@ def idot_rows(xq_ptr, xd_ptr, xsw_ptr, words_ptr, scales_ptr, offsets_ptr, rn, N
             c = kl.load(words_ptr + step + w_offs)
             s = kl.load(scales_ptr + g0 + s_offs).to(kl.float32)
             o = kl.load(offsets_ptr + g0 + s_offs).to(kl.float32)
-            d = kl.load(xd_ptr + g0 + grp)
+            d_lo = kl.load(xd_ptr + 2 * (g0 + grp))
+            d_hi = kl.load(xd_ptr + 2 * (g0 + grp) + 1)
             sxw = kl.load(xsw_ptr + step + rw)
         else:
             live_w = step + rw < row_words
@@ -174,7 +187,8 @@ def idot_rows(xq_ptr, xd_ptr, xsw_ptr, words_ptr, scales_ptr, offsets_ptr, rn, N
             c = kl.load(words_ptr + step + w_offs, mask=live, other=0)
             s = kl.load(scales_ptr + g0 + s_offs, mask=live, other=0.0).to(kl.float32)
             o = kl.load(offsets_ptr + g0 + s_offs, mask=live, other=0.0).to(kl.float32)
-            d = kl.load(xd_ptr + g0 + grp, mask=live_w, other=0.0)
+            d_lo = kl.load(xd_ptr + 2 * (g0 + grp), mask=live_w, other=0.0)
+            d_hi = kl.load(xd_ptr + 2 * (g0 + grp) + 1, mask=live_w, other=0.0)
             sxw = kl.load(xsw_ptr + step + rw, mask=live_w, other=0.0)
         c = c.to(kl.int32, bitcast=True)
         lo = c & 0x0F0F0F0F
@@ -186,9 +200,12 @@ def idot_rows(xq_ptr, xd_ptr, xsw_ptr, words_ptr, scales_ptr, offsets_ptr, rn, N
             else:
                 x_lo = kl.load(xq_base, mask=live_w, other=0)
                 x_hi = kl.load(xq_base + QW, mask=live_w, other=0)
-            t = dot4(lo, x_lo.to(kl.int32, bitcast=True)[None, :], kl.zeros((BN, BW), kl.int32),
-                     PTX)
-            t = dot4(hi, x_hi.to(kl.int32, bitcast=True)[None, :], t, PTX)
+            zero = kl.zeros((BN, BW), kl.int32)
+            t_lo = dot4(lo, x_lo.to(kl.int32, bitcast=True)[None, :], zero, PTX)
+            t_hi = dot4(hi, x_hi.to(kl.int32, bitcast=True)[None, :], zero, PTX)
+            # the halves' own steps: one more conversion and FMA per word than int16
+            acc += s * (d_lo[None, :] * t_lo.to(kl.float32)
+                        + d_hi[None, :] * t_hi.to(kl.float32)) + (s + o) * sxw[None, :]
         else:
             t = kl.zeros((BN, BW), kl.int32)
             for j in kl.static_range(4):
@@ -203,7 +220,7 @@ def idot_rows(xq_ptr, xd_ptr, xsw_ptr, words_ptr, scales_ptr, offsets_ptr, rn, N
                     t = dot2(xw.to(kl.int32, bitcast=True)[None, :], lo, t, j % 2, PTX)
                 else:
                     t = dot2(xw.to(kl.int32, bitcast=True)[None, :], hi, t, j % 2, PTX)
-        acc += (s * d[None, :]) * t.to(kl.float32) + (s + o) * sxw[None, :]
+            acc += (s * d_lo[None, :]) * t.to(kl.float32) + (s + o) * sxw[None, :]
     return kl.sum(acc, axis=1)
 
 
@@ -248,7 +265,7 @@ def x_buffers(device, n_groups, G, xbits):
     """The scratch tensors quantize_x_kernel writes on `device` (xq as uint32
     words, xd, xsw, sq), shared by every integer GEMV on it."""
     return (scratch("fp4_idot_xq", device, n_groups * G * xbits // 32, dtype=np.uint32),
-            scratch("fp4_idot_xd", device, n_groups),
+            scratch("fp4_idot_xd", device, 2 * n_groups),
             scratch("fp4_idot_xsw", device, n_groups * G // 8),
             scratch("fp4_idot_sq", device, n_groups))
 
