@@ -91,6 +91,19 @@ def test_gemv_and_softmax_spaces(n, k):
         assert all(c["BLOCK"] <= max(64, spaces.pow2_ceil(n)) for c in soft)
 
 
+def test_fp4_gemv_gpu_space_offers_integer_products_at_the_defaults_precision():
+    # float and integer-product tiles; the integer ones at int16 x (the precision a
+    # default takes: the tuner chooses speed, never numerics)
+    key = {"N": 11008, "K": 4096, "G": 64}
+    for device in (H100, PHONE_GPU):
+        space = spaces.fp4_gemv_space(device, key)
+        idot = [c for c in space if c.get("lanes") == "idot"]
+        assert idot and len(idot) < len(space)
+        assert {c["XBITS"] for c in idot} == {16}
+        assert all(c["num_threads"] <= min(c["BN"] * c["BW"], device.max_work_group_size)
+                   for c in space)
+
+
 def test_space_is_cut_around_the_default():
     key = {"M": 64, "N": 1536, "K": 576, "trans_b": True}
     device = kdsl.current_device()
