@@ -636,9 +636,11 @@ def gemv_default(device, K=None):
 def fp4_gemv_config(packed, device):
     """The GEMV's config for this weight on `device`: tuned, else gemv_default."""
     N, K = packed.shape
-    # the CPU kernels' forms: byte lanes take BK, int16 lanes runs of tiles and planes
+    # the CPU kernels' forms: byte lanes take BK, int16 lanes runs of tiles and planes;
+    # the GPU's: the float word kernel DEQ, the integer one lanes and XBITS
     return _config("fp4_gemv", {"N": N, "K": K, "G": packed.group_size},
-                   gemv_default(device, K), optional=("BK", "planes") + RUNS)
+                   gemv_default(device, K),
+                   optional=("BK", "planes", "DEQ", "lanes", "XBITS") + RUNS)
 
 
 def gemm_default(device, M=None, N=None, K=None):

@@ -198,3 +198,20 @@ def test_engine_decode_with_the_integer_gemv(tmp_path, monkeypatch):
             assert graph.n_launches > 0
     assert {f["NORM"] for f in calls} == {True, False} and any(f["GATED"] for f in calls)
     assert_close(logits["idot"], logits["float"], rel=3e-4)
+
+
+def test_a_tuned_integer_config_reaches_the_gemv(tmp_path, monkeypatch):
+    # the tuner stores an idot config where the default is the float word kernel (a
+    # GPU's): the library must run it, not drop it for its other parameter names
+    from kdsl import tuning_db
+    import kdsl_kernels.fp4_kernels as fp4_kernels
+    monkeypatch.setenv("KDSL_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(tuning_db, "_databases", {})
+    word = {"BN": 4, "BW": 128, "DEQ": "convert", "num_threads": 128}
+    monkeypatch.setattr(fp4_kernels, "gemv_default", lambda device, K=None: dict(word))
+    packed = fp4.quantize(np.ones((64, 256), np.float32), 64)
+    device = kdsl.current_device()
+    assert fp4_kernels.fp4_gemv_config(packed, device) == word
+    tuned = dict(IDOT, XBITS=16)
+    tuning_db.database().record("fp4_gemv", {"N": 64, "K": 256, "G": 64}, tuned, 1e-5)
+    assert fp4_kernels.fp4_gemv_config(packed, device) == tuned
