@@ -10,6 +10,9 @@ nibbles and G/2 + 4w.. in its high ones). Each shape is timed, device time,
 for:
 
 - kdsl: `fp4.linear`'s GEMV with its default config (the language's kernel);
+- kdsl idot16 / idot8: the language's integer-product GEMV
+  (kdsl_kernels/fp4_idot.py) with x as int16 / int8, the best of a few tile
+  configs; its time includes the x quantiser's launch (device times summed);
 - vec: hand-written OpenCL in which a work-item takes whole groups, one
   16-byte vector load of codes per group and row, x as float4 loads shared by
   BN rows, m(q) from bit patterns and the group's scale and offset applied
@@ -64,6 +67,7 @@ import pyopencl as cl
 import kdsl
 from bench import common
 from kdsl_kernels import fp4
+from kdsl import autotuner
 from kdsl.launch import compile_kernel
 from kdsl_kernels.fp4_kernels import launch_fp4
 
@@ -73,7 +77,8 @@ QUICK_SHAPES = [(512, 1024, 32), (256, 576, 32)]
 FORMS = [(4, 128), (4, 256), (8, 128), (2, 256), (1, 256)]       # (BN, work-group size)
 ROW_FORMS = [(8, 128), (16, 128), (8, 256)]                       # (R, work-group size)
 EXTRACTS = {0: "bits", 1: "masked conversion"}
-FORM_NAMES = ("kdsl", "vec", "rows", "dp4a", "dp2a", "read")
+FORM_NAMES = ("kdsl", "kidot16", "kidot8", "vec", "rows", "dp4a", "dp2a", "read")
+KDSL_IDOT_TILES = [(4, 64, 64), (2, 128, 128), (4, 128, 128), (8, 128, 128), (8, 64, 64)]
 
 HELPERS = r"""
 #define QW (G / 8)
@@ -370,6 +375,21 @@ def measure(device, N, K, G, rng, ptx_dir=None, report=None):
         rec = launches[0]
         compiled = compile_kernel(rec.jit_fn, rec.values, rec.num_threads, device)
         report["kdsl"] = machine_code(compiled.program, f"kdsl_{N}x{K}_G{G}", ptx_dir, device)
+    for xbits in (16, 8):
+        best_idot = None
+        for bn, bw, threads in KDSL_IDOT_TILES:
+            if threads > device.max_work_group_size:
+                continue
+            cfg = {"BN": bn, "BW": bw, "lanes": "idot", "XBITS": xbits, "num_threads": threads}
+            t = autotuner.time_call(lambda: launch_fp4(x, packed, y, None, cfg), warmup=1,
+                                    rep=10, max_time_s=0.3)
+            error = float(np.abs(y.numpy()[0] - ref).max() / np.abs(ref).max())
+            if xbits == 16:
+                checked(f"kdsl idot16 {cfg}")
+            if best_idot is None or t < best_idot[0]:
+                best_idot = (t, f"BN={bn} BW={bw} T={threads}", error)
+        name = f"kidot{xbits}"
+        row[f"{name}_s"], row[f"{name}_form"], row[f"{name}_err"] = best_idot
     arrays = packed.device_arrays(device)
     buffers = (x.buffer, arrays["words"].buffer, arrays["scales"].buffer,
                arrays["offsets"].buffer, y.buffer)
@@ -529,6 +549,10 @@ def main(argv=None):
     common.print_table(rows, [
         ("shape", "shape", "{}"),
         ("kdsl_gbps", "kdsl GB/s", "{:.1f}"), ("kdsl_of_copy", "of copy", "{:.2f}"),
+        ("kidot16_of_copy", "kdsl idot16 of copy", "{:.2f}"),
+        ("kidot16_form", "idot16 form", "{}"),
+        ("kidot8_of_copy", "kdsl idot8 of copy", "{:.2f}"),
+        ("kidot8_err", "idot8 err", "{:.1e}"),
         ("vec_gbps", "vec GB/s", "{:.1f}"), ("vec_of_copy", "of copy", "{:.2f}"),
         ("vec_form", "vec form", "{}"),
         ("rows_gbps", "rows GB/s", "{:.1f}"), ("rows_of_copy", "of copy", "{:.2f}"),
