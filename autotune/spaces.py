@@ -27,8 +27,8 @@ import numpy as np
 import kdsl
 from kdsl import tuning_db
 from kdsl.device_features import has_int16_pair_dot
-from kdsl_kernels.configs import blocks_per_program
-from kdsl_kernels.fp4_kernels import gemv_default
+from kdsl_kernels.configs import RUNS, blocks_per_program
+from kdsl_kernels.fp4_kernels import GEMV_FORM_PARAMS, gemv_default
 
 # How many configs a task times at most; the ones nearest the default (in
 # log2 of each parameter) are kept, so a cut space still searches around it.
@@ -48,22 +48,44 @@ def _work_group_sizes(device, choices):
     return [t for t in choices if t <= device.max_work_group_size]
 
 
-def _limit(configs, default, max_configs):
+def _limit(configs, default, max_configs, optional=()):
     """At most `max_configs` distinct configs, the nearest to `default` first.
 
     Each config is first completed from the default and cut to its
     parameters, so a kernel that gains a parameter is searched with its
     default value rather than failing, and one that loses a parameter is not
-    given it.
+    given it. Names in `optional` (parameters one form of a kernel takes and
+    another not, as configs.tuned matches them) are kept where a config has
+    them and never added; configs are then taken from each form in turn (a
+    form: which optional names a config has and their non-numeric values),
+    nearest first within each, so a form unlike the default's is timed too.
     """
-    projected = [{k: c.get(k, v) for k, v in default.items()} for c in configs]
-    unique = list({tuning_db.key_text(c): c for c in projected}.values())
+    def projected(c):
+        out = {k: c.get(k, v) for k, v in default.items() if k not in optional or k in c}
+        out.update((k, c[k]) for k in optional if k in c)
+        return out
+
+    unique = list({tuning_db.key_text(c): c for c in map(projected, configs)}.values())
 
     def distance(config):
         return sum(abs(math.log2(config[k]) - math.log2(v))
                    if isinstance(v, int) and v > 0 and config[k] > 0 else float(config[k] != v)
-                   for k, v in default.items())
-    return sorted(unique, key=distance)[:max_configs]
+                   for k, v in default.items() if k in config)
+
+    def form(config):
+        return tuple(sorted((k, config[k] if isinstance(config[k], (str, bool)) else None)
+                            for k in optional if k in config))
+
+    forms = {}
+    for c in sorted(unique, key=distance):
+        forms.setdefault(form(c), []).append(c)
+    queues = sorted(forms.values(), key=lambda q: distance(q[0]))
+    chosen = []
+    while len(chosen) < max_configs and any(queues):
+        for q in queues:
+            if q and len(chosen) < max_configs:
+                chosen.append(q.pop(0))
+    return chosen
 
 
 def _within(size, extent, options):
@@ -166,9 +188,9 @@ def fp4_gemv_space(device, key):
     also with the codes read as bytes instead of 16-bit nibble planes.
     On a GPU: BN rows per work-group, BW packed 32-bit words (8 codes) per
     row per step, dequantising in floats, and the same tiles with integer
-    products (lanes "idot", fp4_idot.py) at the x precision the device's
-    default takes (int8 where it compiles dp4a, else int16): the tuner picks
-    speed, never numerics."""
+    products (lanes "idot", fp4_idot.py) at the x precision a default takes
+    (int16: int8 changed SmolLM2's top token at 6 % of decode steps): the
+    tuner picks speed, never numerics."""
     N, K, words_per_group = key["N"], key["K"], key["G"] // 8
     if device.is_cpu:
         byte_steps = [bk for bk in (16, 32) if bk <= key["G"] // 2] or [key["G"] // 2]
@@ -308,9 +330,10 @@ def default_config(kernel, key, device):
 class Tunable:
     """A library kernel the command line can tune."""
 
-    def __init__(self, name, space, module, cold=False):
+    def __init__(self, name, space, module, cold=False, optional=()):
         self.name = name
         self._space = space
+        self.optional = optional      # form parameters (_limit, configs.tuned)
         self.module = module          # the library module it needs, for availability
         # timed with the caches flushed: its operands (a layer's weights) come
         # from memory in a model, once per step or chunk
@@ -319,7 +342,8 @@ class Tunable:
     def space(self, device, key, max_configs=MAX_CONFIGS):
         """The configs to time at `key` on `device`, the default first, then the nearest."""
         default = default_config(self.name, key, device)
-        return _limit([default] + self._space(device, key), default, max_configs)
+        return _limit([default] + self._space(device, key), default, max_configs,
+                      self.optional)
 
     def unavailable(self):
         """Why this kernel cannot be tuned here (its module fails to import), or None."""
@@ -333,8 +357,9 @@ class Tunable:
 
 KERNELS = {t.name: t for t in [
     Tunable("matmul", matmul_space, "kdsl_kernels.matmul", cold=True),
-    Tunable("gemv", gemv_space, "kdsl_kernels.matmul", cold=True),
+    Tunable("gemv", gemv_space, "kdsl_kernels.matmul", cold=True, optional=RUNS),
     Tunable("softmax", softmax_space, "kdsl_kernels.softmax"),
-    Tunable("fp4_gemv", fp4_gemv_space, "kdsl_kernels.fp4_kernels", cold=True),
+    Tunable("fp4_gemv", fp4_gemv_space, "kdsl_kernels.fp4_kernels", cold=True,
+            optional=GEMV_FORM_PARAMS),
     Tunable("fp4_gemm", fp4_gemm_space, "kdsl_kernels.fp4_kernels", cold=True),
 ]}

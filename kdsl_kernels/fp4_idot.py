@@ -127,8 +127,9 @@ def quantize_x_kernel(x_ptr, norm_ptr, xq_ptr, xd_ptr, xsw_ptr, sq_ptr, K,
     if XBITS == 16:
         amax_lo = kl.maximum(amax_lo, amax_hi)
         amax_hi = amax_lo
-    inv_lo = kl.where(amax_lo > 0.0, XMAX / amax_lo, 0.0)
-    inv_hi = kl.where(amax_hi > 0.0, XMAX / amax_hi, 0.0)
+    # groups of (near) zeros give 0: XMAX / amax would overflow below ~1e-35
+    inv_lo = kl.where(amax_lo > 1e-30, XMAX / kl.maximum(amax_lo, 1e-30), 0.0)
+    inv_hi = kl.where(amax_hi > 1e-30, XMAX / kl.maximum(amax_hi, 1e-30), 0.0)
     kl.store(xd_ptr + 2 * g, amax_lo * (0.0625 / XMAX))
     kl.store(xd_ptr + 2 * g + 1, amax_hi * (0.0625 / XMAX))
     # round to nearest (half away from zero): the conversion truncates
@@ -274,11 +275,11 @@ def x_buffers(device, n_groups, G, xbits):
 
 def launch_idot(x, norm_w, packed, arrays, tail, F, eps, cfg, fused, has_bias):
     """quantize_x_kernel into x_buffers(), then fp4_gemv_idot_kernel with BN
-    rows of BW words per program (cfg; XBITS 8 by default); returns the
+    rows of BW words per program (cfg; XBITS 16 unless it says 8); returns the
     GEMV's event. The dot products take inline PTX where the device compiles
     it (cfg "PTX": False turns it off, for measuring)."""
     (N, K), G, n_groups = packed.shape, packed.group_size, packed.n_groups
-    xbits = cfg.get("XBITS", 8)
+    xbits = cfg.get("XBITS", 16)
     if xbits not in (8, 16):
         raise ValueError(f"fp4.linear(): the integer GEMV's XBITS must be 8 or 16, got {xbits!r}")
     device = x.device

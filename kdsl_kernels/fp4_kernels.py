@@ -611,6 +611,12 @@ CPU_INT16_GEMV = {"BN": 8, "lanes": "int16", "num_threads": 1}
 SMALL_CPU = 4        # compute units up to which the int16 GEMV runs one program per unit
 
 
+# parameters one form of the GEMV takes and another not: the CPU's byte lanes
+# BK, its int16 lanes runs of tiles and planes; the GPU's float word kernel DEQ,
+# its integer one lanes and XBITS (configs.tuned, the tuner's space)
+GEMV_FORM_PARAMS = ("BK", "planes", "DEQ", "lanes", "XBITS") + RUNS
+
+
 def gemv_default(device, K=None):
     """The GEMV's default config, from bench/fp4.py --sweep. On a CPU
     CPU_INT16_GEMV (one program per compute unit, two beyond SMALL_CPU
@@ -636,11 +642,8 @@ def gemv_default(device, K=None):
 def fp4_gemv_config(packed, device):
     """The GEMV's config for this weight on `device`: tuned, else gemv_default."""
     N, K = packed.shape
-    # the CPU kernels' forms: byte lanes take BK, int16 lanes runs of tiles and planes;
-    # the GPU's: the float word kernel DEQ, the integer one lanes and XBITS
     return _config("fp4_gemv", {"N": N, "K": K, "G": packed.group_size},
-                   gemv_default(device, K),
-                   optional=("BK", "planes", "DEQ", "lanes", "XBITS") + RUNS)
+                   gemv_default(device, K), optional=GEMV_FORM_PARAMS)
 
 
 def gemm_default(device, M=None, N=None, K=None):
