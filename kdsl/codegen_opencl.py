@@ -75,6 +75,17 @@ class _Scope:
         return None
 
 
+def _pointer_param(v):
+    """The kernel parameter a pointer value offsets, or None where it is not
+    plain arithmetic on one (a pointer variable, a select between two)."""
+    while v.op != "arg":
+        ptrs = [a for a in v.args if isinstance(a, ir.Value) and a.is_ptr]
+        if v.op not in ("binop", "broadcast", "splat", "expand") or len(ptrs) != 1:
+            return None
+        v = ptrs[0]
+    return v.attrs["param"]
+
+
 class Codegen:
     """Emits one kernel's OpenCL C source; `generate()` returns (source, smem bytes)."""
 
@@ -104,6 +115,10 @@ class Codegen:
         self._operand_home = (_dot_operand_loads(uses, self.T, self._dot_rows)
                               if staging == "registers" else {})
         self._operand_home.update(self._broadcast_loads(uses))
+        # the kernel parameters the kernel reads through (None: a pointer whose
+        # parameter is not known here), for _s_Store's fence
+        self._loaded_params = {_pointer_param(v.args[0]) for v in ir.walk_values(kernel.body)
+                               if v.op == "load"}
 
     def _broadcast_loads(self, uses):
         """Loads used only through `x[:, None]`-style expands -> the consumer's slice layout.
@@ -1268,6 +1283,7 @@ class Codegen:
             p, val = self.scalar(s.ptr), self.scalar(s.value)
             m = self.scalar(s.mask) if s.mask is not None else None
             self._store_slot(s.ptr.dtype, p, val, m, "lid == 0" if self.T > 1 else None)
+            self._fence_after_owner_store(s, self.T > 1)
             return
         p = self.val(s.ptr, layout)
         val = self.val(s.value, layout)
@@ -1279,6 +1295,18 @@ class Codegen:
             owner = guard
         for r in range(layout.nslots):
             self._store_slot(s.ptr.dtype, p[r], val[r], m and m[r], owner)
+        self._fence_after_owner_store(s, owner is not None)
+
+    def _fence_after_owner_store(self, s, guarded):
+        """A global-memory barrier after a store only its owners wrote, where the
+        kernel also reads through the same parameter: the other work-items may
+        load what was stored (each wrote its own copy before; now they must see
+        the owner's). Control flow is uniform across a program (conditions and
+        loop bounds are scalars), so every work-item reaches it."""
+        param = _pointer_param(s.ptr)
+        if guarded and (param is None or param in self._loaded_params
+                        or None in self._loaded_params):
+            self.line("barrier(CLK_GLOBAL_MEM_FENCE);")
 
     def _store_slot(self, dtype, p, value, m, owner=None):
         write = f"vstore_half({value}, 0, {p});" if dtype == kl.float16 else f"*({p}) = {value};"

@@ -177,6 +177,30 @@ def test_read_modify_write_of_replicated_elements_applies_once(interpret, num_th
     np.testing.assert_array_equal(total, [1.0 + x.sum()])
 
 
+@kdsl.jit
+def store_then_load_kernel(flag_ptr, out_ptr, BLOCK: kl.constexpr):
+    """A scalar stored by one work-item, then read back by all."""
+    kl.store(flag_ptr + kl.program_id(0), kl.program_id(0) + 7)
+    seen = kl.load(flag_ptr + kl.program_id(0))
+    kl.store(out_ptr + kl.program_id(0) * BLOCK + kl.arange(0, BLOCK), seen)
+
+
+def test_a_store_read_back_in_the_program_is_fenced():
+    # one work-item stores; the others must see it (a GPU's warps need the fence)
+    from kdsl.checker import check
+    from kdsl.codegen_opencl import generate
+    flags, out = np.zeros(3, np.int32), np.zeros(3 * 64, np.int32)
+    launch(store_then_load_kernel, False, (3,), flags, out, BLOCK=64, num_threads=64)
+    np.testing.assert_array_equal(out.reshape(3, 64), np.repeat([[7], [8], [9]], 64, axis=1))
+    values, threads = store_then_load_kernel.bind(
+        (kdsl.tensor(flags), kdsl.tensor(out)), {"BLOCK": 64, "num_threads": 64})
+    source = generate(check(store_then_load_kernel, values, threads), {"is_cpu": False})
+    guarded = source.index("if (lid == 0)")
+    assert "barrier(CLK_GLOBAL_MEM_FENCE)" in source[guarded:source.index("= *(", guarded)]
+    # the store to out, which nothing reads back, gets none
+    assert source.count("CLK_GLOBAL_MEM_FENCE") == 1
+
+
 # ----------------------------------------------------------------- where, masks
 @kdsl.jit
 def where_kernel(x_ptr, y_ptr, out_ptr, positive_ptr, n, BLOCK: kl.constexpr):
