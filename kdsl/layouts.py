@@ -165,7 +165,8 @@ def owner_condition(layout):
     work-items replicate a slot (a reduction's result, a block smaller than
     the work-group), `kl.store(p, kl.load(p) + y)` in every replica would add
     y again in each replica that loads after another's store."""
-    coords = element_coords(layout).reshape(-1, layout.rank)
+    held_by = element_coords(layout)                 # [work-item, slot, dim]
+    coords = held_by.reshape(-1, layout.rank)
     every = {tuple(c) for c in coords}
     if len(every) == len(coords):
         return None
@@ -185,7 +186,7 @@ def owner_condition(layout):
         used.append(f"({c_tc}) * {layout.tdiv[d]}")
     owners &= total == lids
     parts.append(f"lid == {' + '.join(used)}")
-    held = element_coords(layout)[owners].reshape(-1, layout.rank)
+    held = held_by[owners].reshape(-1, layout.rank)
     if len(held) != len(every) or {tuple(c) for c in held} != every:
         raise AssertionError(f"owner_condition: no single owner per element in {layout}")
     return " && ".join(f"({p})" for p in parts)

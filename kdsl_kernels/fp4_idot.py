@@ -30,6 +30,7 @@ import kdsl
 import kdsl.language as kl
 from kdsl.device_features import has_inline_ptx
 
+from .elementwise import load_block
 from .fp4_epilogue import fp4_rows_epilogue, fp4_store_rows
 from .scratch import scratch
 
@@ -107,20 +108,12 @@ def quantize_x_kernel(x_ptr, norm_ptr, xq_ptr, xd_ptr, xsw_ptr, sq_ptr, K,
     lane = kl.arange(0, 4)
     k_lo = g * G + 4 * rw[:, None] + lane[None, :]          # [QW, 4], the low nibbles' x
     k_hi = k_lo + G // 2
-    if EVEN:
-        lo = kl.load(x_ptr + k_lo)
-        hi = kl.load(x_ptr + k_hi)
-    else:
-        lo = kl.load(x_ptr + k_lo, mask=k_lo < K, other=0.0)
-        hi = kl.load(x_ptr + k_hi, mask=k_hi < K, other=0.0)
+    lo = load_block(x_ptr + k_lo, k_lo, K, EVEN)
+    hi = load_block(x_ptr + k_hi, k_hi, K, EVEN)
     kl.store(sq_ptr + g, kl.sum(kl.sum(lo * lo + hi * hi, axis=1), axis=0))
     if NORM:
-        if EVEN:
-            lo = lo * kl.load(norm_ptr + k_lo)
-            hi = hi * kl.load(norm_ptr + k_hi)
-        else:
-            lo = lo * kl.load(norm_ptr + k_lo, mask=k_lo < K, other=0.0)
-            hi = hi * kl.load(norm_ptr + k_hi, mask=k_hi < K, other=0.0)
+        lo = lo * load_block(norm_ptr + k_lo, k_lo, K, EVEN)
+        hi = hi * load_block(norm_ptr + k_hi, k_hi, K, EVEN)
     kl.store(xsw_ptr + g * QW + rw, kl.sum(lo + hi, axis=1))
     amax_lo = kl.max(kl.max(kl.abs(lo), axis=1), axis=0)
     amax_hi = kl.max(kl.max(kl.abs(hi), axis=1), axis=0)
