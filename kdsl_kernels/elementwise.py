@@ -92,9 +92,12 @@ def embedding_kernel(ids_ptr, table_ptr, out_ptr, V, D, stride_table, stride_out
                      BLOCK: kl.constexpr, EVEN: kl.constexpr):
     """out[s] = table[ids[s]]; an id outside [0, V) gives a row of zeros rather
     than a read outside the table (row 0 is read in its place and zeroed, so
-    the loads stay unmasked where EVEN: D a multiple of BLOCK)."""
-    s = kl.program_id(0)
-    offs = kl.program_id(1) * BLOCK + kl.arange(0, BLOCK)
+    the loads stay unmasked where EVEN: D a multiple of BLOCK). The column
+    block is the grid's first axis, so programs that follow each other walk
+    one row: rows first, each program opened a new random row and page, and
+    PoCL's gather of 512 rows of a 32000 x 4096 table ran 15-20 % slower."""
+    offs = kl.program_id(0) * BLOCK + kl.arange(0, BLOCK)
+    s = kl.program_id(1)
     row = kl.load(ids_ptr + s)
     valid = (row >= 0) & (row < V)
     safe_row = kl.where(valid, row, 0)
@@ -242,7 +245,7 @@ def embedding(ids, table, *, out=None, config=None):
     if S * D == 0:
         return out
     cfg = config or elementwise_config(D)
-    embedding_kernel[(S, kdsl.cdiv(D, cfg["BLOCK"]))](ids, table, out, V, D, table.stride(0),
+    embedding_kernel[(kdsl.cdiv(D, cfg["BLOCK"]), S)](ids, table, out, V, D, table.stride(0),
                                                       out.stride(0), BLOCK=cfg["BLOCK"],
                                                       EVEN=D % cfg["BLOCK"] == 0,
                                                       num_threads=cfg["num_threads"])
