@@ -17,6 +17,7 @@ from .codegen_opencl import c_kernel_name, generate
 from .device import current_device
 from .device_features import has_inline_ptx, has_int16_pair_dot
 from .errors import LaunchError
+from .relaunch import Relaunch
 from .simplify import remove_proven_masks
 from .tensor import Tensor, tensor
 
@@ -161,8 +162,11 @@ def compile_kernel(jit_fn, values, num_threads=None, device=None):
     return compiled
 
 
-def launch(jit_fn, grid, values, num_threads):
-    """Run a kernel launch: numpy arrays are copied in and, after the kernel, back."""
+def launch(jit_fn, grid, values, num_threads, args=(), kwargs=None):
+    """Run a kernel launch: numpy arrays are copied in and, after the kernel, back.
+
+    A launch of device tensors and plain numbers leaves `jit_fn._relaunch`,
+    the shortcut its next launch with alike arguments takes (kdsl.relaunch)."""
     device = current_device()
     host_arrays = {}
     for name, is_constexpr in jit_fn._params:
@@ -177,6 +181,8 @@ def launch(jit_fn, grid, values, num_threads):
                               f"the kernel runs on {device}")
     compiled = compile_kernel(jit_fn, values, num_threads, device)
     event = compiled(grid, values)
+    if not host_arrays and kwargs is not None and Relaunch.eligible(args, kwargs):
+        jit_fn._relaunch = Relaunch(jit_fn, compiled, device, args, kwargs, values)
     for name, arr in host_arrays.items():
         arr[...] = values[name].numpy().reshape(arr.shape)
     return event

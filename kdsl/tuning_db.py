@@ -139,7 +139,7 @@ class TuningDB:
         self.device = as_device(device)
         self.path = Path(path) if path is not None else db_path(self.device)
         self._entries = {}          # kernel -> {key text -> entry}
-        self._memo = {}             # (kernel, key text) -> config or None
+        self._memo = {}             # (kernel, key items or text) -> config or None
         self._stamp = None          # (mtime_ns, size) of the file last read
         self._checked_at = -math.inf
         self.reload()
@@ -233,7 +233,14 @@ class TuningDB:
         if _defaults_only:
             return None
         self._refresh()
-        memo_key = (kernel, key_text(key))
+        # the key's items as they are (hashable numbers and strings, in the
+        # caller's order; typed, as True and 1 are different keys): json text
+        # for every launch cost more than the launch
+        try:
+            memo_key = (kernel, tuple((k, type(v), v) for k, v in key.items()))
+            hash(memo_key)
+        except TypeError:
+            memo_key = (kernel, key_text(key))
         if memo_key not in self._memo:
             entry = self.lookup(kernel, key) or self.nearest(kernel, key)
             self._memo[memo_key] = entry["config"] if entry else None
