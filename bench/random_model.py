@@ -1,7 +1,8 @@
-"""A Hugging Face Llama folder with SmolLM2-135M's shapes and random weights, for speed runs.
+"""A Hugging Face Llama folder with SmolLM2-135M's (or Llama-2-7B's) shapes and random weights, for speed runs.
 
     python3 bench/random_model.py OUT_DIR [--tokenizer tokenizer.json[.gz] | model.gguf]
                                           [--layers 30] [--dtype f16] [--seed 0]
+                                          [--shapes smollm2-135m | llama2-7b]
 
 Writes config.json (SmolLM2-135M-Instruct's shapes: 30 layers, hidden 576,
 9 heads, 3 KV heads, head_dim 64, FFN 1536, vocabulary 49152, RoPE base 1e5,
@@ -11,6 +12,11 @@ tokenizer.json. The tokenizer comes from --tokenizer: a tokenizer.json, a
 gzipped one, or a GGUF (rebuilt with the engine's tokenizer code); without
 one, a placeholder word-level vocabulary of the right size is written (the
 benchmarks feed random ids, so only its size matters).
+
+`--shapes llama2-7b` takes Llama-2-7B's instead (32 layers, hidden 4096, 32
+heads of 128, FFN 11008, vocabulary 32000, RoPE base 1e4, untied): the
+weight shapes where a GPU's decode GEMVs are bandwidth-bound; with
+`--layers 4` the file is 1.9 GB.
 
 config.json carries "kdsl_random_weights": true, and bench/llm.py labels its
 results as random weights: such a model measures speed, never quality.
@@ -38,6 +44,10 @@ SMOLLM2_135M = {
     "initializer_range": 0.02, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2,
     "use_cache": True,
 }
+LLAMA2_7B = dict(SMOLLM2_135M, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                 num_attention_heads=32, num_key_value_heads=32, head_dim=128, vocab_size=32000,
+                 max_position_embeddings=4096, rope_theta=10000.0, tie_word_embeddings=False)
+SHAPES = {"smollm2-135m": SMOLLM2_135M, "llama2-7b": LLAMA2_7B}
 STD = 0.02
 _ST_DTYPES = {"f16": ("F16", np.float16), "bf16": ("BF16", None), "f32": ("F32", np.float32)}
 
@@ -57,6 +67,8 @@ def tensor_shapes(config):
             p + "mlp.gate_proj.weight": (ffn, h), p + "mlp.up_proj.weight": (ffn, h),
             p + "mlp.down_proj.weight": (h, ffn)})
     shapes["model.norm.weight"] = (h,)
+    if not config.get("tie_word_embeddings", True):
+        shapes["lm_head.weight"] = (config["vocab_size"], h)
     return shapes
 
 
@@ -119,11 +131,11 @@ def write_tokenizer(out_dir, source, vocab):
     return "placeholder word-level tokenizer (no --tokenizer given)"
 
 
-def build(out_dir, tokenizer=None, layers=None, dtype="f16", seed=0):
+def build(out_dir, tokenizer=None, layers=None, dtype="f16", seed=0, shapes="smollm2-135m"):
     """Write the folder; returns (parameter count, tokenizer note)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config = dict(SMOLLM2_135M, kdsl_random_weights=True, dtype={"f16": "float16",
+    config = dict(SHAPES[shapes], kdsl_random_weights=True, dtype={"f16": "float16",
                   "bf16": "bfloat16", "f32": "float32"}[dtype])
     if layers is not None:
         config["num_hidden_layers"] = layers
@@ -133,7 +145,7 @@ def build(out_dir, tokenizer=None, layers=None, dtype="f16", seed=0):
     note = write_tokenizer(out, tokenizer, config["vocab_size"])
     count = write_safetensors(out / "model.safetensors", tensor_shapes(config), dtype, seed)
     (out / "RANDOM_WEIGHTS.txt").write_text(
-        "Random weights with SmolLM2-135M's shapes (bench/random_model.py): speed runs only.\n")
+        f"Random weights with {shapes}'s shapes (bench/random_model.py): speed runs only.\n")
     return count, note
 
 
@@ -141,15 +153,16 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--tokenizer", help="tokenizer.json, tokenizer.json.gz or a .gguf")
-    parser.add_argument("--layers", type=int, help="fewer layers for a smoke run (default 30)")
+    parser.add_argument("--layers", type=int, help="fewer layers (default: the model's, 30 or 32)")
     parser.add_argument("--dtype", choices=sorted(_ST_DTYPES), default="f16")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shapes", choices=sorted(SHAPES), default="smollm2-135m")
     args = parser.parse_args(argv)
     tokenizer = args.tokenizer
     if tokenizer and not os.path.exists(tokenizer):
         print(f"warning: {tokenizer} does not exist; writing a placeholder tokenizer")
         tokenizer = None
-    count, note = build(args.out_dir, tokenizer, args.layers, args.dtype, args.seed)
+    count, note = build(args.out_dir, tokenizer, args.layers, args.dtype, args.seed, args.shapes)
     size = (args.out_dir / "model.safetensors").stat().st_size
     print(f"wrote {args.out_dir}: {count / 1e6:.1f}M random parameters ({args.dtype}, "
           f"{size / 2**20:.0f} MiB), {note}")
