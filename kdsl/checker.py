@@ -729,14 +729,6 @@ class Checker:
     def _binop(self, node, op, a, b):
         if _is_compile_time(a) and _is_compile_time(b):
             return self._fold(node, op, a, b)
-        if op == "+" and self._adds_to_fresh_dot(node, a, b):
-            # `acc += kl.dot(x, y)` is kl.dot(x, y, acc): the products accumulate
-            # onto acc, with no block of zeros to start from and no add after.
-            # On PoCL the add kept LLVM from keeping the 4 x 16 GEMM tile in
-            # registers (a permute per B load, 1360 stack accesses against 46):
-            # 512^3 ran 150-173 against 156-193 GFLOP/s folded (.scratch/s18/mm_acc.py)
-            b.args[2] = a
-            return b
         if isinstance(a, tuple) or isinstance(b, tuple) or \
                 not all(isinstance(v, (ir.Value,) + _PY_NUMBER) for v in (a, b)):
             bad = a if not isinstance(a, (ir.Value,) + _PY_NUMBER) else b
@@ -1026,18 +1018,6 @@ class Checker:
             value = self._cast(value, kl.float32 if ptr.dtype == kl.float16 else ptr.dtype, node)
         self._emit(ir.Store(ptr, value, mask, node))
         return None
-
-    def _adds_to_fresh_dot(self, node, a, b):
-        """Whether `a + b` can become kl.dot(..., acc=a): b is the value of a
-        kl.dot call without acc written right there (so nothing else holds it),
-        after a (which the dot may then read), of a's shape and dtype."""
-        rhs = node.value if isinstance(node, A.AugAssign) else (
-            node.right if isinstance(node, A.BinOp) else None)
-        if not (isinstance(rhs, A.Call) and isinstance(b, ir.Value) and b.op == "dot"
-                and b.args[2] is None and isinstance(a, ir.Value) and not a.is_ptr
-                and a.shape == b.shape and a.dtype == b.dtype):
-            return False
-        return getattr(self.expr(rhs.func), "__kdsl_builtin__", None) == "dot"
 
     def _b_dot(self, node, args, kwargs):
         b = self._args(node, "dot", args, kwargs, ["a", "b", "acc"], 2)

@@ -15,8 +15,6 @@ from hypothesis import strategies as st
 
 import kdsl
 import kdsl.language as kl
-from kdsl import ir
-from kdsl.checker import check
 
 SCALE = 3                      # module-level constants, read by kernels
 OFFSET = 0.5
@@ -1285,45 +1283,3 @@ def test_dot_accumulated_by_add(interpret):
         values, threads = dot_accumulate_kernel.bind(
             (kdsl.tensor(a), kdsl.tensor(b), c), {"M": 8, "N": 8, "K": 16, "num_threads": 1})
         assert "float8" not in compile_kernel(dot_accumulate_kernel, values, threads).source
-
-
-@kdsl.jit
-def _dot_then_add(a_ptr, b_ptr, c_ptr, out_ptr, M: kl.constexpr, N: kl.constexpr,
-                  K: kl.constexpr, FORM: kl.constexpr):
-    rm, rn, rk = kl.arange(0, M), kl.arange(0, N), kl.arange(0, K)
-    a = kl.load(a_ptr + rm[:, None] * K + rk[None, :])
-    b = kl.load(b_ptr + rk[:, None] * N + rn[None, :])
-    acc = kl.load(c_ptr + rm[:, None] * N + rn[None, :])
-    if FORM == "augmented":
-        acc += kl.dot(a, b)
-    elif FORM == "binop":
-        acc = acc * 2.0 + kl.dot(a, b)
-    elif FORM == "dot_first":
-        acc = kl.dot(a, b) + acc
-    elif FORM == "shared":
-        d = kl.dot(a, b)
-        acc = acc + d
-        acc = acc + d                      # the dot's value is used twice: not folded
-    else:                                  # a broadcast row: not folded
-        acc = kl.sum(acc, axis=0)[None, :] + kl.dot(a, b)
-    kl.store(out_ptr + rm[:, None] * N + rn[None, :], acc)
-
-
-@pytest.mark.parametrize("form", ["augmented", "binop", "dot_first", "shared", "broadcast"])
-@pytest.mark.parametrize("num_threads", [1, 16])
-def test_an_add_onto_a_dot_folds_into_its_accumulator(form, num_threads):
-    """`acc += kl.dot(a, b)` compiles to kl.dot(a, b, acc) (kdsl.checker); the
-    result is the sum either way, and a dot value used twice, or added to a
-    broadcast block, keeps its own add."""
-    rng = np.random.default_rng(3)
-    a, b, c = (rng.standard_normal(s).astype(np.float32) for s in ((8, 16), (16, 8), (8, 8)))
-    want = {"augmented": c + a @ b, "binop": 2 * c + a @ b, "dot_first": a @ b + c,
-            "shared": c + 2 * (a @ b), "broadcast": c.sum(0)[None, :] + a @ b}[form]
-    out = np.zeros((8, 8), np.float32)
-    _dot_then_add[(1,)](a, b, c, out, 8, 8, 16, form, num_threads=num_threads)
-    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
-    values, threads = _dot_then_add.bind((a, b, c, out, 8, 8, 16, form), {})
-    kernel = check(_dot_then_add, values, 1)
-    dots = [v for v in ir.walk_values(kernel.body) if v.op == "dot"]
-    folded = form in ("augmented", "binop")
-    assert [d.args[2] is not None for d in dots] == [folded]
