@@ -184,7 +184,7 @@ class JITFunction:
             values = relaunch.values(args)
             grid = self.grid_of(grid, values)
             event = relaunch.compiled(grid, values)
-            capture.record(self, grid, values, kwargs.get("num_threads"), event)
+            capture.record(self, grid, values, relaunch.num_threads, event)
             return event
         self.ast                      # a syntax error is reported before argument errors
         values, num_threads = self.bind(args, kwargs)

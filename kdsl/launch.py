@@ -4,6 +4,7 @@ A compiled kernel is cached per specialisation: argument dtypes, which int
 arguments equal 1 or are multiples of 16 (as Triton does), constexpr values,
 num_threads and the device. The OpenCL binary is cached on disk (kdsl.cache).
 """
+import math
 import struct
 
 import numpy as np
@@ -123,8 +124,11 @@ class CompiledKernel:
                     set_offset(kernel, index + 1, v.offset)
                     last[slot] = key
                 continue
-            # compared as given (with its type: 1 and 1.0 and True differ)
+            # compared as given (with its type: 1 and 1.0 and True differ; and
+            # with a zero's sign, which == ignores)
             key = (type(v), v)
+            if type(v) is float and v == 0.0:
+                key = (float, v, math.copysign(1.0, v))
             if last[slot] != key:
                 setter(kernel, index, v)
                 last[slot] = key
@@ -182,7 +186,7 @@ def launch(jit_fn, grid, values, num_threads, args=(), kwargs=None):
     compiled = compile_kernel(jit_fn, values, num_threads, device)
     event = compiled(grid, values)
     if not host_arrays and kwargs is not None and Relaunch.eligible(args, kwargs):
-        jit_fn._relaunch = Relaunch(jit_fn, compiled, device, args, kwargs, values)
+        jit_fn._relaunch = Relaunch(jit_fn, compiled, device, args, kwargs, values, num_threads)
     for name, arr in host_arrays.items():
         arr[...] = values[name].numpy().reshape(arr.shape)
     return event

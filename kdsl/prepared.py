@@ -19,6 +19,7 @@ import pyopencl as cl
 from .device import current_device
 from .errors import LaunchError
 from .launch import _spec_of, compile_kernel, set_offset
+from .relaunch import same_scalar
 from .tensor import Tensor
 
 
@@ -76,7 +77,7 @@ class PreparedLaunch:
                 continue
             value, old = self.values[name], self._set_values.get(name, _UNSET)
             if old is not value and not (type(old) is type(value) and type(value) is not Tensor
-                                         and old == value):
+                                         and same_scalar(old, value)):
                 self._set_one(name, value, None if old is _UNSET else old)
 
     @property

@@ -13,6 +13,8 @@ enqueues the kernel built for it without binding again. Anything unusual
 (numpy arrays, a callable grid, a tensor by keyword, another device, numpy
 scalars) takes the ordinary path, which records a new shortcut.
 """
+import math
+
 from . import language as kl
 from .device import current_device
 from .tensor import Tensor
@@ -20,6 +22,12 @@ from .tensor import Tensor
 _SCALAR_TYPES = (int, float, bool)
 # keyword arguments (constexprs, num_threads) compared with ==
 _KEYWORD_TYPES = frozenset({int, float, bool, str, type(None), kl.dtype})
+
+
+def same_scalar(a, b):
+    """a == b, except that -0.0 and 0.0 differ (as their reprs in the
+    specialisation key do, and as 1 / x tells them apart)."""
+    return a == b and (type(a) is not float or math.copysign(1.0, a) == math.copysign(1.0, b))
 
 
 def _int_spec(value):
@@ -30,7 +38,8 @@ def _int_spec(value):
 class Relaunch:
     """How one kernel was last launched, and enqueueing it again for alike arguments."""
 
-    def __init__(self, jit_fn, compiled, device, args, kwargs, values):
+    def __init__(self, jit_fn, compiled, device, args, kwargs, values, num_threads=None):
+        self.num_threads = num_threads      # as bind() gave it (True -> 1)
         self.compiled = compiled
         self.device = device
         self.names = jit_fn.arg_names[:len(args)]
@@ -63,11 +72,12 @@ class Relaunch:
 
     def alike(self, args, kwargs):
         """Whether a launch with these arguments runs the same compiled kernel."""
-        if len(args) != len(self.specs) or kwargs != self.kwargs:
+        if len(args) != len(self.specs) or len(kwargs) != len(self.kwargs):
             return False
-        types = self.kwarg_types
+        old, types = self.kwargs, self.kwarg_types
         for k, v in kwargs.items():
-            if type(v) is not types[k]:
+            # the type first: a numpy array's == has no truth value
+            if type(v) is not types.get(k) or not same_scalar(v, old[k]):
                 return False
         device = self.device
         for value, spec in zip(args, self.specs):
@@ -79,7 +89,7 @@ class Relaunch:
                 if kind is not int or _int_spec(value) != spec:
                     return False
             elif t == "c":
-                if kind is not spec[1] or value != spec[2]:
+                if kind is not spec[1] or not same_scalar(value, spec[2]):
                     return False
             elif t == "f":
                 if kind is not float:

@@ -233,13 +233,14 @@ class TuningDB:
         if _defaults_only:
             return None
         self._refresh()
-        # the key's items as they are (hashable numbers and strings, in the
-        # caller's order; typed, as True and 1 are different keys): json text
-        # for every launch cost more than the launch
-        try:
-            memo_key = (kernel, tuple((k, type(v), v) for k, v in key.items()))
-            hash(memo_key)
-        except TypeError:
+        # the key's items as they are where they are ints, bools and strings
+        # (typed, as True and 1 are different keys; in the caller's order):
+        # json text for every launch cost more than the launch. Floats (nan
+        # never equals itself, -0.0 equals 0.0) and the rest go by the text
+        items = tuple((k, type(v), v) for k, v in key.items())
+        if all(t in _PLAIN_KEY_TYPES for _, t, _ in items):
+            memo_key = (kernel, items)
+        else:
             memo_key = (kernel, key_text(key))
         if memo_key not in self._memo:
             entry = self.lookup(kernel, key) or self.nearest(kernel, key)
@@ -343,6 +344,7 @@ class TuningDB:
         return sum(len(by_key) for by_key in data["entries"].values())
 
 
+_PLAIN_KEY_TYPES = frozenset({int, bool, str})
 _databases = {}             # (fingerprint, $KDSL_CACHE_DIR, $HOME) -> TuningDB
 
 

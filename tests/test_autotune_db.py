@@ -34,6 +34,24 @@ def test_record_and_exact_lookup(cache):
     assert data["fingerprint"] == kdsl.current_device().fingerprint
 
 
+def test_best_config_memo_tells_keys_apart_as_lookup_does(cache):
+    """The per-launch memo of best_config answers as lookup would: True and 1,
+    -0.0 and 0.0 are different keys, and a nan key does not grow the memo."""
+    db = tuning_db.database()
+    db.record("k", {"x": 1}, {"B": 1}, 0.01)
+    db.record("k", {"x": True}, {"B": 2}, 0.01)
+    db.record("k", {"eps": 0.0}, {"B": 3}, 0.01)
+    db.record("k", {"eps": -0.0}, {"B": 4}, 0.01)
+    for _ in range(2):
+        assert db.best_config("k", {"x": 1}) == {"B": 1}
+        assert db.best_config("k", {"x": True}) == {"B": 2}
+        assert db.best_config("k", {"eps": 0.0}) == {"B": 3}
+        assert db.best_config("k", {"eps": -0.0}) == {"B": 4}
+    for _ in range(5):
+        db.best_config("k", {"eps": float("nan")})
+    assert len(db._memo) == 5
+
+
 def test_nearest_key_by_log_distance(cache):
     db = tuning_db.database()
     db.record("matmul", {"M": 16, "N": 4096, "K": 4096, "trans_b": True}, {"BM": 1}, 0.01)
