@@ -18,7 +18,7 @@ from .codegen_opencl import c_kernel_name, generate
 from .device import current_device
 from .device_features import has_inline_ptx, has_int16_pair_dot
 from .errors import LaunchError
-from .relaunch import Relaunch
+from .relaunch import Relaunch, int_spec
 from .simplify import remove_proven_masks
 from .tensor import Tensor, tensor
 
@@ -32,8 +32,7 @@ def _spec_of(value, is_constexpr):
     if isinstance(value, (bool, np.bool_)):
         return ("b",)
     if isinstance(value, (int, np.integer)):
-        v = int(value)
-        return ("i", v == 1, v % 16 == 0, -2**31 <= v < 2**31)
+        return int_spec(int(value))
     return ("f",)
 
 

@@ -30,8 +30,8 @@ def same_scalar(a, b):
     return a == b and (type(a) is not float or math.copysign(1.0, a) == math.copysign(1.0, b))
 
 
-def _int_spec(value):
-    """The part of the specialisation key an int argument contributes (as launch._spec_of)."""
+def int_spec(value):
+    """The part of the specialisation key an int argument contributes (launch._spec_of)."""
     return ("i", value == 1, value % 16 == 0, -2**31 <= value < 2**31)
 
 
@@ -53,13 +53,12 @@ class Relaunch:
             elif type(value) is Tensor:
                 self.specs.append(("t", value.dtype))
             elif type(value) is int:
-                self.specs.append(_int_spec(value))
+                self.specs.append(int_spec(value))
             else:
                 self.specs.append(("b",) if type(value) is bool else ("f",))
         # keywords compared with their types: 1, 1.0 and True are equal but
         # specialise differently
         self.kwargs = dict(kwargs)
-        self.kwarg_types = {k: type(v) for k, v in kwargs.items()}
         # the values of parameters not given by position (keywords, defaults)
         self.rest = {k: v for k, v in values.items() if k not in self.names}
 
@@ -74,10 +73,10 @@ class Relaunch:
         """Whether a launch with these arguments runs the same compiled kernel."""
         if len(args) != len(self.specs) or len(kwargs) != len(self.kwargs):
             return False
-        old, types = self.kwargs, self.kwarg_types
+        old = self.kwargs
         for k, v in kwargs.items():
             # the type first: a numpy array's == has no truth value
-            if type(v) is not types.get(k) or not same_scalar(v, old[k]):
+            if k not in old or type(v) is not type(old[k]) or not same_scalar(v, old[k]):
                 return False
         device = self.device
         for value, spec in zip(args, self.specs):
@@ -86,7 +85,7 @@ class Relaunch:
                 if kind is not Tensor or value.dtype != spec[1] or value.device is not device:
                     return False
             elif t == "i":
-                if kind is not int or _int_spec(value) != spec:
+                if kind is not int or int_spec(value) != spec:
                     return False
             elif t == "c":
                 if kind is not spec[1] or not same_scalar(value, spec[2]):

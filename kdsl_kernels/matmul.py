@@ -126,8 +126,9 @@ def panels_kernel(a_ptr, p_ptr, c_ptr, bias_ptr, M, N, K, Kp, stride_am, stride_
         # the products accumulate onto acc inside the dot: written `acc +=
         # kl.dot(a, b)`, PoCL's LLVM permuted every B vector and spilled the
         # tile (1360 stack accesses against 46; 512^3 150-173 against 189-195
-        # GFLOP/s, .scratch/s18/mm_acc.py). matmul_kernel keeps the add: its 8 x 8
-        # tiles of a [N, K] weight ran 5x slower so (M = 16, bench/matmul.py)
+        # GFLOP/s, .scratch/s18/mm_acc.py). matmul_kernel keeps the add: written
+        # this way its 8 x 8 tiles of a [N, K] weight ran 6x slower (M = 16, 11.4
+        # against 68.9 GFLOP/s, bench/matmul.py --quick)
         acc = kl.dot(a, kl.load(panel + kk[:, None] * BN + rj[None, :]), acc)
     store_tile(c_ptr + batch * batch_c, acc, bias_ptr, rm, rn, M, N, stride_cm, HAS_BIAS, EVEN)
 
