@@ -1235,6 +1235,23 @@ class Checker:
                          {"op": "+", "multiple_of": n}, node, x.name)
         return x
 
+    def _b_max_contiguous(self, node, args, kwargs):
+        b = self._args(node, "max_contiguous", args, kwargs, ["x", "n"], 2)
+        x = self.expr(b["x"])
+        n = self._constexpr_int(b["n"], self.expr(b["n"]), "kl.max_contiguous(): n")
+        if n < 1 or n & (n - 1):
+            raise self.error(b["n"], f"kl.max_contiguous(): n must be a power of two >= 1, "
+                                     f"got {n}")
+        if not (isinstance(x, ir.Value) and x.is_block and x.dtype.is_int
+                and not x.dtype.is_bool and not x.is_ptr):
+            raise self.error(b["x"], f"kl.max_contiguous() takes a block of integer offsets, "
+                                     f"got {self._describe(x)}")
+        # x + 0, marked: the code generator gives each work-item whole runs of
+        # n elements of the last dimension (see layouts.default_layout's vector)
+        hinted = self._binop(node, "+", x, 0)
+        hinted.attrs["contiguous"] = n
+        return hinted
+
     def _b_cdiv(self, node, args, kwargs):
         a, b = [self.expr(x) for x in args]
         if _is_compile_time(a) and _is_compile_time(b):

@@ -188,6 +188,8 @@ class Codegen:
             return None
         if v.op in ("load", "reduce", "dot", "readvar", "trans", "reshape"):
             return self.home(v)
+        if "contiguous" in v.attrs:         # kl.max_contiguous: whole runs per work-item
+            return default_layout(v.shape, self.T, vector=v.attrs["contiguous"])
         for a in v.args:
             if isinstance(a, ir.Value) and a.shape == v.shape:
                 p = self.pref(a)
@@ -712,6 +714,44 @@ class Codegen:
             for i in range(width):
                 exprs[r + i] = f"{name}.s{i:x}"
 
+    def _vector_word_loads(self, v, layout, p, m, o, exprs):
+        """Read runs of a work-item's 32-bit slots at consecutive addresses 16
+        (or 8) bytes at a time.
+
+        Only layouts that give a work-item such runs have them (kl.max_contiguous).
+        On a GPU a 128-bit load is one instruction bringing four times the
+        bytes of a scalar one, which a memory-bound kernel needs in flight.
+        The pointer cast needs the address aligned to the vector, which a
+        view's offset or an odd row length can break, so a check at run time
+        (uniform in practice) falls back to vloadN, which needs only the
+        element's alignment. A masked run is read whole when one mask and one
+        `other` cover all of it (a mask that broadcasts along the run);
+        otherwise its slots stay scalar.
+        """
+        last = layout.rank - 1
+        width = 4 if layout.spt[last] % 4 == 0 else 2 if layout.spt[last] % 2 == 0 else 0
+        if not width or layout.slot_dims[last] % width:
+            return
+        scalar = v.dtype.c_type
+        for r in range(0, layout.nslots, width):
+            offs = [layout.slot_offset(r + i, last) for i in range(width)]
+            if offs != list(range(offs[0], offs[0] + width)):
+                continue
+            if m is not None and (len(set(m[r:r + width])) > 1
+                                  or (o is not None and len(set(o[r:r + width])) > 1)):
+                continue
+            name = self.fresh(f"{v.name or 'load'}_v")
+            ptr = self.fresh(f"{name}_p")
+            self.line(f"{c_type(v.args[0].dtype, True)} const {ptr} = {p[r]};")
+            read = (f"(((ulong){ptr} & {4 * width - 1}) == 0 ? "
+                    f"*(__global const {scalar}{width}*){ptr} : vload{width}(0, {ptr}))")
+            if m is not None:
+                other = o[r] if o is not None else c_const(0, v.dtype)
+                read = f"({m[r]} ? {read} : ({scalar}{width})({other}))"
+            self.line(f"const {scalar}{width} {name} = {read};")
+            for i in range(width):
+                exprs[r + i] = f"{name}.s{i}"
+
     def _materialise(self, v, layout):
         op = v.op
         if op == "load":
@@ -721,8 +761,11 @@ class Codegen:
             o = self.val(other, layout) if other is not None else None
             exprs = [self._load_expr(ptr.dtype, p[r], m and m[r], o and o[r], v.dtype)
                      for r in range(layout.nslots)]
-            if mask is None and ptr.dtype == kl.float16 and _dim_stride(ptr, len(ptr.shape) - 1) == 1:
+            contiguous = _dim_stride(ptr, len(ptr.shape) - 1) == 1
+            if mask is None and ptr.dtype == kl.float16 and contiguous:
                 self._vector_half_loads(v, layout, p, exprs)
+            elif ptr.dtype.itemsize == 4 and contiguous and layout.spt[-1] > 1:
+                self._vector_word_loads(v, layout, p, m, o, exprs)
             return self._define(v, exprs)
         if op == "readvar":
             var = v.attrs["var"]

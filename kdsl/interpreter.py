@@ -616,6 +616,10 @@ def _multiple_of(x, n):
     return x
 
 
+def _max_contiguous(x, n):
+    return x
+
+
 def _cdiv(a, b):
     if not _is_typed(a) and not _is_typed(b):
         return kl.cdiv(a, b)
@@ -658,7 +662,7 @@ _BUILTINS = {
     kl.sigmoid: _float_math(lambda x: 1 / (1 + np.exp(-x))), kl.abs: _abs,
     kl.maximum: _elementwise_pair(np.fmax, "maximum"),
     kl.minimum: _elementwise_pair(np.fmin, "minimum"),
-    kl.fma: _fma, kl.multiple_of: _multiple_of, kl.cdiv: _cdiv,
+    kl.fma: _fma, kl.multiple_of: _multiple_of, kl.max_contiguous: _max_contiguous, kl.cdiv: _cdiv,
     kl.inline_asm_elementwise: _inline_asm,
     kl.range: _loop_only, kl.static_range: _loop_only, range: _loop_only,
 }

@@ -136,87 +136,91 @@ def quantize_x_kernel(x_ptr, norm_ptr, xq_ptr, xd_ptr, xsw_ptr, sq_ptr, K,
         kl.store(xq_ptr + g * (G // 4) + rw, pack_lanes(q_lo, lane, 8, 0, 4))
         kl.store(xq_ptr + g * (G // 4) + QW + rw, pack_lanes(q_hi, lane, 8, 0, 4))
     else:
-        # word w of a group: elements 2w, 2w + 1
-        kl.store(xq_ptr + g * (G // 2) + 2 * rw, pack_lanes(q_lo, lane, 16, 0, 2))
-        kl.store(xq_ptr + g * (G // 2) + 2 * rw + 1, pack_lanes(q_lo, lane, 16, 2, 2))
-        kl.store(xq_ptr + g * (G // 2) + G // 4 + 2 * rw, pack_lanes(q_hi, lane, 16, 0, 2))
-        kl.store(xq_ptr + g * (G // 2) + G // 4 + 2 * rw + 1,
-                 pack_lanes(q_hi, lane, 16, 2, 2))
+        # four planes of QW words, plane j's word w the elements code word w's
+        # bytes 2(j % 2), 2(j % 2) + 1 multiply: of the low nibbles (j < 2),
+        # 4w + 2(j % 2) and the next, of the high ones (j >= 2) G/2 further on
+        kl.store(xq_ptr + g * (G // 2) + rw, pack_lanes(q_lo, lane, 16, 0, 2))
+        kl.store(xq_ptr + g * (G // 2) + QW + rw, pack_lanes(q_lo, lane, 16, 2, 2))
+        kl.store(xq_ptr + g * (G // 2) + 2 * QW + rw, pack_lanes(q_hi, lane, 16, 0, 2))
+        kl.store(xq_ptr + g * (G // 2) + 3 * QW + rw, pack_lanes(q_hi, lane, 16, 2, 2))
 
 
 @kdsl.jit
 def idot_rows(xq_ptr, xd_ptr, xsw_ptr, words_ptr, scales_ptr, offsets_ptr, rn, N, n_groups,
               G: kl.constexpr, XBITS: kl.constexpr, PTX: kl.constexpr, EVEN: kl.constexpr,
-              BN: kl.constexpr, BW: kl.constexpr):
-    """sum over K of W x' for the BN rows rn (before the epilogue), BW code
-    words of every row per step (BW >= G/8: a word never straddles groups).
+              BN: kl.constexpr, BG: kl.constexpr):
+    """sum over K of W x' for the BN rows rn (before the epilogue), BG whole
+    groups of every row per step. A work-item holds whole groups: their QW =
+    G/8 code words and the x words each plane pairs with them, runs that
+    kl.max_contiguous lets it read 16 bytes at a time, so a group's scale
+    and offset are read and applied once.
     Word w of a group holds elements 4w..4w+3 in its low nibbles and
-    G/2 + 4w.. in its high ones; its products with xq are summed as
-    integers, then (s d/16) * dot + (s + o) * sum(x' of the word's 8 elements)
+    G/2 + 4w.. in its high ones; its products with xq are summed as integers
+    over the group, then (s d/16) * dot + (s + o) * sum(x' over the group)
     (int8: a dot and a d per half)."""
     QW = G // 8
-    XW = G * XBITS // 32                 # x words per group
-    rw = kl.arange(0, BW)
-    grp = rw // QW
-    in_grp = rw % QW
+    XW = G * XBITS // 32                 # x words per group: XW / QW planes of QW words
+    gi = kl.arange(0, BG)
+    wi = kl.arange(0, QW)
     row_words = n_groups * QW
-    w_offs = rn[:, None] * row_words + rw[None, :]
-    s_offs = rn[:, None] * n_groups + grp[None, :]
-    if XBITS == 8:
-        x_offs = grp * XW + in_grp                   # the low nibbles' x word; + QW: the high
-    else:
-        x_offs = grp * XW + 2 * in_grp               # two words each, + G/4: the high
-    acc = kl.zeros((BN, BW), dtype=kl.float32)
-    for step in range(0, row_words, BW):
-        g0 = step // QW
-        xq_base = xq_ptr + g0 * XW + x_offs
+    # [BN, BG, QW]: the code words of group gi of each row
+    w_offs = kl.max_contiguous(rn[:, None, None] * row_words + gi[None, :, None] * QW
+                               + wi[None, None, :], QW)
+    x_offs = kl.max_contiguous(gi[:, None] * XW + wi[None, :], QW)    # [BG, QW], plane 0
+    xs_offs = kl.max_contiguous(gi[:, None] * QW + wi[None, :], QW)
+    s_offs = rn[:, None] * n_groups + gi[None, :]
+    acc = kl.zeros((BN, BG), dtype=kl.float32)
+    for g0 in range(0, n_groups, BG):
         if EVEN:
-            c = kl.load(words_ptr + step + w_offs)
+            c = kl.load(words_ptr + g0 * QW + w_offs)
             s = kl.load(scales_ptr + g0 + s_offs).to(kl.float32)
             o = kl.load(offsets_ptr + g0 + s_offs).to(kl.float32)
-            d_lo = kl.load(xd_ptr + 2 * (g0 + grp))
-            sxw = kl.load(xsw_ptr + step + rw)
+            d_lo = kl.load(xd_ptr + 2 * (g0 + gi))
+            sx = kl.sum(kl.load(xsw_ptr + g0 * QW + xs_offs), axis=1)
         else:
-            live_w = step + rw < row_words
-            live = (rn[:, None] < N) & live_w[None, :]
-            c = kl.load(words_ptr + step + w_offs, mask=live, other=0)
+            live_g = g0 + gi < n_groups
+            live = (rn[:, None] < N) & live_g[None, :]
+            c = kl.load(words_ptr + g0 * QW + w_offs, mask=live[:, :, None], other=0)
             s = kl.load(scales_ptr + g0 + s_offs, mask=live, other=0.0).to(kl.float32)
             o = kl.load(offsets_ptr + g0 + s_offs, mask=live, other=0.0).to(kl.float32)
-            d_lo = kl.load(xd_ptr + 2 * (g0 + grp), mask=live_w, other=0.0)
-            sxw = kl.load(xsw_ptr + step + rw, mask=live_w, other=0.0)
+            d_lo = kl.load(xd_ptr + 2 * (g0 + gi), mask=live_g, other=0.0)
+            sx = kl.sum(kl.load(xsw_ptr + g0 * QW + xs_offs, mask=live_g[:, None], other=0.0),
+                        axis=1)
         c = c.to(kl.int32, bitcast=True)
         lo = c & 0x0F0F0F0F
         hi = (c >> 4) & 0x0F0F0F0F
+        xq_base = xq_ptr + g0 * XW + x_offs
         if XBITS == 8:
+            # planes 0 and 1: the low and the high nibbles' x, four bytes a word
             if EVEN:
                 x_lo = kl.load(xq_base)
                 x_hi = kl.load(xq_base + QW)
-                d_hi = kl.load(xd_ptr + 2 * (g0 + grp) + 1)
+                d_hi = kl.load(xd_ptr + 2 * (g0 + gi) + 1)
             else:
-                x_lo = kl.load(xq_base, mask=live_w, other=0)
-                x_hi = kl.load(xq_base + QW, mask=live_w, other=0)
-                d_hi = kl.load(xd_ptr + 2 * (g0 + grp) + 1, mask=live_w, other=0.0)
-            zero = kl.zeros((BN, BW), kl.int32)
-            t_lo = dot4(lo, x_lo.to(kl.int32, bitcast=True)[None, :], zero, PTX)
-            t_hi = dot4(hi, x_hi.to(kl.int32, bitcast=True)[None, :], zero, PTX)
-            # the halves' own steps: one more conversion and FMA per word than int16
+                x_lo = kl.load(xq_base, mask=live_g[:, None], other=0)
+                x_hi = kl.load(xq_base + QW, mask=live_g[:, None], other=0)
+                d_hi = kl.load(xd_ptr + 2 * (g0 + gi) + 1, mask=live_g, other=0.0)
+            zero = kl.zeros((BN, BG, QW), kl.int32)
+            t_lo = kl.sum(dot4(lo, x_lo.to(kl.int32, bitcast=True)[None, :, :], zero, PTX),
+                          axis=2)
+            t_hi = kl.sum(dot4(hi, x_hi.to(kl.int32, bitcast=True)[None, :, :], zero, PTX),
+                          axis=2)
             acc += s * (d_lo[None, :] * t_lo.to(kl.float32)
-                        + d_hi[None, :] * t_hi.to(kl.float32)) + (s + o) * sxw[None, :]
+                        + d_hi[None, :] * t_hi.to(kl.float32)) + (s + o) * sx[None, :]
         else:
-            t = kl.zeros((BN, BW), kl.int32)
+            t = kl.zeros((BN, BG, QW), kl.int32)
             for j in kl.static_range(4):
-                # x words 0, 1 pair with the low nibbles' bytes 0-1 and 2-3, words 2, 3
-                # (G/4 further on) with the high nibbles'
-                off = (j // 2) * (G // 4) + j % 2
+                # plane j: two elements a word; planes 0, 1 pair with the low
+                # nibbles' bytes 0-1 and 2-3, planes 2, 3 with the high nibbles'
                 if EVEN:
-                    xw = kl.load(xq_base + off)
+                    xw = kl.load(xq_base + j * QW)
                 else:
-                    xw = kl.load(xq_base + off, mask=live_w, other=0)
+                    xw = kl.load(xq_base + j * QW, mask=live_g[:, None], other=0)
                 if j < 2:
-                    t = dot2(xw.to(kl.int32, bitcast=True)[None, :], lo, t, j % 2, PTX)
+                    t = dot2(xw.to(kl.int32, bitcast=True)[None, :, :], lo, t, j % 2, PTX)
                 else:
-                    t = dot2(xw.to(kl.int32, bitcast=True)[None, :], hi, t, j % 2, PTX)
-            acc += (s * d_lo[None, :]) * t.to(kl.float32) + (s + o) * sxw[None, :]
+                    t = dot2(xw.to(kl.int32, bitcast=True)[None, :, :], hi, t, j % 2, PTX)
+            acc += (s * d_lo[None, :]) * kl.sum(t, axis=2).to(kl.float32) + (s + o) * sx[None, :]
     return kl.sum(acc, axis=1)
 
 
@@ -236,21 +240,21 @@ def fp4_gemv_idot_kernel(x_ptr, norm_ptr, xq_ptr, xd_ptr, xsw_ptr, sq_ptr, words
                          n_groups, n_out, F, eps, G: kl.constexpr, XBITS: kl.constexpr,
                          PTX: kl.constexpr, HAS_BIAS: kl.constexpr, EVEN: kl.constexpr,
                          GATED: kl.constexpr, NORM: kl.constexpr, ACCUMULATE: kl.constexpr,
-                         BN: kl.constexpr, BW: kl.constexpr):
+                         BN: kl.constexpr, BG: kl.constexpr):
     """fp4_gemv_kernel's y (same GATED, NORM, ACCUMULATE, bias and outliers)
     from x quantised by quantize_x_kernel; x_ptr and norm_ptr serve the
     outlier channels only."""
     rn = kl.program_id(0) * BN + kl.arange(0, BN)
-    squares = kl.zeros((BW,), dtype=kl.float32)
+    squares = kl.zeros((BG,), dtype=kl.float32)
     if NORM:
-        squares = norm_squares(sq_ptr, n_groups, BW)
+        squares = norm_squares(sq_ptr, n_groups, BG)
     y = idot_rows(xq_ptr, xd_ptr, xsw_ptr, words_ptr, scales_ptr, offsets_ptr, rn, N, n_groups,
-                  G, XBITS, PTX, EVEN, BN, BW)
+                  G, XBITS, PTX, EVEN, BN, BG)
     y = fp4_rows_epilogue(y, x_ptr, norm_ptr, squares, eps, bias_ptr, oidx_ptr, ow_ptr, rn, N,
                           K, n_out, HAS_BIAS, NORM)
     if GATED:
         up = idot_rows(xq_ptr, xd_ptr, xsw_ptr, words_ptr, scales_ptr, offsets_ptr, rn + F, N,
-                       n_groups, G, XBITS, PTX, EVEN, BN, BW)
+                       n_groups, G, XBITS, PTX, EVEN, BN, BG)
         up = fp4_rows_epilogue(up, x_ptr, norm_ptr, squares, eps, bias_ptr, oidx_ptr, ow_ptr,
                                rn + F, N, K, n_out, HAS_BIAS, NORM)
         y = y * kl.sigmoid(y) * up
@@ -281,13 +285,13 @@ def launch_idot(x, norm_w, packed, arrays, tail, F, eps, cfg, fused, has_bias):
     quantize_x_kernel[(n_groups,)](x, norm_w, xq, xd, xsw, sq, K, G=G, XBITS=xbits,
                                    NORM=fused["NORM"], EVEN=even_k,
                                    num_threads=cfg.get("x_threads", min(64, G // 2)))
-    words = max(cfg["BW"], G // 8)
-    even = F % cfg["BN"] == 0 and even_k and n_groups * G // 8 % words == 0
+    groups = max(cfg["BW"] // (G // 8), 1)          # BW code words of a row per step
+    even = F % cfg["BN"] == 0 and even_k and n_groups % groups == 0
     # the interpreter runs no device assembly: it takes the integer arithmetic
     ptx = (cfg.get("PTX", True) and not fp4_gemv_idot_kernel.interpret
            and has_inline_ptx(device))
     return fp4_gemv_idot_kernel[(kdsl.cdiv(F, cfg["BN"]),)](
         x, norm_w, xq, xd, xsw, sq, arrays["words"], arrays["scales"], arrays["offsets"], *tail,
         N, K, n_groups, len(packed.outlier_idx), F, eps, G=G, XBITS=xbits, PTX=ptx,
-        HAS_BIAS=has_bias, **fused, EVEN=even, BN=cfg["BN"], BW=words,
+        HAS_BIAS=has_bias, **fused, EVEN=even, BN=cfg["BN"], BG=groups,
         num_threads=cfg["num_threads"])

@@ -27,13 +27,29 @@ def _padded_groups(xp, G):
     return groups.reshape(-1, G)
 
 
+def _x_lane_elements(G, xbits):
+    """The group element each of xq's lanes holds, in memory order: int8 two
+    planes (low, high nibbles' x) of G/8 words of four; int16 four planes,
+    plane j's word w holding the two elements code word w's bytes 2(j % 2)
+    and 2(j % 2) + 1 multiply, of the low nibbles (4w + ...) for j < 2, of
+    the high ones (G/2 + 4w + ...) after."""
+    qw = G // 8
+    if xbits == 8:
+        return np.array([half * G // 2 + 4 * w + b
+                         for half in range(2) for w in range(qw) for b in range(4)])
+    return np.array([(j // 2) * G // 2 + 4 * w + 2 * (j % 2) + h
+                     for j in range(4) for w in range(qw) for h in range(2)])
+
+
 def _quantised_x(device, K, G, xbits):
     """(q [n_groups, G] int, d [n_groups, G] (each element's step), sum(x') per
     code word) as the kernel wrote them."""
     n_groups = -(-K // G)
     xq, xd, xsw, _ = x_buffers(device, n_groups, G, xbits)
     words = xq.numpy()[: n_groups * G * xbits // 32]
-    q = words.view(np.int8 if xbits == 8 else np.int16).astype(np.int64).reshape(n_groups, G)
+    lanes = words.view(np.int8 if xbits == 8 else np.int16).astype(np.int64).reshape(n_groups, G)
+    q = np.empty_like(lanes)
+    q[:, _x_lane_elements(G, xbits)] = lanes
     halves = xd.numpy()[: 2 * n_groups].astype(np.float64).reshape(n_groups, 2) * 16
     return q, np.repeat(halves, G // 2, axis=1), xsw.numpy()[: n_groups * G // 8]
 
