@@ -10,11 +10,14 @@ float GEMV (fp4_kernels.fp4_gemv_rows) spends an integer op or three and an
 FMA on every code. Hand-written, this form ran at 0.77-0.87 of the H100's
 copy bandwidth where the float one reached 0.4 (docs/fp4.md).
 
-Two launches: quantize_x_kernel (one program per group) writes xq, d/16 per
-group (per half-group for int8), sum(x') per code word (so the offset term needs no per-group step in
-the GEMV) and sum(x^2) per group (RMSNorm's, when it is fused); then
-fp4_gemv_idot_kernel reads the row layout's codes as 32-bit words, as
-fp4_gemv_kernel does. The dot products go through inline PTX where the
+Two launches: quantize_x_kernel (one program per group) writes xq (in
+planes of G/8 words, each plane pairing word for word with the group's code
+words), d/16 per group (per half-group for int8), sum(x') per code word and
+sum(x^2) per group (RMSNorm's, when it is fused); then fp4_gemv_idot_kernel
+gives each work-item whole groups (kl.max_contiguous), so a group's code
+words and each x plane are 16-byte loads, its integer dots are summed in
+registers and its scale and offset are read and applied once, as the
+hand-written form does. The dot products go through inline PTX where the
 device compiles it (kl.inline_asm_elementwise), else through the same
 integer arithmetic in the language (PoCL, the interpreter: the tests).
 
@@ -272,7 +275,8 @@ def x_buffers(device, n_groups, G, xbits):
 
 def launch_idot(x, norm_w, packed, arrays, tail, F, eps, cfg, fused, has_bias):
     """quantize_x_kernel into x_buffers(), then fp4_gemv_idot_kernel with BN
-    rows of BW words per program (cfg; XBITS 16 unless it says 8); returns the
+    rows per program and BW code words (BW / (G/8) whole groups) of each per
+    step (cfg; XBITS 16 unless it says 8); returns the
     GEMV's event. The dot products take inline PTX where the device compiles
     it (cfg "PTX": False turns it off, for measuring)."""
     (N, K), G, n_groups = packed.shape, packed.group_size, packed.n_groups
