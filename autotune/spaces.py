@@ -187,8 +187,9 @@ def fp4_gemv_space(device, key):
     over 8-row tiles, or T tiles of 8-32 rows per program; for groups of 64+
     also with the codes read as bytes instead of 16-bit nibble planes.
     On a GPU: BN rows per work-group, BW packed 32-bit words (8 codes) per
-    row per step, dequantising in floats, and the same tiles with integer
-    products (lanes "idot", fp4_idot.py) at the x precision a default takes
+    row per step, dequantising in floats, and tiles of whole groups (8-256 of
+    each row per step) with integer products (lanes "idot", fp4_idot.py) at
+    the x precision a default takes
     (int16: int8 changed SmolLM2's top token at 6 % of decode steps): the
     tuner picks speed, never numerics."""
     N, K, words_per_group = key["N"], key["K"], key["G"] // 8
@@ -214,10 +215,14 @@ def fp4_gemv_space(device, key):
                                                        _work_group_sizes(device, threads))
                if t <= bn * bw and _within(bw * 8, K, [w * 8 for w in widths])]
     xbits = gemv_default(device, K).get("XBITS", 16)
+    # the integer form gives a work-item whole groups: BW / (G/8) of them per
+    # row and step, so more work-items than BN times that would idle
+    group_widths = [w * words_per_group for w in (8, 16, 32, 64, 128, 256)]
     configs += [{"BN": bn, "BW": bw, "lanes": "idot", "XBITS": xbits, "num_threads": t}
-                for bn, bw, t in itertools.product((1, 2, 4, 8, 16), widths,
+                for bn, bw, t in itertools.product((1, 2, 4, 8, 16), group_widths,
                                                    _work_group_sizes(device, threads))
-                if t <= bn * bw and _within(bw * 8, K, [w * 8 for w in widths])]
+                if t <= bn * (bw // words_per_group)
+                and _within(bw * 8, K, [w * 8 for w in group_widths])]
     return _enough_programs(configs, lambda c: -(-N // c["BN"]), device)
 
 
