@@ -76,11 +76,20 @@ class Blocked:
 def default_layout(shape, num_threads, vector=1):
     """Threads spread from the last (contiguous) dimension outwards, so that
     neighbouring work-items touch neighbouring addresses (coalesced on GPUs,
-    vectorised across work-items by PoCL)."""
+    vectorised across work-items by PoCL). With vector > 1 (kl.max_contiguous)
+    each work-item first takes runs of `vector` consecutive elements in
+    row-major order: the whole of as many trailing dimensions as the run
+    covers, then a part of the next."""
     rank = len(shape)
     spt = [1] * rank
-    if rank:
-        spt[-1] = min(vector, shape[-1])
+    run = vector
+    for d in reversed(range(rank)):
+        if run <= 1:
+            break
+        spt[d] = min(run, shape[d])
+        if spt[d] < shape[d]:
+            break
+        run //= shape[d]
     tpd = [1] * rank
     tdiv = [1] * rank
     left, stride = num_threads, 1

@@ -38,6 +38,7 @@ from .fp4_epilogue import fp4_rows_epilogue, fp4_store_rows
 from .scratch import scratch
 
 DP4A = "dp4a.u32.s32 $0, $1, $2, $3;"
+X_GROUPS = 32                    # groups of x per quantiser program (one per work-item)
 DP2A_LO = "dp2a.lo.s32.u32 $0, $1, $2, $3;"
 DP2A_HI = "dp2a.hi.s32.u32 $0, $1, $2, $3;"
 
@@ -82,70 +83,76 @@ def dot2(xw, codes, acc, HIGH: kl.constexpr, PTX: kl.constexpr):
 
 @kdsl.jit
 def pack_lanes(q, lane, BITS: kl.constexpr, FIRST: kl.constexpr, PER_WORD: kl.constexpr):
-    """The words packing q's [W, 4] integers, BITS each, PER_WORD to a word
+    """The words packing q's [B, W, 4] integers, BITS each, PER_WORD to a word
     (4 for int8, 2 for int16), from column FIRST on; disjoint bits, so a sum is an or."""
     mask = (1 << BITS) - 1
     mine = (lane >= FIRST) & (lane < FIRST + PER_WORD)
     shift = kl.where(mine, BITS * (lane - FIRST), 0).to(kl.uint32)
-    shifted = (q & mask).to(kl.uint32) << shift[None, :]
-    return kl.sum(kl.where(mine[None, :], shifted, 0), axis=1)
+    shifted = (q & mask).to(kl.uint32) << shift[None, None, :]
+    return kl.sum(kl.where(mine[None, None, :], shifted, 0), axis=2)
 
 
 @kdsl.jit
-def quantize_x_kernel(x_ptr, norm_ptr, xq_ptr, xd_ptr, xsw_ptr, sq_ptr, K,
+def quantize_x_kernel(x_ptr, norm_ptr, xq_ptr, xd_ptr, xsw_ptr, sq_ptr, K, n_groups,
                       G: kl.constexpr, XBITS: kl.constexpr, NORM: kl.constexpr,
-                      EVEN: kl.constexpr):
-    """Group g = program_id(0) of x' = x (times the norm weight with NORM) as
-    integers: xq = round(x' / d), G * XBITS / 32 words per group, lanes in
-    element order, d = max|x'| / XMAX over the group (int16, XMAX 32767) or
-    over each half of it (int8, XMAX 127: the halves the low and high
-    nibbles multiply, so an outlier of x coarsens 32 of its neighbours, not
-    64); xd[2g], xd[2g + 1] = the halves' d / 16; xsw[g * G/8 + w] = the sum
-    of x' over the 8 elements code word w multiplies (4w..4w+3 and G/2 +
-    4w..); sq[g] = the sum of x^2 (before the norm weight). Elements past K
-    are 0."""
+                      EVEN: kl.constexpr, BX: kl.constexpr):
+    """Groups g of BX per program of x' = x (times the norm weight with NORM)
+    as integers: xq = round(x' / d), G * XBITS / 32 words per group (int8:
+    the low nibbles' x, then the high nibbles', four to a word; int16: the
+    four planes idot_rows reads), d = max|x'| / XMAX over the group (int16,
+    XMAX 32767) or over each half of it (int8, XMAX 127: the halves the low
+    and high nibbles multiply, so an outlier of x coarsens 32 of its
+    neighbours, not 64); xd[2g], xd[2g + 1] = the halves' d / 16; xsw[g * G/8
+    + w] = the sum of x' over the 8 elements code word w multiplies (4w..4w+3
+    and G/2 + 4w..); sq[g] = the sum of x^2 (before the norm weight).
+    Elements past K are 0. A work-item holds whole groups (kl.max_contiguous),
+    so every sum and maximum stays in its registers: no barrier. EVEN: K and
+    the groups fill every program (no mask)."""
     QW = G // 8
     XMAX = 127.0 if XBITS == 8 else 32767.0
-    g = kl.program_id(0)
+    g = kl.program_id(0) * BX + kl.arange(0, BX)
     rw = kl.arange(0, QW)
     lane = kl.arange(0, 4)
-    k_lo = g * G + 4 * rw[:, None] + lane[None, :]          # [QW, 4], the low nibbles' x
+    # [BX, QW, 4]: the low nibbles' x of each group, G/2 consecutive elements
+    k_lo = kl.max_contiguous(g[:, None, None] * G + 4 * rw[None, :, None] + lane[None, None, :],
+                             G // 2)
     k_hi = k_lo + G // 2
     lo = load_block(x_ptr + k_lo, k_lo, K, EVEN)
     hi = load_block(x_ptr + k_hi, k_hi, K, EVEN)
-    kl.store(sq_ptr + g, kl.sum(kl.sum(lo * lo + hi * hi, axis=1), axis=0))
+    live = g < n_groups
+    kl.store(sq_ptr + g, kl.sum(kl.sum(lo * lo + hi * hi, axis=2), axis=1), mask=live)
     if NORM:
         lo = lo * load_block(norm_ptr + k_lo, k_lo, K, EVEN)
         hi = hi * load_block(norm_ptr + k_hi, k_hi, K, EVEN)
-    kl.store(xsw_ptr + g * QW + rw, kl.sum(lo + hi, axis=1))
-    amax_lo = kl.max(kl.max(kl.abs(lo), axis=1), axis=0)
-    amax_hi = kl.max(kl.max(kl.abs(hi), axis=1), axis=0)
+    words = g[:, None] * QW + rw[None, :]
+    kl.store(xsw_ptr + words, kl.sum(lo + hi, axis=2), mask=live[:, None])
+    amax_lo = kl.max(kl.max(kl.abs(lo), axis=2), axis=1)
+    amax_hi = kl.max(kl.max(kl.abs(hi), axis=2), axis=1)
     if XBITS == 16:
         amax_lo = kl.maximum(amax_lo, amax_hi)
         amax_hi = amax_lo
     # groups of (near) zeros give 0: XMAX / amax would overflow below ~1e-35
     inv_lo = kl.where(amax_lo > 1e-30, XMAX / kl.maximum(amax_lo, 1e-30), 0.0)
     inv_hi = kl.where(amax_hi > 1e-30, XMAX / kl.maximum(amax_hi, 1e-30), 0.0)
-    kl.store(xd_ptr + 2 * g, amax_lo * (0.0625 / XMAX))
-    kl.store(xd_ptr + 2 * g + 1, amax_hi * (0.0625 / XMAX))
+    kl.store(xd_ptr + 2 * g, amax_lo * (0.0625 / XMAX), mask=live)
+    kl.store(xd_ptr + 2 * g + 1, amax_hi * (0.0625 / XMAX), mask=live)
     # round to nearest (half away from zero): the conversion truncates
-    q_lo = (lo * inv_lo + kl.where(lo >= 0.0, 0.5, -0.5)).to(kl.int32)
-    q_hi = (hi * inv_hi + kl.where(hi >= 0.0, 0.5, -0.5)).to(kl.int32)
-    # (the word offsets are written out in each store rather than kept in a
-    # pointer variable: moving a block of pointers between layouts crashed
-    # PoCL 3.1's kernel compiler at G = 16)
+    q_lo = (lo * inv_lo[:, None, None] + kl.where(lo >= 0.0, 0.5, -0.5)).to(kl.int32)
+    q_hi = (hi * inv_hi[:, None, None] + kl.where(hi >= 0.0, 0.5, -0.5)).to(kl.int32)
+    XW = G * XBITS // 32
+    planes = xq_ptr + g[:, None] * XW + rw[None, :]
     if XBITS == 8:
         # word w of a group: elements 4w..4w+3; the high nibbles' x from word G/8 on
-        kl.store(xq_ptr + g * (G // 4) + rw, pack_lanes(q_lo, lane, 8, 0, 4))
-        kl.store(xq_ptr + g * (G // 4) + QW + rw, pack_lanes(q_hi, lane, 8, 0, 4))
+        kl.store(planes, pack_lanes(q_lo, lane, 8, 0, 4), mask=live[:, None])
+        kl.store(planes + QW, pack_lanes(q_hi, lane, 8, 0, 4), mask=live[:, None])
     else:
         # four planes of QW words, plane j's word w the elements code word w's
         # bytes 2(j % 2), 2(j % 2) + 1 multiply: of the low nibbles (j < 2),
         # 4w + 2(j % 2) and the next, of the high ones (j >= 2) G/2 further on
-        kl.store(xq_ptr + g * (G // 2) + rw, pack_lanes(q_lo, lane, 16, 0, 2))
-        kl.store(xq_ptr + g * (G // 2) + QW + rw, pack_lanes(q_lo, lane, 16, 2, 2))
-        kl.store(xq_ptr + g * (G // 2) + 2 * QW + rw, pack_lanes(q_hi, lane, 16, 0, 2))
-        kl.store(xq_ptr + g * (G // 2) + 3 * QW + rw, pack_lanes(q_hi, lane, 16, 2, 2))
+        kl.store(planes, pack_lanes(q_lo, lane, 16, 0, 2), mask=live[:, None])
+        kl.store(planes + QW, pack_lanes(q_lo, lane, 16, 2, 2), mask=live[:, None])
+        kl.store(planes + 2 * QW, pack_lanes(q_hi, lane, 16, 0, 2), mask=live[:, None])
+        kl.store(planes + 3 * QW, pack_lanes(q_hi, lane, 16, 2, 2), mask=live[:, None])
 
 
 @kdsl.jit
@@ -286,9 +293,10 @@ def launch_idot(x, norm_w, packed, arrays, tail, F, eps, cfg, fused, has_bias):
     device = x.device
     xq, xd, xsw, sq = x_buffers(device, n_groups, G, xbits)
     even_k = K % G == 0
-    quantize_x_kernel[(n_groups,)](x, norm_w, xq, xd, xsw, sq, K, G=G, XBITS=xbits,
-                                   NORM=fused["NORM"], EVEN=even_k,
-                                   num_threads=cfg.get("x_threads", min(64, G // 2)))
+    bx = cfg.get("BX", X_GROUPS)
+    quantize_x_kernel[(kdsl.cdiv(n_groups, bx),)](
+        x, norm_w, xq, xd, xsw, sq, K, n_groups, G=G, XBITS=xbits, NORM=fused["NORM"],
+        EVEN=even_k and n_groups % bx == 0, BX=bx, num_threads=bx)
     groups = max(cfg["BW"] // (G // 8), 1)          # BW code words of a row per step
     even = F % cfg["BN"] == 0 and even_k and n_groups % groups == 0
     # the interpreter runs no device assembly: it takes the integer arithmetic
