@@ -51,10 +51,15 @@ GPU_GEMV = [{"BN": bn, "BW": bw, "DEQ": deq, "num_threads": t}
                               (2, 256, 64), (4, 512, 128)]
             for deq in ("bits", "convert", "factor")]
 # integer products (fp4_idot.py), x as int16: the precision the GPU default takes
-# (BW = groups per step x GROUP / 8 words: one group of each row per work-item)
-GPU_GEMV += [{"BN": bn, "BW": groups * GROUP // 8, "lanes": "idot", "XBITS": 16, "num_threads": t}
-             for bn, groups, t in [(2, 64, 64), (4, 64, 64), (4, 128, 128), (8, 128, 128),
-                                   (4, 32, 32), (8, 32, 32), (2, 128, 128), (4, 256, 256)]]
+# (BW = groups per step x GROUP / 8 words: one group of each row per work-item),
+# x quantised by a launch of its own or inside the GEMV (FUSED_X)
+GPU_GEMV += [{"BN": bn, "BW": groups * GROUP // 8, "lanes": "idot", "XBITS": 16,
+              "FUSED_X": fused, "num_threads": t}
+             for fused, tiles in ((False, [(4, 32, 32), (8, 64, 64), (4, 128, 128),
+                                           (8, 128, 128)]),
+                                  (True, [(8, 32, 32), (16, 32, 32), (8, 64, 64),
+                                          (16, 64, 64), (8, 128, 128)]))
+             for bn, groups, t in tiles]
 CPU_GEMM = ([{"BM": bm, "BN": bn, "DEQ": "bits", "num_threads": 1}
              for bm, bn in [(8, 8), (8, 16), (16, 8), (4, 8), (8, 32)]]
             + [{"BM": bm, "BN": bn, "BK": bk, "acc_in_memory": True,

@@ -93,39 +93,32 @@ def pack_lanes(q, lane, BITS: kl.constexpr, FIRST: kl.constexpr, PER_WORD: kl.co
 
 
 @kdsl.jit
-def quantize_x_kernel(x_ptr, norm_ptr, xq_ptr, xd_ptr, xsw_ptr, sq_ptr, K, n_groups,
-                      G: kl.constexpr, XBITS: kl.constexpr, NORM: kl.constexpr,
-                      EVEN: kl.constexpr, BX: kl.constexpr):
-    """Groups g of BX per program of x' = x (times the norm weight with NORM)
-    as integers: xq = round(x' / d), G * XBITS / 32 words per group (int8:
-    the low nibbles' x, then the high nibbles', four to a word; int16: the
-    four planes idot_rows reads), d = max|x'| / XMAX over the group (int16,
-    XMAX 32767) or over each half of it (int8, XMAX 127: the halves the low
-    and high nibbles multiply, so an outlier of x coarsens 32 of its
-    neighbours, not 64); xd[2g], xd[2g + 1] = the halves' d / 16; xsw[g * G/8
-    + w] = the sum of x' over the 8 elements code word w multiplies (4w..4w+3
-    and G/2 + 4w..); sq[g] = the sum of x^2 (before the norm weight).
-    Elements past K are 0. A work-item holds whole groups (kl.max_contiguous),
-    so every sum and maximum stays in its registers: no barrier. EVEN: K and
-    the groups fill every program (no mask)."""
+def quantize_groups(x_ptr, norm_ptr, g, K, G: kl.constexpr, XBITS: kl.constexpr,
+                    NORM: kl.constexpr, EVEN: kl.constexpr):
+    """Groups g (a [B] block) of x' = x (times the norm weight with NORM) as
+    integers: (q_lo, q_hi, d_lo, d_hi, word_sums, squares). q_lo, q_hi
+    [B, QW, 4] = round(x' / d) of the elements the low nibbles of code word w
+    multiply (4w..4w+3) and the high ones' (G/2 + 4w..); d = max|x'| / XMAX
+    over the group (int16, XMAX 32767) or over each half of it (int8, XMAX
+    127: the halves the low and high nibbles multiply, so an outlier of x
+    coarsens 32 of its neighbours, not 64); d_lo, d_hi [B] = the halves'
+    d / 16; word_sums [B, QW] = the sum of x' over the 8 elements of code
+    word w; squares [B] = the sum of x^2 (before the norm weight). Elements
+    past K are 0. A work-item holds whole groups (kl.max_contiguous), so every
+    sum and maximum stays in its registers. EVEN: no element past K."""
     QW = G // 8
     XMAX = 127.0 if XBITS == 8 else 32767.0
-    g = kl.program_id(0) * BX + kl.arange(0, BX)
     rw = kl.arange(0, QW)
     lane = kl.arange(0, 4)
-    # [BX, QW, 4]: the low nibbles' x of each group, G/2 consecutive elements
     k_lo = kl.max_contiguous(g[:, None, None] * G + 4 * rw[None, :, None] + lane[None, None, :],
                              G // 2)
     k_hi = k_lo + G // 2
     lo = load_block(x_ptr + k_lo, k_lo, K, EVEN)
     hi = load_block(x_ptr + k_hi, k_hi, K, EVEN)
-    live = g < n_groups
-    kl.store(sq_ptr + g, kl.sum(kl.sum(lo * lo + hi * hi, axis=2), axis=1), mask=live)
+    squares = kl.sum(kl.sum(lo * lo + hi * hi, axis=2), axis=1)
     if NORM:
         lo = lo * load_block(norm_ptr + k_lo, k_lo, K, EVEN)
         hi = hi * load_block(norm_ptr + k_hi, k_hi, K, EVEN)
-    words = g[:, None] * QW + rw[None, :]
-    kl.store(xsw_ptr + words, kl.sum(lo + hi, axis=2), mask=live[:, None])
     amax_lo = kl.max(kl.max(kl.abs(lo), axis=2), axis=1)
     amax_hi = kl.max(kl.max(kl.abs(hi), axis=2), axis=1)
     if XBITS == 16:
@@ -134,36 +127,71 @@ def quantize_x_kernel(x_ptr, norm_ptr, xq_ptr, xd_ptr, xsw_ptr, sq_ptr, K, n_gro
     # groups of (near) zeros give 0: XMAX / amax would overflow below ~1e-35
     inv_lo = kl.where(amax_lo > 1e-30, XMAX / kl.maximum(amax_lo, 1e-30), 0.0)
     inv_hi = kl.where(amax_hi > 1e-30, XMAX / kl.maximum(amax_hi, 1e-30), 0.0)
-    kl.store(xd_ptr + 2 * g, amax_lo * (0.0625 / XMAX), mask=live)
-    kl.store(xd_ptr + 2 * g + 1, amax_hi * (0.0625 / XMAX), mask=live)
     # round to nearest (half away from zero): the conversion truncates
     q_lo = (lo * inv_lo[:, None, None] + kl.where(lo >= 0.0, 0.5, -0.5)).to(kl.int32)
     q_hi = (hi * inv_hi[:, None, None] + kl.where(hi >= 0.0, 0.5, -0.5)).to(kl.int32)
-    XW = G * XBITS // 32
-    planes = xq_ptr + g[:, None] * XW + rw[None, :]
-    if XBITS == 8:
-        # word w of a group: elements 4w..4w+3; the high nibbles' x from word G/8 on
-        kl.store(planes, pack_lanes(q_lo, lane, 8, 0, 4), mask=live[:, None])
-        kl.store(planes + QW, pack_lanes(q_hi, lane, 8, 0, 4), mask=live[:, None])
-    else:
-        # four planes of QW words, plane j's word w the elements code word w's
-        # bytes 2(j % 2), 2(j % 2) + 1 multiply: of the low nibbles (j < 2),
-        # 4w + 2(j % 2) and the next, of the high ones (j >= 2) G/2 further on
-        kl.store(planes, pack_lanes(q_lo, lane, 16, 0, 2), mask=live[:, None])
-        kl.store(planes + QW, pack_lanes(q_lo, lane, 16, 2, 2), mask=live[:, None])
-        kl.store(planes + 2 * QW, pack_lanes(q_hi, lane, 16, 0, 2), mask=live[:, None])
-        kl.store(planes + 3 * QW, pack_lanes(q_hi, lane, 16, 2, 2), mask=live[:, None])
+    return (q_lo, q_hi, amax_lo * (0.0625 / XMAX), amax_hi * (0.0625 / XMAX),
+            kl.sum(lo + hi, axis=2), squares)
 
 
 @kdsl.jit
-def idot_rows(xq_ptr, xd_ptr, xsw_ptr, words_ptr, scales_ptr, offsets_ptr, rn, N, n_groups,
-              G: kl.constexpr, XBITS: kl.constexpr, PTX: kl.constexpr, EVEN: kl.constexpr,
+def x_plane(q_lo, q_hi, j: kl.constexpr, XBITS: kl.constexpr):
+    """Plane j ([B, QW] words) of the groups' integers, word w pairing with code
+    word w. int8: plane 0 the low nibbles' x (elements 4w..4w+3), plane 1 the
+    high ones'. int16: plane j holds the two elements code word w's bytes
+    2(j % 2), 2(j % 2) + 1 multiply, of the low nibbles for j < 2, else of
+    the high ones."""
+    lane = kl.arange(0, 4)
+    if XBITS == 8:
+        if j == 0:
+            plane = pack_lanes(q_lo, lane, 8, 0, 4)
+        else:
+            plane = pack_lanes(q_hi, lane, 8, 0, 4)
+    else:
+        if j < 2:
+            plane = pack_lanes(q_lo, lane, 16, 2 * (j % 2), 2)
+        else:
+            plane = pack_lanes(q_hi, lane, 16, 2 * (j % 2), 2)
+    return plane
+
+
+@kdsl.jit
+def quantize_x_kernel(x_ptr, norm_ptr, xq_ptr, xd_ptr, xsw_ptr, sq_ptr, K, n_groups,
+                      G: kl.constexpr, XBITS: kl.constexpr, NORM: kl.constexpr,
+                      EVEN: kl.constexpr, BX: kl.constexpr):
+    """quantize_groups() of BX groups per program, stored: xq the groups'
+    planes (x_plane(), G * XBITS / 32 words a group), xd[2g], xd[2g + 1] the
+    halves' d / 16, xsw[g * G/8 + w] the word sums, sq[g] the squares. EVEN:
+    K and the groups fill every program (no mask)."""
+    QW = G // 8
+    XW = G * XBITS // 32
+    g = kl.program_id(0) * BX + kl.arange(0, BX)
+    rw = kl.arange(0, QW)
+    q_lo, q_hi, d_lo, d_hi, word_sums, squares = quantize_groups(x_ptr, norm_ptr, g, K, G, XBITS,
+                                                                 NORM, EVEN)
+    live = g < n_groups
+    kl.store(sq_ptr + g, squares, mask=live)
+    kl.store(xsw_ptr + g[:, None] * QW + rw[None, :], word_sums, mask=live[:, None])
+    kl.store(xd_ptr + 2 * g, d_lo, mask=live)
+    kl.store(xd_ptr + 2 * g + 1, d_hi, mask=live)
+    for j in kl.static_range(XW // QW):
+        kl.store(xq_ptr + g[:, None] * XW + j * QW + rw[None, :], x_plane(q_lo, q_hi, j, XBITS),
+                 mask=live[:, None])
+
+
+@kdsl.jit
+def idot_rows(x_ptr, norm_ptr, xq_ptr, xd_ptr, xsw_ptr, words_ptr, scales_ptr, offsets_ptr, rn,
+              N, K, n_groups, G: kl.constexpr, XBITS: kl.constexpr, PTX: kl.constexpr,
+              EVEN: kl.constexpr, NORM: kl.constexpr, FUSED_X: kl.constexpr,
               BN: kl.constexpr, BG: kl.constexpr):
     """sum over K of W x' for the BN rows rn (before the epilogue), BG whole
     groups of every row per step. A work-item holds whole groups: their QW =
     G/8 code words and the x words each plane pairs with them, runs that
     kl.max_contiguous lets it read 16 bytes at a time, so a group's scale
-    and offset are read and applied once.
+    and offset are read and applied once. x's integers come from
+    quantize_x_kernel's buffers, or with FUSED_X from quantize_groups() on x
+    itself in this kernel (each program quantises every group once per
+    BN rows: no second launch, no buffers).
     Word w of a group holds elements 4w..4w+3 in its low nibbles and
     G/2 + 4w.. in its high ones; its products with xq are summed as integers
     over the group, then (s d/16) * dot + (s + o) * sum(x' over the group)
@@ -185,52 +213,58 @@ def idot_rows(xq_ptr, xd_ptr, xsw_ptr, words_ptr, scales_ptr, offsets_ptr, rn, N
             c = kl.load(words_ptr + g0 * QW + w_offs)
             s = kl.load(scales_ptr + g0 + s_offs).to(kl.float32)
             o = kl.load(offsets_ptr + g0 + s_offs).to(kl.float32)
-            d_lo = kl.load(xd_ptr + 2 * (g0 + gi))
-            sx = kl.sum(kl.load(xsw_ptr + g0 * QW + xs_offs), axis=1)
         else:
             live_g = g0 + gi < n_groups
             live = (rn[:, None] < N) & live_g[None, :]
             c = kl.load(words_ptr + g0 * QW + w_offs, mask=live[:, :, None], other=0)
             s = kl.load(scales_ptr + g0 + s_offs, mask=live, other=0.0).to(kl.float32)
             o = kl.load(offsets_ptr + g0 + s_offs, mask=live, other=0.0).to(kl.float32)
+        if FUSED_X:
+            q_lo, q_hi, d_lo, d_hi, word_sums, _ = quantize_groups(x_ptr, norm_ptr, g0 + gi, K, G,
+                                                                   XBITS, NORM, EVEN)
+            sx = kl.sum(word_sums, axis=1)
+        elif EVEN:
+            d_lo = kl.load(xd_ptr + 2 * (g0 + gi))
+            d_hi = kl.load(xd_ptr + 2 * (g0 + gi) + 1)
+            sx = kl.sum(kl.load(xsw_ptr + g0 * QW + xs_offs), axis=1)
+        else:
             d_lo = kl.load(xd_ptr + 2 * (g0 + gi), mask=live_g, other=0.0)
+            d_hi = kl.load(xd_ptr + 2 * (g0 + gi) + 1, mask=live_g, other=0.0)
             sx = kl.sum(kl.load(xsw_ptr + g0 * QW + xs_offs, mask=live_g[:, None], other=0.0),
                         axis=1)
         c = c.to(kl.int32, bitcast=True)
         lo = c & 0x0F0F0F0F
         hi = (c >> 4) & 0x0F0F0F0F
-        xq_base = xq_ptr + g0 * XW + x_offs
-        if XBITS == 8:
-            # planes 0 and 1: the low and the high nibbles' x, four bytes a word
-            if EVEN:
-                x_lo = kl.load(xq_base)
-                x_hi = kl.load(xq_base + QW)
-                d_hi = kl.load(xd_ptr + 2 * (g0 + gi) + 1)
+        t_lo = kl.zeros((BN, BG, QW), kl.int32)
+        t_hi = kl.zeros((BN, BG, QW), kl.int32)
+        for j in kl.static_range(XW // QW):
+            # plane j of x's words, word for word beside the codes
+            if FUSED_X:
+                xw = x_plane(q_lo, q_hi, j, XBITS)
+            elif EVEN:
+                xw = kl.load(xq_ptr + g0 * XW + x_offs + j * QW)
             else:
-                x_lo = kl.load(xq_base, mask=live_g[:, None], other=0)
-                x_hi = kl.load(xq_base + QW, mask=live_g[:, None], other=0)
-                d_hi = kl.load(xd_ptr + 2 * (g0 + gi) + 1, mask=live_g, other=0.0)
-            zero = kl.zeros((BN, BG, QW), kl.int32)
-            t_lo = kl.sum(dot4(lo, x_lo.to(kl.int32, bitcast=True)[None, :, :], zero, PTX),
-                          axis=2)
-            t_hi = kl.sum(dot4(hi, x_hi.to(kl.int32, bitcast=True)[None, :, :], zero, PTX),
-                          axis=2)
-            acc += s * (d_lo[None, :] * t_lo.to(kl.float32)
-                        + d_hi[None, :] * t_hi.to(kl.float32)) + (s + o) * sx[None, :]
+                xw = kl.load(xq_ptr + g0 * XW + x_offs + j * QW, mask=live_g[:, None], other=0)
+            xw3 = xw.to(kl.int32, bitcast=True)[None, :, :]
+            if XBITS == 8:
+                # planes 0 and 1: the low and the high nibbles' x, four bytes a word
+                if j == 0:
+                    t_lo = dot4(lo, xw3, t_lo, PTX)
+                else:
+                    t_hi = dot4(hi, xw3, t_hi, PTX)
+            elif j < 2:
+                # planes 0, 1 pair with the low nibbles' bytes 0-1 and 2-3
+                t_lo = dot2(xw3, lo, t_lo, j % 2, PTX)
+            else:
+                t_lo = dot2(xw3, hi, t_lo, j % 2, PTX)
+        if XBITS == 8:
+            # the halves' own steps: one more conversion and FMA per group than int16
+            acc += s * (d_lo[None, :] * kl.sum(t_lo, axis=2).to(kl.float32)
+                        + d_hi[None, :] * kl.sum(t_hi, axis=2).to(kl.float32)) \
+                + (s + o) * sx[None, :]
         else:
-            t = kl.zeros((BN, BG, QW), kl.int32)
-            for j in kl.static_range(4):
-                # plane j: two elements a word; planes 0, 1 pair with the low
-                # nibbles' bytes 0-1 and 2-3, planes 2, 3 with the high nibbles'
-                if EVEN:
-                    xw = kl.load(xq_base + j * QW)
-                else:
-                    xw = kl.load(xq_base + j * QW, mask=live_g[:, None], other=0)
-                if j < 2:
-                    t = dot2(xw.to(kl.int32, bitcast=True)[None, :, :], lo, t, j % 2, PTX)
-                else:
-                    t = dot2(xw.to(kl.int32, bitcast=True)[None, :, :], hi, t, j % 2, PTX)
-            acc += (s * d_lo[None, :]) * kl.sum(t, axis=2).to(kl.float32) + (s + o) * sx[None, :]
+            acc += (s * d_lo[None, :]) * kl.sum(t_lo, axis=2).to(kl.float32) \
+                + (s + o) * sx[None, :]
     return kl.sum(acc, axis=1)
 
 
@@ -245,26 +279,42 @@ def norm_squares(sq_ptr, n_groups, BW: kl.constexpr):
 
 
 @kdsl.jit
+def x_squares(x_ptr, K, BW: kl.constexpr):
+    """The squares of x, summed into a [BW] block (its sum is RMSNorm's)."""
+    rk = kl.arange(0, BW)
+    squares = kl.zeros((BW,), dtype=kl.float32)
+    for i in range(0, K, BW):
+        v = kl.load(x_ptr + i + rk, mask=i + rk < K, other=0.0)
+        squares += v * v
+    return squares
+
+
+@kdsl.jit
 def fp4_gemv_idot_kernel(x_ptr, norm_ptr, xq_ptr, xd_ptr, xsw_ptr, sq_ptr, words_ptr,
                          scales_ptr, offsets_ptr, y_ptr, bias_ptr, oidx_ptr, ow_ptr, N, K,
                          n_groups, n_out, F, eps, G: kl.constexpr, XBITS: kl.constexpr,
                          PTX: kl.constexpr, HAS_BIAS: kl.constexpr, EVEN: kl.constexpr,
                          GATED: kl.constexpr, NORM: kl.constexpr, ACCUMULATE: kl.constexpr,
-                         BN: kl.constexpr, BG: kl.constexpr):
+                         FUSED_X: kl.constexpr, BN: kl.constexpr, BG: kl.constexpr):
     """fp4_gemv_kernel's y (same GATED, NORM, ACCUMULATE, bias and outliers)
-    from x quantised by quantize_x_kernel; x_ptr and norm_ptr serve the
-    outlier channels only."""
+    from x as integers: quantize_x_kernel's buffers, or with FUSED_X
+    quantised here (idot_rows); x_ptr and norm_ptr also serve the outlier
+    channels."""
     rn = kl.program_id(0) * BN + kl.arange(0, BN)
     squares = kl.zeros((BG,), dtype=kl.float32)
     if NORM:
-        squares = norm_squares(sq_ptr, n_groups, BG)
-    y = idot_rows(xq_ptr, xd_ptr, xsw_ptr, words_ptr, scales_ptr, offsets_ptr, rn, N, n_groups,
-                  G, XBITS, PTX, EVEN, BN, BG)
+        if FUSED_X:
+            squares = x_squares(x_ptr, K, BG)
+        else:
+            squares = norm_squares(sq_ptr, n_groups, BG)
+    y = idot_rows(x_ptr, norm_ptr, xq_ptr, xd_ptr, xsw_ptr, words_ptr, scales_ptr, offsets_ptr,
+                  rn, N, K, n_groups, G, XBITS, PTX, EVEN, NORM, FUSED_X, BN, BG)
     y = fp4_rows_epilogue(y, x_ptr, norm_ptr, squares, eps, bias_ptr, oidx_ptr, ow_ptr, rn, N,
                           K, n_out, HAS_BIAS, NORM)
     if GATED:
-        up = idot_rows(xq_ptr, xd_ptr, xsw_ptr, words_ptr, scales_ptr, offsets_ptr, rn + F, N,
-                       n_groups, G, XBITS, PTX, EVEN, BN, BG)
+        up = idot_rows(x_ptr, norm_ptr, xq_ptr, xd_ptr, xsw_ptr, words_ptr, scales_ptr,
+                       offsets_ptr, rn + F, N, K, n_groups, G, XBITS, PTX, EVEN, NORM, FUSED_X,
+                       BN, BG)
         up = fp4_rows_epilogue(up, x_ptr, norm_ptr, squares, eps, bias_ptr, oidx_ptr, ow_ptr,
                                rn + F, N, K, n_out, HAS_BIAS, NORM)
         y = y * kl.sigmoid(y) * up
@@ -281,11 +331,12 @@ def x_buffers(device, n_groups, G, xbits):
 
 
 def launch_idot(x, norm_w, packed, arrays, tail, F, eps, cfg, fused, has_bias):
-    """quantize_x_kernel into x_buffers(), then fp4_gemv_idot_kernel with BN
-    rows per program and BW code words (BW / (G/8) whole groups) of each per
-    step (cfg; XBITS 16 unless it says 8); returns the
-    GEMV's event. The dot products take inline PTX where the device compiles
-    it (cfg "PTX": False turns it off, for measuring)."""
+    """fp4_gemv_idot_kernel with BN rows per program and BW code words (BW /
+    (G/8) whole groups) of each per step (cfg; XBITS 16 unless it says 8),
+    after quantize_x_kernel into x_buffers() unless cfg "FUSED_X" quantises x
+    inside the GEMV; returns the GEMV's event. The dot products take inline
+    PTX where the device compiles it (cfg "PTX": False turns it off, for
+    measuring)."""
     (N, K), G, n_groups = packed.shape, packed.group_size, packed.n_groups
     xbits = cfg.get("XBITS", 16)
     if xbits not in (8, 16):
@@ -293,10 +344,12 @@ def launch_idot(x, norm_w, packed, arrays, tail, F, eps, cfg, fused, has_bias):
     device = x.device
     xq, xd, xsw, sq = x_buffers(device, n_groups, G, xbits)
     even_k = K % G == 0
-    bx = cfg.get("BX", X_GROUPS)
-    quantize_x_kernel[(kdsl.cdiv(n_groups, bx),)](
-        x, norm_w, xq, xd, xsw, sq, K, n_groups, G=G, XBITS=xbits, NORM=fused["NORM"],
-        EVEN=even_k and n_groups % bx == 0, BX=bx, num_threads=bx)
+    fused_x = bool(cfg.get("FUSED_X", False))
+    if not fused_x:
+        bx = cfg.get("BX", X_GROUPS)
+        quantize_x_kernel[(kdsl.cdiv(n_groups, bx),)](
+            x, norm_w, xq, xd, xsw, sq, K, n_groups, G=G, XBITS=xbits, NORM=fused["NORM"],
+            EVEN=even_k and n_groups % bx == 0, BX=bx, num_threads=bx)
     groups = max(cfg["BW"] // (G // 8), 1)          # BW code words of a row per step
     even = F % cfg["BN"] == 0 and even_k and n_groups % groups == 0
     # the interpreter runs no device assembly: it takes the integer arithmetic
@@ -305,5 +358,5 @@ def launch_idot(x, norm_w, packed, arrays, tail, F, eps, cfg, fused, has_bias):
     return fp4_gemv_idot_kernel[(kdsl.cdiv(F, cfg["BN"]),)](
         x, norm_w, xq, xd, xsw, sq, arrays["words"], arrays["scales"], arrays["offsets"], *tail,
         N, K, n_groups, len(packed.outlier_idx), F, eps, G=G, XBITS=xbits, PTX=ptx,
-        HAS_BIAS=has_bias, **fused, EVEN=even, BN=cfg["BN"], BG=groups,
+        HAS_BIAS=has_bias, **fused, EVEN=even, FUSED_X=fused_x, BN=cfg["BN"], BG=groups,
         num_threads=cfg["num_threads"])

@@ -614,7 +614,7 @@ SMALL_CPU = 4        # compute units up to which the int16 GEMV runs one program
 # parameters one form of the GEMV takes and another not: the CPU's byte lanes
 # BK, its int16 lanes runs of tiles and planes; the GPU's float word kernel DEQ,
 # its integer one lanes and XBITS (configs.tuned, the tuner's space)
-GEMV_FORM_PARAMS = ("BK", "planes", "DEQ", "lanes", "XBITS") + RUNS
+GEMV_FORM_PARAMS = ("BK", "planes", "DEQ", "lanes", "XBITS", "FUSED_X", "BX") + RUNS
 
 
 def gemv_default(device, K=None):
