@@ -635,6 +635,11 @@ def gemv_default(device, K=None):
         if has_int16_pair_dot(device):
             return dict(CPU_INT16_GEMV, per_cu=1 if device.compute_units <= SMALL_CPU else 2)
         return dict(CPU_BYTES_GEMV)
+    return word_gemv_default(K)
+
+
+def word_gemv_default(K=None):
+    """The GPU's float word kernel default (gemv_default's reasons)."""
     long_rows = K is not None and K >= 2048
     return {"BN": 4, "BW": 512 if long_rows else 128, "DEQ": "convert", "num_threads": 128}
 

@@ -19,7 +19,7 @@ import kdsl
 import kdsl.language as kl
 
 from .fp4_kernels import (CPU_BYTES_GEMV, _byte_chunk, fp4_gemv_bytes_rows, fp4_gemv_config,
-                          fp4_gemv_rows)
+                          fp4_gemv_rows, word_gemv_default)
 from .row_tiles import ROW_TILE
 from .rope import cos_sin_tables
 
@@ -87,10 +87,15 @@ def fp4_gemv_rope_kernel(x_ptr, norm_ptr, codes_ptr, step_ptr, base_ptr, bias_pt
                  + kl.arange(0, BN), y)
 
 
-def _rope_gemv_config(cfg):
+def _rope_gemv_config(cfg, K):
     """The GEMV config this kernel runs: an int16-lane CPU config (which it has
-    no form for) becomes the byte-lane default."""
-    return dict(CPU_BYTES_GEMV) if cfg.get("lanes") == "int16" else cfg
+    no form for) becomes the byte-lane default, an integer-dot GPU config
+    (likewise) the float word kernel's default."""
+    if cfg.get("lanes") == "int16":
+        return dict(CPU_BYTES_GEMV)
+    if cfg.get("lanes") == "idot":
+        return word_gemv_default(K)
+    return cfg
 
 
 def rope_fusable(packed, head_dim, device, config=None):
@@ -98,7 +103,7 @@ def rope_fusable(packed, head_dim, device, config=None):
     the GEMV's rows per program divide head_dim / 2, the rows fill whole
     programs and K whole groups (no masks)."""
     N, K = packed.shape
-    cfg = _rope_gemv_config(config or fp4_gemv_config(packed, device))
+    cfg = _rope_gemv_config(config or fp4_gemv_config(packed, device), K)
     return (head_dim % 2 == 0 and (head_dim // 2) % cfg["BN"] == 0
             and K % packed.group_size == 0 and N % head_dim == 0
             and (cfg.get("lanes") != "bytes" or ROW_TILE % cfg["BN"] == 0
@@ -133,7 +138,7 @@ def linear_rope_qkv(x, packed, *, n_heads, n_kv_heads, head_dim, position, base,
                              f"its last stride 1, got shape {t.shape} strides {t.strides}")
     if position < 0:
         raise ValueError(f"linear_rope_qkv(): position must be >= 0, got {position}")
-    cfg = _rope_gemv_config(config or fp4_gemv_config(packed, x.device))
+    cfg = _rope_gemv_config(config or fp4_gemv_config(packed, x.device), K)
     if not rope_fusable(packed, head_dim, x.device, cfg):
         raise ValueError(f"linear_rope_qkv(): {cfg['BN']} rows per program do not divide "
                          f"head_dim / 2 = {head_dim // 2} (or K {K} is not whole groups of "

@@ -97,3 +97,15 @@ def test_bad_shapes_name_the_cause():
     with pytest.raises(ValueError, match="position"):
         linear_rope_qkv(x, packed, n_heads=2, n_kv_heads=2, head_dim=16, position=-1, base=1e4,
                         q_out=q, k_out=kv, v_out=kv)
+
+
+def test_an_integer_dot_config_runs_the_word_kernel():
+    # the integer GEMV has no RoPE form: a tuned or default "idot" config for
+    # the QKV weight gives the float word kernel's default here
+    packed = fp4.quantize(np.ones((3 * 64, 128), np.float32), group_size=64)
+    idot = {"lanes": "idot", "BN": 16, "BW": 1024, "XBITS": 16, "FUSED_X": True,
+            "num_threads": 128}
+    from kdsl_kernels.fp4_kernels import word_gemv_default
+    from kdsl_kernels.fp4_rope import _rope_gemv_config
+    assert _rope_gemv_config(idot, 128) == word_gemv_default(128)
+    assert rope_fusable(packed, 64, kdsl.current_device(), idot)
