@@ -218,11 +218,16 @@ def fp4_gemv_space(device, key):
     # the integer form gives a work-item whole groups: BW / (G/8) of them per
     # row and step, so more work-items than BN times that would idle
     group_widths = [w * words_per_group for w in (8, 16, 32, 64, 128, 256)]
-    configs += [{"BN": bn, "BW": bw, "lanes": "idot", "XBITS": xbits, "num_threads": t}
-                for bn, bw, t in itertools.product((1, 2, 4, 8, 16), group_widths,
-                                                   _work_group_sizes(device, threads))
+    # x quantised by a launch of its own, or inside the GEMV by every program
+    # (FUSED_X: one launch, the quantisation repeated once per BN rows)
+    configs += [{"BN": bn, "BW": bw, "lanes": "idot", "XBITS": xbits, "FUSED_X": fused,
+                 "num_threads": t}
+                for bn, bw, t, fused in itertools.product((1, 2, 4, 8, 16), group_widths,
+                                                          _work_group_sizes(device, threads),
+                                                          (False, True))
                 if t <= bn * (bw // words_per_group)
-                and _within(bw * 8, K, [w * 8 for w in group_widths])]
+                and _within(bw * 8, K, [w * 8 for w in group_widths])
+                and (bn >= 4 or not fused)]
     return _enough_programs(configs, lambda c: -(-N // c["BN"]), device)
 
 
