@@ -38,7 +38,7 @@ from .fp4_epilogue import fp4_rows_epilogue, fp4_store_rows
 from .scratch import scratch
 
 DP4A = "dp4a.u32.s32 $0, $1, $2, $3;"
-X_GROUPS = 32                    # groups of x per quantiser program (one per work-item)
+X_GROUPS = 1                     # groups of x per quantiser program (quantize_x_kernel)
 DP2A_LO = "dp2a.lo.s32.u32 $0, $1, $2, $3;"
 DP2A_HI = "dp2a.hi.s32.u32 $0, $1, $2, $3;"
 
@@ -94,7 +94,7 @@ def pack_lanes(q, lane, BITS: kl.constexpr, FIRST: kl.constexpr, PER_WORD: kl.co
 
 @kdsl.jit
 def quantize_groups(x_ptr, norm_ptr, g, K, G: kl.constexpr, XBITS: kl.constexpr,
-                    NORM: kl.constexpr, EVEN: kl.constexpr):
+                    NORM: kl.constexpr, EVEN: kl.constexpr, SPREAD: kl.constexpr):
     """Groups g (a [B] block) of x' = x (times the norm weight with NORM) as
     integers: (q_lo, q_hi, d_lo, d_hi, word_sums, squares). q_lo, q_hi
     [B, QW, 4] = round(x' / d) of the elements the low nibbles of code word w
@@ -105,13 +105,15 @@ def quantize_groups(x_ptr, norm_ptr, g, K, G: kl.constexpr, XBITS: kl.constexpr,
     d / 16; word_sums [B, QW] = the sum of x' over the 8 elements of code
     word w; squares [B] = the sum of x^2 (before the norm weight). Elements
     past K are 0. A work-item holds whole groups (kl.max_contiguous), so every
-    sum and maximum stays in its registers. EVEN: no element past K."""
+    sum and maximum stays in its registers; with SPREAD the work-items spread
+    over a group's elements instead, and its sums go through local memory.
+    EVEN: no element past K."""
     QW = G // 8
     XMAX = 127.0 if XBITS == 8 else 32767.0
     rw = kl.arange(0, QW)
     lane = kl.arange(0, 4)
     k_lo = kl.max_contiguous(g[:, None, None] * G + 4 * rw[None, :, None] + lane[None, None, :],
-                             G // 2)
+                             1 if SPREAD else G // 2)
     k_hi = k_lo + G // 2
     lo = load_block(x_ptr + k_lo, k_lo, K, EVEN)
     hi = load_block(x_ptr + k_hi, k_hi, K, EVEN)
@@ -161,14 +163,17 @@ def quantize_x_kernel(x_ptr, norm_ptr, xq_ptr, xd_ptr, xsw_ptr, sq_ptr, K, n_gro
                       EVEN: kl.constexpr, BX: kl.constexpr):
     """quantize_groups() of BX groups per program, stored: xq the groups'
     planes (x_plane(), G * XBITS / 32 words a group), xd[2g], xd[2g + 1] the
-    halves' d / 16, xsw[g * G/8 + w] the word sums, sq[g] the squares. EVEN:
-    K and the groups fill every program (no mask)."""
+    halves' d / 16, xsw[g * G/8 + w] the word sums, sq[g] the squares. BX =
+    1: the program's work-items spread over its group's elements (on the H100
+    5.6-5.9 us a call at K = 4096-11008, where 32 whole groups per program,
+    one per work-item, took 7.2-8.4: too few programs). EVEN: K and the
+    groups fill every program (no mask)."""
     QW = G // 8
     XW = G * XBITS // 32
     g = kl.program_id(0) * BX + kl.arange(0, BX)
     rw = kl.arange(0, QW)
     q_lo, q_hi, d_lo, d_hi, word_sums, squares = quantize_groups(x_ptr, norm_ptr, g, K, G, XBITS,
-                                                                 NORM, EVEN)
+                                                                 NORM, EVEN, BX == 1)
     live = g < n_groups
     kl.store(sq_ptr + g, squares, mask=live)
     kl.store(xsw_ptr + g[:, None] * QW + rw[None, :], word_sums, mask=live[:, None])
@@ -221,7 +226,7 @@ def idot_rows(x_ptr, norm_ptr, xq_ptr, xd_ptr, xsw_ptr, words_ptr, scales_ptr, o
             o = kl.load(offsets_ptr + g0 + s_offs, mask=live, other=0.0).to(kl.float32)
         if FUSED_X:
             q_lo, q_hi, d_lo, d_hi, word_sums, _ = quantize_groups(x_ptr, norm_ptr, g0 + gi, K, G,
-                                                                   XBITS, NORM, EVEN)
+                                                                   XBITS, NORM, EVEN, False)
             sx = kl.sum(word_sums, axis=1)
         elif EVEN:
             d_lo = kl.load(xd_ptr + 2 * (g0 + gi))
@@ -349,7 +354,8 @@ def launch_idot(x, norm_w, packed, arrays, tail, F, eps, cfg, fused, has_bias):
         bx = cfg.get("BX", X_GROUPS)
         quantize_x_kernel[(kdsl.cdiv(n_groups, bx),)](
             x, norm_w, xq, xd, xsw, sq, K, n_groups, G=G, XBITS=xbits, NORM=fused["NORM"],
-            EVEN=even_k and n_groups % bx == 0, BX=bx, num_threads=bx)
+            EVEN=even_k and n_groups % bx == 0, BX=bx,
+            num_threads=min(64, G // 2) if bx == 1 else bx)
     groups = max(cfg["BW"] // (G // 8), 1)          # BW code words of a row per step
     even = F % cfg["BN"] == 0 and even_k and n_groups % groups == 0
     # the interpreter runs no device assembly: it takes the integer arithmetic

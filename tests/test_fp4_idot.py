@@ -246,3 +246,25 @@ def test_a_tuned_integer_config_reaches_the_gemv(tmp_path, monkeypatch):
     tuned = dict(IDOT, XBITS=16)
     tuning_db.database().record("fp4_gemv", {"N": 64, "K": 256, "G": 64}, tuned, 1e-5)
     assert fp4_kernels.fp4_gemv_config(packed, device) == tuned
+
+
+@pytest.mark.parametrize("k, group_size, xbits, norm", [(200, 32, 16, True), (96, 16, 8, False)])
+def test_whole_group_quantiser_writes_what_the_spread_one_does(k, group_size, xbits, norm):
+    # BX groups per program, one per work-item, against one group per program
+    # spread over its work-items: the same integers, steps and sums
+    rng = np.random.default_rng(k)
+    x = (rng.standard_normal(k) * 2).astype(np.float32)
+    g = rng.uniform(0.5, 1.5, k).astype(np.float32) if norm else None
+    packed = fp4.quantize(np.ones((1, k), np.float32), group_size)
+    device = kdsl.current_device()
+    written = []
+    for bx in (1, 4):
+        fp4.linear(kdsl.tensor(x[None, :]), packed, config=dict(IDOT, XBITS=xbits, BX=bx),
+                   rms_norm=(g, 1e-5) if norm else None)
+        n_groups = -(-k // group_size)
+        written.append([b.numpy()[:size].copy() for b, size in zip(
+            x_buffers(device, n_groups, group_size, xbits),
+            (n_groups * group_size * xbits // 32, 2 * n_groups, n_groups * group_size // 8,
+             n_groups))])
+    for spread, whole in zip(*written):
+        np.testing.assert_allclose(whole, spread, rtol=1e-6, atol=1e-6)
