@@ -29,6 +29,9 @@ with the largest |w| are taken out of the groups before quantising (so they
 do not stretch their groups' ranges) and kept as fp16 residuals beside the
 FP4 body; dequantize() and the kernels add them back.
 """
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from .row_tiles import ROW_TILE, row_tiled  # noqa: F401  (fp4.ROW_TILE: docs/fp4.md)
@@ -312,11 +315,28 @@ def _to_groups(w, group_size):
     return w.reshape(n, kp // group_size, group_size)
 
 
+# Rows of a weight quantised together: about 256K elements (1 MB of fp32), so
+# the dozen elementwise passes over a chunk run in the core's L2, not DRAM
+CHUNK_ELEMENTS = 1 << 18
+
+
 def _quantize_groups(groups, reading):
-    """Per-group fp16 (scale, offset) and uint8 codes [N, ng, G] for one reading."""
-    if reading == "e0m4":
-        return _quantize_uniform(groups)
-    return _quantize_pow2(groups)
+    """Per-group fp16 (scale, offset) and uint8 codes [N, ng, G] for one reading.
+
+    Row chunks are quantised independently (every group's fit is its own) on
+    a thread per core (numpy's ufuncs release the GIL), with the same result
+    bit for bit as in one piece. A 4096 x 4096 weight at G = 32: 1.37 s in
+    one piece, 0.47-0.52 s in chunks on this project's 2-core VM, and as fast
+    on one of its cores (taskset): the gain there is the cache, the threads
+    are for machines with more cores."""
+    fit = _quantize_uniform if reading == "e0m4" else _quantize_pow2
+    rows = max(1, CHUNK_ELEMENTS // max(1, groups.shape[1] * groups.shape[2]))
+    chunks = [groups[i:i + rows] for i in range(0, groups.shape[0], rows)]
+    if len(chunks) <= 1:
+        return fit(groups)
+    with ThreadPoolExecutor(min(len(chunks), os.cpu_count() or 1)) as pool:
+        parts = list(pool.map(fit, chunks))
+    return tuple(np.concatenate(part, axis=0) for part in zip(*parts))
 
 
 def _quantize_uniform(groups, refine=2):
@@ -355,9 +375,21 @@ def _uniform_codes(groups, step, base):
     s = scales.astype(np.float32)[..., None]
     o = offsets.astype(np.float32)[..., None]
     safe = np.where(s == 0, 1.0, s)
-    codes = np.clip(np.rint((groups - o - s) * 16.0 / safe), 0, 15)
-    err = ((s + s * codes / 16.0 + o - groups) ** 2).sum(axis=-1)
-    return scales, offsets, codes.astype(np.uint8), err
+    # (groups - o - s) * 16 / safe, rounded and clipped, one buffer in place
+    codes = groups - o
+    codes -= s
+    codes *= 16.0
+    codes /= safe
+    np.rint(codes, out=codes)
+    np.clip(codes, 0, 15, out=codes)
+    # the squared error of s + s * codes / 16 + o against the weights
+    diff = s * codes
+    diff /= 16.0
+    diff += s
+    diff += o
+    diff -= groups
+    diff *= diff
+    return scales, offsets, codes.astype(np.uint8), diff.sum(axis=-1)
 
 
 # Power-of-two grid: levels o + s * 2**(q - 14). The grid is dense at one end,

@@ -598,3 +598,16 @@ def test_byte_gemv_rows_straddling_tiles(bn, f):
     full = x @ fp4.dequantize(packed).T
     ref = full[:, :f] / (1 + np.exp(-full[:, :f])) * full[:, f:]
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.sqrt(96))
+
+
+@pytest.mark.parametrize("reading", ["e0m4", "e4m0"])
+def test_quantising_in_row_chunks_gives_the_same_pack(monkeypatch, reading):
+    # quantize() fits row chunks on threads; every group's fit is its own, so
+    # the packs match bit for bit whatever the chunk size
+    w = (np.random.default_rng(7).standard_normal((37, 200)) * 0.1).astype(np.float32)
+    w[4] = 0.0
+    whole = fp4.quantize(w, 32, reading=reading, outliers=2)
+    monkeypatch.setattr(fp4, "CHUNK_ELEMENTS", 3 * 224)        # 3 rows a chunk
+    chunked = fp4.quantize(w, 32, reading=reading, outliers=2)
+    for name in ("codes", "scales", "offsets", "outlier_idx", "outlier_w"):
+        np.testing.assert_array_equal(getattr(chunked, name), getattr(whole, name))
