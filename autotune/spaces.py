@@ -216,7 +216,9 @@ def fp4_gemv_space(device, key):
                if t <= bn * bw and _within(bw * 8, K, [w * 8 for w in widths])]
     xbits = gemv_default(device, K).get("XBITS", 16)
     # the integer form gives a work-item whole groups: BW / (G/8) of them per
-    # row and step, so more work-items than BN times that would idle
+    # row and step, at most one work-item per group (more split x's blocks
+    # differently from the codes', and x then moves through local memory
+    # every step)
     group_widths = [w * words_per_group for w in (8, 16, 32, 64, 128, 256)]
     # x quantised by a launch of its own, or inside the GEMV by every program
     # (FUSED_X: one launch, the quantisation repeated once per BN rows)
@@ -225,7 +227,7 @@ def fp4_gemv_space(device, key):
                 for bn, bw, t, fused in itertools.product((1, 2, 4, 8, 16), group_widths,
                                                           _work_group_sizes(device, threads),
                                                           (False, True))
-                if t <= bn * (bw // words_per_group)
+                if t <= bw // words_per_group
                 and _within(bw * 8, K, [w * 8 for w in group_widths])
                 and (bn >= 4 or not fused)]
     return _enough_programs(configs, lambda c: -(-N // c["BN"]), device)

@@ -289,10 +289,10 @@ def max_contiguous(x, n):
     """Hint: the integer offsets x run in steps of 1 along their last
     dimension, in runs of n (a power of two) starting at multiples of n.
     Returns x. The code generator gives each work-item whole runs of n
-    elements of x and of what is computed from it, so a load or store
-    through `ptr + x` reads each run with vector loads (16 bytes at a time,
-    where the address is aligned at run time). Wrong hints never change
-    results, only speed.
+    elements of x and of what is computed from it, so a 32-bit load through
+    `ptr + x` reads each run with vector loads (16 bytes at a time, where
+    the address is aligned at run time; stores stay scalar). Wrong hints
+    never change results, only speed.
 
     >>> offs = kl.max_contiguous(rows[:, None] * K + cols[None, :], 4)
     """

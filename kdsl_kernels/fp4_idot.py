@@ -33,7 +33,6 @@ import kdsl
 import kdsl.language as kl
 from kdsl.device_features import has_inline_ptx
 
-from .elementwise import load_block
 from .fp4_epilogue import fp4_rows_epilogue, fp4_store_rows
 from .scratch import scratch
 
@@ -93,8 +92,20 @@ def pack_lanes(q, lane, BITS: kl.constexpr, FIRST: kl.constexpr, PER_WORD: kl.co
 
 
 @kdsl.jit
-def quantize_groups(x_ptr, norm_ptr, g, K, G: kl.constexpr, XBITS: kl.constexpr,
-                    NORM: kl.constexpr, EVEN: kl.constexpr, SPREAD: kl.constexpr):
+def group_load(ptr, k, g, K, n_groups, MASK: kl.constexpr):
+    """ptr[k] for k [B, QW, 4] of groups g [B]; MASK as quantize_groups'."""
+    if MASK == 0:
+        v = kl.load(ptr + k)
+    elif MASK == 1:
+        v = kl.load(ptr + k, mask=(g < n_groups)[:, None, None], other=0.0)
+    else:
+        v = kl.load(ptr + k, mask=k < K, other=0.0)
+    return v
+
+
+@kdsl.jit
+def quantize_groups(x_ptr, norm_ptr, g, K, n_groups, G: kl.constexpr, XBITS: kl.constexpr,
+                    NORM: kl.constexpr, MASK: kl.constexpr, SPREAD: kl.constexpr):
     """Groups g (a [B] block) of x' = x (times the norm weight with NORM) as
     integers: (q_lo, q_hi, d_lo, d_hi, word_sums, squares). q_lo, q_hi
     [B, QW, 4] = round(x' / d) of the elements the low nibbles of code word w
@@ -107,7 +118,9 @@ def quantize_groups(x_ptr, norm_ptr, g, K, G: kl.constexpr, XBITS: kl.constexpr,
     past K are 0. A work-item holds whole groups (kl.max_contiguous), so every
     sum and maximum stays in its registers; with SPREAD the work-items spread
     over a group's elements instead, and its sums go through local memory.
-    EVEN: no element past K."""
+    MASK: 0 every element is in x; 1 K is whole groups, groups past n_groups
+    are masked (one mask per group: its runs stay vector loads); 2 elements
+    past K are masked."""
     QW = G // 8
     XMAX = 127.0 if XBITS == 8 else 32767.0
     rw = kl.arange(0, QW)
@@ -115,12 +128,12 @@ def quantize_groups(x_ptr, norm_ptr, g, K, G: kl.constexpr, XBITS: kl.constexpr,
     k_lo = kl.max_contiguous(g[:, None, None] * G + 4 * rw[None, :, None] + lane[None, None, :],
                              1 if SPREAD else G // 2)
     k_hi = k_lo + G // 2
-    lo = load_block(x_ptr + k_lo, k_lo, K, EVEN)
-    hi = load_block(x_ptr + k_hi, k_hi, K, EVEN)
+    lo = group_load(x_ptr, k_lo, g, K, n_groups, MASK)
+    hi = group_load(x_ptr, k_hi, g, K, n_groups, MASK)
     squares = kl.sum(kl.sum(lo * lo + hi * hi, axis=2), axis=1)
     if NORM:
-        lo = lo * load_block(norm_ptr + k_lo, k_lo, K, EVEN)
-        hi = hi * load_block(norm_ptr + k_hi, k_hi, K, EVEN)
+        lo = lo * group_load(norm_ptr, k_lo, g, K, n_groups, MASK)
+        hi = hi * group_load(norm_ptr, k_hi, g, K, n_groups, MASK)
     amax_lo = kl.max(kl.max(kl.abs(lo), axis=2), axis=1)
     amax_hi = kl.max(kl.max(kl.abs(hi), axis=2), axis=1)
     if XBITS == 16:
@@ -160,20 +173,20 @@ def x_plane(q_lo, q_hi, j: kl.constexpr, XBITS: kl.constexpr):
 @kdsl.jit
 def quantize_x_kernel(x_ptr, norm_ptr, xq_ptr, xd_ptr, xsw_ptr, sq_ptr, K, n_groups,
                       G: kl.constexpr, XBITS: kl.constexpr, NORM: kl.constexpr,
-                      EVEN: kl.constexpr, BX: kl.constexpr):
+                      MASK: kl.constexpr, BX: kl.constexpr):
     """quantize_groups() of BX groups per program, stored: xq the groups'
     planes (x_plane(), G * XBITS / 32 words a group), xd[2g], xd[2g + 1] the
     halves' d / 16, xsw[g * G/8 + w] the word sums, sq[g] the squares. BX =
     1: the program's work-items spread over its group's elements (on the H100
     5.6-5.9 us a call at K = 4096-11008, where 32 whole groups per program,
-    one per work-item, took 7.2-8.4: too few programs). EVEN: K and the
-    groups fill every program (no mask)."""
+    one per work-item, took 7.2-8.4: too few programs). MASK as
+    quantize_groups'."""
     QW = G // 8
     XW = G * XBITS // 32
     g = kl.program_id(0) * BX + kl.arange(0, BX)
     rw = kl.arange(0, QW)
-    q_lo, q_hi, d_lo, d_hi, word_sums, squares = quantize_groups(x_ptr, norm_ptr, g, K, G, XBITS,
-                                                                 NORM, EVEN, BX == 1)
+    q_lo, q_hi, d_lo, d_hi, word_sums, squares = quantize_groups(
+        x_ptr, norm_ptr, g, K, n_groups, G, XBITS, NORM, MASK, BX == 1)
     live = g < n_groups
     kl.store(sq_ptr + g, squares, mask=live)
     kl.store(xsw_ptr + g[:, None] * QW + rw[None, :], word_sums, mask=live[:, None])
@@ -187,8 +200,8 @@ def quantize_x_kernel(x_ptr, norm_ptr, xq_ptr, xd_ptr, xsw_ptr, sq_ptr, K, n_gro
 @kdsl.jit
 def idot_rows(x_ptr, norm_ptr, xq_ptr, xd_ptr, xsw_ptr, words_ptr, scales_ptr, offsets_ptr, rn,
               N, K, n_groups, G: kl.constexpr, XBITS: kl.constexpr, PTX: kl.constexpr,
-              EVEN: kl.constexpr, NORM: kl.constexpr, FUSED_X: kl.constexpr,
-              BN: kl.constexpr, BG: kl.constexpr):
+              EVEN: kl.constexpr, X_MASK: kl.constexpr, NORM: kl.constexpr,
+              FUSED_X: kl.constexpr, BN: kl.constexpr, BG: kl.constexpr):
     """sum over K of W x' for the BN rows rn (before the epilogue), BG whole
     groups of every row per step. A work-item holds whole groups: their QW =
     G/8 code words and the x words each plane pairs with them, runs that
@@ -225,8 +238,8 @@ def idot_rows(x_ptr, norm_ptr, xq_ptr, xd_ptr, xsw_ptr, words_ptr, scales_ptr, o
             s = kl.load(scales_ptr + g0 + s_offs, mask=live, other=0.0).to(kl.float32)
             o = kl.load(offsets_ptr + g0 + s_offs, mask=live, other=0.0).to(kl.float32)
         if FUSED_X:
-            q_lo, q_hi, d_lo, d_hi, word_sums, _ = quantize_groups(x_ptr, norm_ptr, g0 + gi, K, G,
-                                                                   XBITS, NORM, EVEN, False)
+            q_lo, q_hi, d_lo, d_hi, word_sums, _ = quantize_groups(
+                x_ptr, norm_ptr, g0 + gi, K, n_groups, G, XBITS, NORM, X_MASK, False)
             sx = kl.sum(word_sums, axis=1)
         elif EVEN:
             d_lo = kl.load(xd_ptr + 2 * (g0 + gi))
@@ -300,10 +313,12 @@ def fp4_gemv_idot_kernel(x_ptr, norm_ptr, xq_ptr, xd_ptr, xsw_ptr, sq_ptr, words
                          n_groups, n_out, F, eps, G: kl.constexpr, XBITS: kl.constexpr,
                          PTX: kl.constexpr, HAS_BIAS: kl.constexpr, EVEN: kl.constexpr,
                          GATED: kl.constexpr, NORM: kl.constexpr, ACCUMULATE: kl.constexpr,
-                         FUSED_X: kl.constexpr, BN: kl.constexpr, BG: kl.constexpr):
+                         FUSED_X: kl.constexpr, X_MASK: kl.constexpr, BN: kl.constexpr,
+                         BG: kl.constexpr):
     """fp4_gemv_kernel's y (same GATED, NORM, ACCUMULATE, bias and outliers)
     from x as integers: quantize_x_kernel's buffers, or with FUSED_X
-    quantised here (idot_rows); x_ptr and norm_ptr also serve the outlier
+    quantised here (idot_rows: X_MASK is quantize_groups' MASK for the
+    groups a step reads); x_ptr and norm_ptr also serve the outlier
     channels."""
     rn = kl.program_id(0) * BN + kl.arange(0, BN)
     squares = kl.zeros((BG,), dtype=kl.float32)
@@ -313,13 +328,13 @@ def fp4_gemv_idot_kernel(x_ptr, norm_ptr, xq_ptr, xd_ptr, xsw_ptr, sq_ptr, words
         else:
             squares = norm_squares(sq_ptr, n_groups, BG)
     y = idot_rows(x_ptr, norm_ptr, xq_ptr, xd_ptr, xsw_ptr, words_ptr, scales_ptr, offsets_ptr,
-                  rn, N, K, n_groups, G, XBITS, PTX, EVEN, NORM, FUSED_X, BN, BG)
+                  rn, N, K, n_groups, G, XBITS, PTX, EVEN, X_MASK, NORM, FUSED_X, BN, BG)
     y = fp4_rows_epilogue(y, x_ptr, norm_ptr, squares, eps, bias_ptr, oidx_ptr, ow_ptr, rn, N,
                           K, n_out, HAS_BIAS, NORM)
     if GATED:
         up = idot_rows(x_ptr, norm_ptr, xq_ptr, xd_ptr, xsw_ptr, words_ptr, scales_ptr,
-                       offsets_ptr, rn + F, N, K, n_groups, G, XBITS, PTX, EVEN, NORM, FUSED_X,
-                       BN, BG)
+                       offsets_ptr, rn + F, N, K, n_groups, G, XBITS, PTX, EVEN, X_MASK, NORM,
+                       FUSED_X, BN, BG)
         up = fp4_rows_epilogue(up, x_ptr, norm_ptr, squares, eps, bias_ptr, oidx_ptr, ow_ptr,
                                rn + F, N, K, n_out, HAS_BIAS, NORM)
         y = y * kl.sigmoid(y) * up
@@ -337,7 +352,9 @@ def x_buffers(device, n_groups, G, xbits):
 
 def launch_idot(x, norm_w, packed, arrays, tail, F, eps, cfg, fused, has_bias):
     """fp4_gemv_idot_kernel with BN rows per program and BW code words (BW /
-    (G/8) whole groups) of each per step (cfg; XBITS 16 unless it says 8),
+    (G/8) whole groups) of each per step (cfg; XBITS 16 unless it says 8; at
+    most one work-item per group: more split x's blocks otherwise than the
+    codes', and x moves through local memory every step),
     after quantize_x_kernel into x_buffers() unless cfg "FUSED_X" quantises x
     inside the GEMV; returns the GEMV's event. The dot products take inline
     PTX where the device compiles it (cfg "PTX": False turns it off, for
@@ -354,7 +371,7 @@ def launch_idot(x, norm_w, packed, arrays, tail, F, eps, cfg, fused, has_bias):
         bx = cfg.get("BX", X_GROUPS)
         quantize_x_kernel[(kdsl.cdiv(n_groups, bx),)](
             x, norm_w, xq, xd, xsw, sq, K, n_groups, G=G, XBITS=xbits, NORM=fused["NORM"],
-            EVEN=even_k and n_groups % bx == 0, BX=bx,
+            MASK=_x_mask(even_k, n_groups, bx), BX=bx,
             num_threads=min(64, G // 2) if bx == 1 else bx)
     groups = max(cfg["BW"] // (G // 8), 1)          # BW code words of a row per step
     even = F % cfg["BN"] == 0 and even_k and n_groups % groups == 0
@@ -364,5 +381,14 @@ def launch_idot(x, norm_w, packed, arrays, tail, F, eps, cfg, fused, has_bias):
     return fp4_gemv_idot_kernel[(kdsl.cdiv(F, cfg["BN"]),)](
         x, norm_w, xq, xd, xsw, sq, arrays["words"], arrays["scales"], arrays["offsets"], *tail,
         N, K, n_groups, len(packed.outlier_idx), F, eps, G=G, XBITS=xbits, PTX=ptx,
-        HAS_BIAS=has_bias, **fused, EVEN=even, FUSED_X=fused_x, BN=cfg["BN"], BG=groups,
+        HAS_BIAS=has_bias, **fused, EVEN=even, FUSED_X=fused_x,
+        X_MASK=_x_mask(even_k, n_groups, groups),
+        BN=cfg["BN"], BG=groups,
         num_threads=cfg["num_threads"])
+
+
+def _x_mask(even_k, n_groups, per_step):
+    """quantize_groups' MASK for groups read per_step at a time."""
+    if even_k:
+        return 0 if n_groups % per_step == 0 else 1
+    return 2

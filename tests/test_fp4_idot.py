@@ -91,6 +91,8 @@ def _reference(x, g, packed, q, d, bias, f, gated, eps=1e-5):
          accumulate=False, outliers=2, bias=True, seed=2)           # row and K tails, int16
 @example(n=20, k=80, group_size=16, xbits=16, bn=8, bw=2, threads=1, gated=False, norm=False,
          accumulate=True, outliers=1, bias=False, seed=28221)       # crashed PoCL's compiler
+@example(n=10, k=96, group_size=16, xbits=16, bn=4, bw=8, threads=4, gated=True, norm=True,
+         accumulate=False, outliers=0, bias=False, seed=5)          # whole groups, a step past them
 def test_idot_gemv_matches_reference(n, k, group_size, xbits, bn, bw, threads, gated, norm,
                                      accumulate, outliers, bias, seed):
     rng = np.random.default_rng(seed)
@@ -248,8 +250,11 @@ def test_a_tuned_integer_config_reaches_the_gemv(tmp_path, monkeypatch):
     assert fp4_kernels.fp4_gemv_config(packed, device) == tuned
 
 
-@pytest.mark.parametrize("k, group_size, xbits, norm", [(200, 32, 16, True), (96, 16, 8, False)])
-def test_whole_group_quantiser_writes_what_the_spread_one_does(k, group_size, xbits, norm):
+@pytest.mark.parametrize("k, group_size, xbits, norm, bx", [
+    (200, 32, 16, True, 4),       # K a tail of a group, groups past n_groups (MASK 2)
+    (96, 16, 8, False, 4),        # K whole groups, 6 groups: a program half past them (MASK 1)
+    (256, 32, 16, False, 8)])     # no mask (MASK 0)
+def test_whole_group_quantiser_writes_what_the_spread_one_does(k, group_size, xbits, norm, bx):
     # BX groups per program, one per work-item, against one group per program
     # spread over its work-items: the same integers, steps and sums
     rng = np.random.default_rng(k)
@@ -257,14 +262,16 @@ def test_whole_group_quantiser_writes_what_the_spread_one_does(k, group_size, xb
     g = rng.uniform(0.5, 1.5, k).astype(np.float32) if norm else None
     packed = fp4.quantize(np.ones((1, k), np.float32), group_size)
     device = kdsl.current_device()
+    n_groups = -(-k // group_size)
+    sizes = (n_groups * group_size * xbits // 32, 2 * n_groups, n_groups * group_size // 8,
+             n_groups)
     written = []
-    for bx in (1, 4):
-        fp4.linear(kdsl.tensor(x[None, :]), packed, config=dict(IDOT, XBITS=xbits, BX=bx),
+    for blocks in (1, bx):
+        buffers = x_buffers(device, n_groups, group_size, xbits)
+        for b in buffers:                   # nothing left from the run before
+            b.copy_from(np.full(b.shape, 0xFFFFFFFF, np.uint32).view(b.dtype))
+        fp4.linear(kdsl.tensor(x[None, :]), packed, config=dict(IDOT, XBITS=xbits, BX=blocks),
                    rms_norm=(g, 1e-5) if norm else None)
-        n_groups = -(-k // group_size)
-        written.append([b.numpy()[:size].copy() for b, size in zip(
-            x_buffers(device, n_groups, group_size, xbits),
-            (n_groups * group_size * xbits // 32, 2 * n_groups, n_groups * group_size // 8,
-             n_groups))])
+        written.append([b.numpy()[:size].copy() for b, size in zip(buffers, sizes)])
     for spread, whole in zip(*written):
         np.testing.assert_allclose(whole, spread, rtol=1e-6, atol=1e-6)

@@ -41,6 +41,22 @@ def int_runs_kernel(x_ptr, out_ptr, BLOCK: kl.constexpr, Q: kl.constexpr):
     kl.store(out_ptr + offs, kl.load(x_ptr + offs) ^ 0x5A5A5A5A)
 
 
+@kdsl.jit
+def masked_runs_kernel(x_ptr, out_ptr, rows, n, other, BR: kl.constexpr, Q: kl.constexpr,
+                       PER_ELEMENT: kl.constexpr):
+    """out[r, :] = x[r, :] where the row is live (PER_ELEMENT: where the
+    element's flat index is below n, a mask that differs within a run), else
+    `other`; out is written whole, so what masked-off slots read shows."""
+    r = kl.program_id(0) * BR + kl.arange(0, BR)
+    q = kl.arange(0, Q)
+    offs = kl.max_contiguous(r[:, None] * Q + q[None, :], Q)
+    if PER_ELEMENT:
+        v = kl.load(x_ptr + offs, mask=offs < n, other=other)
+    else:
+        v = kl.load(x_ptr + offs, mask=(r < rows)[:, None], other=other)
+    kl.store(out_ptr + r[:, None] * Q + q[None, :], v)
+
+
 def _run_sums(x, rows, bg, q):
     x = x.reshape(rows, bg, q)
     return x.sum(axis=2) + x[:, :, 0]
@@ -64,6 +80,23 @@ def test_hinted_runs_match_numpy(rows, br, bg, q, threads, shift, interpret, see
         run_sums_kernel._interpret = None
     want = _run_sums(x[shift:], rows, bg, q)
     np.testing.assert_allclose(out.numpy().reshape(rows, bg), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("per_element", [False, True])
+@pytest.mark.parametrize("interpret", [False, True])
+def test_masked_off_slots_read_other(per_element, interpret):
+    # rows 0..4 of 8 live (a mask broadcast along the run: vector loads), or
+    # elements below 19 (a mask that differs within a run: scalar loads)
+    x = np.arange(100, 164, dtype=np.float32)
+    out = kdsl.empty((64,))
+    masked_runs_kernel._interpret = interpret
+    try:
+        masked_runs_kernel[(2,)](kdsl.tensor(x), out, 5, 19, -7.5, BR=4, Q=8,
+                                 PER_ELEMENT=per_element, num_threads=4)
+    finally:
+        masked_runs_kernel._interpret = None
+    live = np.arange(64) < 19 if per_element else np.arange(64) // 8 < 5
+    np.testing.assert_array_equal(out.numpy(), np.where(live, x, -7.5))
 
 
 @pytest.mark.parametrize("q", [2, 4, 8])
@@ -97,6 +130,20 @@ def test_hinted_loads_are_vector_loads():
     assert "__global const float4*" not in plain and "barrier" in plain
     # runs of 2: 8-byte loads
     assert "*(__global const float2*)" in _gpu_source(True, q=2)
+
+
+def test_masks_decide_vector_or_scalar():
+    def source(per_element):
+        x, out = kdsl.empty((64,)), kdsl.empty((64,))
+        values, threads = masked_runs_kernel.bind((x, out, 5, 19, -7.5), dict(
+            BR=4, Q=8, PER_ELEMENT=per_element, num_threads=4))
+        ir = check(masked_runs_kernel, values, threads)
+        ir.num_threads = threads
+        return generate(ir, {"is_cpu": False, "has_fp16": False, "inline_ptx": False})
+    by_row = source(False)
+    assert by_row.count("*(__global const float4*)") == 2          # a row of 8: two float4
+    assert "(float4)(other)" in by_row
+    assert "__global const float4*" not in source(True)
 
 
 @kdsl.jit
