@@ -253,8 +253,9 @@ def idot_rows(x_ptr, norm_ptr, xq_ptr, xd_ptr, xsw_ptr, words_ptr, scales_ptr, o
         c = c.to(kl.int32, bitcast=True)
         lo = c & 0x0F0F0F0F
         hi = (c >> 4) & 0x0F0F0F0F
-        t_lo = kl.zeros((BN, BG, QW), kl.int32)
-        t_hi = kl.zeros((BN, BG, QW), kl.int32)
+        t_lo = kl.zeros((BN, BG, QW), kl.int32)        # int16 x: the only accumulator
+        if XBITS == 8:
+            t_hi = kl.zeros((BN, BG, QW), kl.int32)    # the high nibbles' (their own step)
         for j in kl.static_range(XW // QW):
             # plane j of x's words, word for word beside the codes
             if FUSED_X:
