@@ -17,15 +17,19 @@ sum(x^2) per group (RMSNorm's, when it is fused); then fp4_gemv_idot_kernel
 gives each work-item whole groups (kl.max_contiguous), so a group's code
 words and each x plane are 16-byte loads, its integer dots are summed in
 registers and its scale and offset are read and applied once, as the
-hand-written form does. The dot products go through inline PTX where the
+hand-written form does. With cfg "FUSED_X" there is one launch: the GEMV
+quantises the groups it reads itself (quantize_groups, the same
+arithmetic). The dot products go through inline PTX where the
 device compiles it (kl.inline_asm_elementwise), else through the same
 integer arithmetic in the language (PoCL, the interpreter: the tests).
 
 The price is x's rounding, |x - d xq| <= d/2: over SmolLM2's decode int16 x
 (XBITS=16) left the top token as the float GEMV does, int8 x changed it at
 6 % of positions (docs/fp4.md), so int16 is the precision the tuner's GPU
-space offers; the float word kernel stays the GPU default until this one is
-timed there.
+space offers. The float word kernel stays the GPU default: on the H100 this
+one with its quantiser was 1.17-1.44x faster at 7B's G = 32 weights but
+slower at 4096 x 4096, below, and at G = 64 (docs/fp4.md), and FUSED_X is
+not timed there yet.
 """
 import numpy as np
 
@@ -37,9 +41,9 @@ from .fp4_epilogue import fp4_rows_epilogue, fp4_store_rows
 from .scratch import scratch
 
 DP4A = "dp4a.u32.s32 $0, $1, $2, $3;"
-X_GROUPS = 1                     # groups of x per quantiser program (quantize_x_kernel)
 DP2A_LO = "dp2a.lo.s32.u32 $0, $1, $2, $3;"
 DP2A_HI = "dp2a.hi.s32.u32 $0, $1, $2, $3;"
+X_GROUPS = 1                     # groups of x per quantiser program (quantize_x_kernel)
 
 
 @kdsl.jit
@@ -209,7 +213,8 @@ def idot_rows(x_ptr, norm_ptr, xq_ptr, xd_ptr, xsw_ptr, words_ptr, scales_ptr, o
     and offset are read and applied once. x's integers come from
     quantize_x_kernel's buffers, or with FUSED_X from quantize_groups() on x
     itself in this kernel (each program quantises every group once per
-    BN rows: no second launch, no buffers).
+    BN rows, and a GATED kernel once for its gate rows and again for its up
+    rows: no second launch, nothing written to the buffers).
     Word w of a group holds elements 4w..4w+3 in its low nibbles and
     G/2 + 4w.. in its high ones; its products with xq are summed as integers
     over the group, then (s d/16) * dot + (s + o) * sum(x' over the group)
@@ -352,14 +357,14 @@ def x_buffers(device, n_groups, G, xbits):
 
 
 def launch_idot(x, norm_w, packed, arrays, tail, F, eps, cfg, fused, has_bias):
-    """fp4_gemv_idot_kernel with BN rows per program and BW code words (BW /
-    (G/8) whole groups) of each per step (cfg; XBITS 16 unless it says 8; at
-    most one work-item per group: more split x's blocks otherwise than the
-    codes', and x moves through local memory every step),
-    after quantize_x_kernel into x_buffers() unless cfg "FUSED_X" quantises x
-    inside the GEMV; returns the GEMV's event. The dot products take inline
-    PTX where the device compiles it (cfg "PTX": False turns it off, for
-    measuring)."""
+    """quantize_x_kernel into x_buffers() (BX groups per program), unless cfg
+    "FUSED_X" has the GEMV quantise x itself; then fp4_gemv_idot_kernel with
+    BN rows per program and BW code words (BW / (G/8) whole groups) of each
+    per step. XBITS is 16 unless cfg says 8. num_threads should be at most
+    the groups per step: more split x's blocks differently from the codes',
+    and x then moves through local memory every step. Returns the GEMV's
+    event. The dot products take inline PTX where the device compiles it
+    (cfg "PTX": False turns it off, for measuring)."""
     (N, K), G, n_groups = packed.shape, packed.group_size, packed.n_groups
     xbits = cfg.get("XBITS", 16)
     if xbits not in (8, 16):
@@ -383,8 +388,7 @@ def launch_idot(x, norm_w, packed, arrays, tail, F, eps, cfg, fused, has_bias):
         x, norm_w, xq, xd, xsw, sq, arrays["words"], arrays["scales"], arrays["offsets"], *tail,
         N, K, n_groups, len(packed.outlier_idx), F, eps, G=G, XBITS=xbits, PTX=ptx,
         HAS_BIAS=has_bias, **fused, EVEN=even, FUSED_X=fused_x,
-        X_MASK=_x_mask(even_k, n_groups, groups),
-        BN=cfg["BN"], BG=groups,
+        X_MASK=_x_mask(even_k, n_groups, groups), BN=cfg["BN"], BG=groups,
         num_threads=cfg["num_threads"])
 
 

@@ -112,8 +112,9 @@ def test_idot_gemv_matches_reference(n, k, group_size, xbits, bn, bw, threads, g
     ref = _reference(x, g, packed, q, d, b, n, gated) + (start[0] if accumulate else 0)
     np.testing.assert_allclose(out.numpy()[0], ref, rtol=1e-4, atol=1e-4 * np.sqrt(k))
     # x quantised inside the GEMV: the same integers, so the same result
-    if accumulate:
-        out = kdsl.tensor(start)
+    # (out refilled, with NaN where it is overwritten, so a GEMV that writes
+    # nothing cannot pass on the first run's output)
+    out = kdsl.tensor(start if accumulate else np.full_like(start, np.nan))
     fp4.linear(kdsl.tensor(x[None, :]), packed, bias=b, out=out,
                config=dict(IDOT, BN=bn, BW=bw, XBITS=xbits, FUSED_X=True, num_threads=threads),
                activation="swiglu" if gated else None,

@@ -7,7 +7,8 @@ from hypothesis import given, settings, strategies as st
 
 import kdsl
 from kdsl_kernels import fp4
-from kdsl_kernels.fp4_rope import linear_rope_qkv, rope_fusable
+from kdsl_kernels.fp4_kernels import word_gemv_default
+from kdsl_kernels.fp4_rope import _rope_gemv_config, linear_rope_qkv, rope_fusable
 from kdsl_kernels.rope import inv_freq
 
 MODES = pytest.mark.parametrize("interpret", [False, True], ids=["device", "interpreter"])
@@ -105,7 +106,5 @@ def test_an_integer_dot_config_runs_the_word_kernel():
     packed = fp4.quantize(np.ones((3 * 64, 128), np.float32), group_size=64)
     idot = {"lanes": "idot", "BN": 16, "BW": 1024, "XBITS": 16, "FUSED_X": True,
             "num_threads": 128}
-    from kdsl_kernels.fp4_kernels import word_gemv_default
-    from kdsl_kernels.fp4_rope import _rope_gemv_config
     assert _rope_gemv_config(idot, 128) == word_gemv_default(128)
     assert rope_fusable(packed, 64, kdsl.current_device(), idot)
