@@ -9,8 +9,14 @@ pays no compile time:
     >>> stats
     {'builds': 0, 'disk_hits': 1, 'memory_hits': 0}
 
+Drivers that cache compiled programs by their source themselves (PoCL; see
+driver_quirks.driver_caches_programs) get no binaries from kdsl: reading a
+binary out of PoCL compiles every kernel a second time, and a second
+process's build from source is a hit in PoCL's own cache.
+
 Environment: KDSL_CACHE_DIR (default ~/.cache/kdsl) holds `programs/`;
-KDSL_DUMP=DIR writes each program's source to DIR for reading.
+KDSL_BINARY_CACHE=1 or 0 keeps kdsl's binaries on disk, or not, whatever
+the driver; KDSL_DUMP=DIR writes each program's source to DIR for reading.
 """
 import hashlib
 import os
@@ -20,6 +26,7 @@ from pathlib import Path
 
 import pyopencl as cl
 
+from .driver_quirks import driver_caches_programs
 from .errors import BuildError
 
 # Bump when the code generator or the file format changes, so old binaries are ignored.
@@ -70,13 +77,29 @@ def build_program(device, source, kernel_name, options=""):
     dump_dir = os.environ.get("KDSL_DUMP")
     if dump_dir:
         _write_atomic(_source_path(Path(dump_dir), kernel_name, key), source.encode())
-    binary_path = cache_dir() / "programs" / f"{key}.bin"
-    program = _load_binary(device, binary_path, options)
-    if program is None:
+    if keeps_binaries(device):
+        binary_path = cache_dir() / "programs" / f"{key}.bin"
+        program = _load_binary(device, binary_path, options)
+        if program is None:
+            program = _build_from_source(device, source, kernel_name, options, key)
+            _save_binary(program, binary_path)
+    else:
         program = _build_from_source(device, source, kernel_name, options, key)
-        _save_binary(program, binary_path)
     _programs[(device.context, key)] = program
     return program
+
+
+def keeps_binaries(device):
+    """Whether kdsl stores `device`'s program binaries on disk: yes unless the
+    driver caches programs itself (PoCL); KDSL_BINARY_CACHE=1 or 0 decides
+    instead where it is set."""
+    choice = os.environ.get("KDSL_BINARY_CACHE", "").strip()
+    if choice in ("0", "1"):
+        return choice == "1"
+    if choice:
+        warnings.warn(f"kdsl: KDSL_BINARY_CACHE={choice!r} is neither 0 nor 1; ignored",
+                      stacklevel=3)
+    return not driver_caches_programs(device.platform_name)
 
 
 def _load_binary(device, path, options):

@@ -21,8 +21,10 @@ BROKEN = "__kernel void broken(__global float *x) { x[0] = undeclared_name; }\n"
 
 @pytest.fixture
 def fresh_cache(tmp_path, monkeypatch):
-    """An empty cache folder, no programs in memory, counters at zero."""
+    """An empty cache folder, no programs in memory, counters at zero; kdsl
+    keeps binaries whatever the driver (PoCL's own cache is tested below)."""
     monkeypatch.setenv("KDSL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("KDSL_BINARY_CACHE", "1")
     monkeypatch.delenv("KDSL_DUMP", raising=False)
     monkeypatch.setattr(cache, "_programs", {})
     monkeypatch.setattr(cache, "stats", {"builds": 0, "disk_hits": 0, "memory_hits": 0})
@@ -81,8 +83,9 @@ def test_build_then_memory_hit(fresh_cache):
         cache.program_key(device, SOURCE) + ".bin"]
 
 
-def test_second_process_loads_the_binary_and_does_not_build(fresh_cache):
-    cache.build_program(kdsl.current_device(), SOURCE, "add_one")
+def build_in_new_process(**env):
+    """Build and run add_one in a new Python process with `env` added to
+    os.environ; returns its cache.stats and result."""
     script = (
         "import json, kdsl, sys\n"
         "from kdsl import cache\n"
@@ -91,13 +94,66 @@ def test_second_process_loads_the_binary_and_does_not_build(fresh_cache):
         "program = cache.build_program(kdsl.current_device(), SOURCE, 'add_one')\n"
         "print(json.dumps({'stats': cache.stats, 'result': run_add_one(program).tolist()}))\n")
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-    env = dict(os.environ, KDSL_CACHE_DIR=str(fresh_cache), PYTHONPATH=path)
-    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env,
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO,
+                            env=dict(os.environ, PYTHONPATH=path, **env),
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_second_process_loads_the_binary_and_does_not_build(fresh_cache):
+    cache.build_program(kdsl.current_device(), SOURCE, "add_one")
+    report = build_in_new_process(KDSL_CACHE_DIR=str(fresh_cache))
     assert report["stats"] == {"builds": 0, "disk_hits": 1, "memory_hits": 0}
     assert report["result"] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("platform, setting, pocl_cache, keeps", [
+    ("Portable Computing Language", None, None, False),     # PoCL caches itself
+    ("Portable Computing Language", None, "0", True),       # ... unless told not to
+    ("NVIDIA CUDA", None, None, True),
+    ("Portable Computing Language", "1", None, True),       # the user decides
+    ("NVIDIA CUDA", "0", None, False),
+])
+def test_who_keeps_binaries(monkeypatch, platform, setting, pocl_cache, keeps):
+    for name, value in (("KDSL_BINARY_CACHE", setting), ("POCL_KERNEL_CACHE", pocl_cache)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+
+    class Device:
+        platform_name = platform
+    assert cache.keeps_binaries(Device()) is keeps
+
+
+def test_unknown_binary_cache_setting_warns_and_is_ignored(monkeypatch):
+    monkeypatch.setenv("KDSL_BINARY_CACHE", "yes")
+
+    class Device:
+        platform_name = "NVIDIA CUDA"
+    with pytest.warns(UserWarning, match="KDSL_BINARY_CACHE='yes' is neither 0 nor 1"):
+        assert cache.keeps_binaries(Device()) is True
+
+
+@pytest.mark.skipif(kdsl.current_device().platform_name != "Portable Computing Language",
+                    reason="PoCL's own program cache")
+def test_pocl_second_process_hits_pocls_cache_and_kdsl_writes_no_binary(tmp_path, monkeypatch):
+    monkeypatch.delenv("KDSL_BINARY_CACHE", raising=False)
+    monkeypatch.delenv("POCL_KERNEL_CACHE", raising=False)
+    env = {"KDSL_CACHE_DIR": str(tmp_path / "kdsl"), "POCL_CACHE_DIR": str(tmp_path / "pocl")}
+    first = build_in_new_process(**env)
+    assert first["stats"]["builds"] == 1 and first["result"] == [1, 2, 3, 4]
+    assert not (tmp_path / "kdsl" / "programs").exists()
+
+    def compiled():         # PoCL's compiled kernels and programs, with their times
+        return {p: p.stat().st_mtime_ns for p in (tmp_path / "pocl").rglob("*")
+                if p.suffix in (".so", ".bc")}
+    before = compiled()
+    assert any(p.suffix == ".so" for p in before)
+    second = build_in_new_process(**env)
+    assert second["result"] == [1, 2, 3, 4]
+    assert compiled() == before         # nothing compiled again
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
