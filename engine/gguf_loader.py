@@ -1,13 +1,19 @@
 """Read a GGUF file: metadata, tokenizer spec and tensors dequantised to float32.
 
+The header is read by gguf_header.py, the tensors' bytes are memory-mapped,
+and the `gguf` package dequantises them.
+
 Tensors are renamed to the engine's names (see `weight_names`) and laid out as
 Hugging Face stores them: linear weights [out, in]. llama.cpp's converter
 permutes the rows of Q and K so that RoPE rotates adjacent pairs; the loader
 undoes that, so one (rotate-half) RoPE serves GGUF and Hugging Face models.
 """
+import math
+
 import numpy as np
 
 from .config import ModelFormatError, from_gguf_metadata
+from .gguf_header import read_header
 
 # engine name per layer -> GGUF name
 _LAYER_TENSORS = {
@@ -30,14 +36,15 @@ class GGUFModel:
     """
 
     def __init__(self, path):
-        import gguf
         self.path = str(path)
         try:
-            self.reader = gguf.GGUFReader(self.path)
-            self.metadata = {name: _field_value(field) for name, field in self.reader.fields.items()}
-        except (OSError, ValueError, KeyError, IndexError, TypeError) as error:
+            self._bytes = np.memmap(self.path, dtype=np.uint8, mode="r")
+            self.metadata, infos = read_header(self._bytes)
+        except (OSError, ValueError) as error:        # GGUFHeaderError, or an empty file
             raise ModelFormatError(f"{self.path}: not a readable GGUF file ({error})") from error
-        self._tensors = {t.name: t for t in self.reader.tensors}
+        self._tensors = {t.name: t for t in infos}
+        if len(self._tensors) != len(infos):
+            raise ModelFormatError(f"{self.path}: a tensor name appears twice in the header")
         self.config = from_gguf_metadata(self.metadata, self._tensors, self.path)
         self._by_engine_name = {}
         for engine_name, gguf_name in _GLOBAL_TENSORS.items():
@@ -56,13 +63,14 @@ class GGUFModel:
         """One tensor as float32, [out, in] for linear weights, RoPE permutation undone."""
         import gguf
         info = self._tensors[self._by_engine_name[name]]
-        try:
-            values = gguf.quants.dequantize(info.data, info.tensor_type)
-        except (NotImplementedError, ValueError) as error:
-            raise ModelFormatError(f"{self.path}: tensor {info.name} of type "
-                                   f"{info.tensor_type.name} cannot be dequantised ({error})") from error
         # GGUF lists dimensions innermost first; numpy wants them outermost first.
-        shape = tuple(int(d) for d in reversed(info.shape))
+        shape = tuple(int(d) for d in reversed(info.dims))
+        try:
+            qtype = gguf.GGMLQuantizationType(info.ggml_type)
+            values = gguf.quants.dequantize(self._stored(info, qtype, shape), qtype)
+        except (NotImplementedError, ValueError, KeyError) as error:
+            raise ModelFormatError(f"{self.path}: tensor {info.name} of type {info.ggml_type} "
+                                   f"cannot be dequantised ({error})") from error
         values = np.asarray(values, dtype=np.float32).reshape(shape)
         kind = name.rsplit(".", 1)[-1]
         if kind in ("wq", "bq"):
@@ -70,6 +78,24 @@ class GGUFModel:
         elif kind in ("wk", "bk"):
             values = unpermute_rope_rows(values, self.config.n_kv_heads)
         return values
+
+    def _stored(self, info, qtype, shape):
+        """The tensor's bytes in the file, typed as gguf.quants.dequantize takes them:
+        float and integer types as arrays of their shape, block-quantised types
+        as rows of bytes."""
+        import gguf
+        block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+        n_bytes = math.prod(shape) * type_size // block
+        end = info.offset + n_bytes
+        if end > len(self._bytes):
+            raise ModelFormatError(f"{self.path}: tensor {info.name} ends at byte {end}, past the "
+                                   f"file's {len(self._bytes)} (a truncated file?)")
+        raw = self._bytes[info.offset:end]
+        plain = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I8": np.int8,
+                 "I16": np.int16, "I32": np.int32, "I64": np.int64}.get(qtype.name)
+        if plain is not None:
+            return raw.view(plain).reshape(shape)
+        return raw.reshape(gguf.quant_shape_to_byte_shape(shape, qtype))
 
     def tokenizer_spec(self):
         """The tokenizer.ggml.* metadata and the chat template, as a dict."""
@@ -94,10 +120,3 @@ def unpermute_rope_rows(values, n_heads):
     return (values.reshape(n_heads, head_dim // 2, 2, *rest).swapaxes(1, 2)
             .reshape(rows, *rest))
 
-
-def _field_value(field):
-    """A GGUF metadata field as a Python value (str, number, or list)."""
-    value = field.contents()
-    if isinstance(value, list) and value and isinstance(value[0], bytes):
-        return [v.decode("utf-8", "replace") for v in value]
-    return value

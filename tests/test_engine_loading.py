@@ -152,6 +152,55 @@ def test_gguf_config_and_tied_head(tiny_gguf):
     assert cfg.tie_embeddings
 
 
+def test_gguf_header_matches_the_gguf_packages_reader(tiny_gguf):
+    """engine/gguf_header.py reads what gguf.GGUFReader reads: every metadata
+    value and every tensor's stored bytes."""
+    path, _ = tiny_gguf
+    reader = gguf.GGUFReader(path)
+    ours = GGUFModel(path)
+    theirs = {}
+    for name, field in reader.fields.items():
+        if name.startswith("GGUF."):            # the reader's own fields (version, counts)
+            continue
+        value = field.contents()
+        theirs[name] = ([v.decode() for v in value] if isinstance(value, list) and value
+                        and isinstance(value[0], bytes) else value)
+    assert ours.metadata == theirs
+    assert len(ours.metadata["tokenizer.ggml.tokens"]) > 0
+    assert {t.name for t in reader.tensors} == set(ours._tensors)
+    for tensor in reader.tensors:
+        info = ours._tensors[tensor.name]
+        qtype = gguf.GGMLQuantizationType(info.ggml_type)
+        assert qtype == tensor.tensor_type
+        stored = ours._stored(info, qtype, tuple(reversed(info.dims)))
+        assert stored.dtype == tensor.data.dtype
+        np.testing.assert_array_equal(stored, tensor.data)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda b: b[:4] + (1).to_bytes(4, "little") + b[8:], "GGUF version 1"),
+    (lambda b: b[:4] + (3).to_bytes(4, "big") + b[8:], "big-endian"),
+    (lambda b: b"", "not a readable GGUF file"),
+    (lambda b: b[:24] + (2 ** 40).to_bytes(8, "little") + b[32:], "runs past the end"),
+])
+def test_gguf_header_errors_say_what_is_wrong(tmp_path, tiny_gguf, damage, message):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(damage(open(tiny_gguf[0], "rb").read()))
+    with pytest.raises(ModelFormatError, match=f"bad.gguf.*{message}"):
+        GGUFModel(bad)
+
+
+def test_gguf_truncated_inside_the_tensors_names_the_tensor(tmp_path, tiny_gguf):
+    data = open(tiny_gguf[0], "rb").read()
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(data[:len(data) - 100])
+    model = GGUFModel(cut)                  # the header is whole
+    last = max(model._tensors.values(), key=lambda t: t.offset)
+    engine_name = next(n for n, g in model._by_engine_name.items() if g == last.name)
+    with pytest.raises(ModelFormatError, match=f"cut.gguf: tensor {last.name} ends at byte"):
+        model.tensor(engine_name)
+
+
 def test_corrupt_gguf_names_the_file(tmp_path, tiny_gguf):
     data = open(tiny_gguf[0], "rb").read()
     bad = tmp_path / "truncated.gguf"
