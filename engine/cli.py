@@ -8,6 +8,7 @@ import argparse
 import sys
 
 from .config import ModelFormatError
+from .first_token_wait import FirstTokenWait
 from .generate import bench_ids
 from .weights import QUANTS
 
@@ -72,12 +73,22 @@ def _run(llm, args):
     else:
         pieces = llm.chat([{"role": "user", "content": args.prompt}], stream=True,
                           truncate=args.truncate, **_sampling(args))
-    for piece in pieces:
-        print(piece, end="", flush=True)
+    _print_pieces(pieces)
     print()
     if args.timings:
         print(llm.timings.summary(), file=sys.stderr)
     return 0
+
+
+def _print_pieces(pieces):
+    """Print the streamed pieces as they come; the elapsed wait until the first (FirstTokenWait)."""
+    shown = []
+    with FirstTokenWait() as wait:
+        for piece in pieces:
+            wait.done()
+            shown.append(piece)
+            print(piece, end="", flush=True)
+    return "".join(shown)
 
 
 def _chat(llm, args):
@@ -91,12 +102,9 @@ def _chat(llm, args):
         if not line:
             break
         messages.append({"role": "user", "content": line})
-        reply = []
-        for piece in llm.chat(messages, stream=True, truncate=True, **_sampling(args)):
-            reply.append(piece)
-            print(piece, end="", flush=True)
+        reply = _print_pieces(llm.chat(messages, stream=True, truncate=True, **_sampling(args)))
         print()
-        messages.append({"role": "assistant", "content": "".join(reply)})
+        messages.append({"role": "assistant", "content": reply})
         if args.timings:
             print(llm.timings.summary(), file=sys.stderr)
     return 0
