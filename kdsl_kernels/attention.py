@@ -231,7 +231,7 @@ def attention_config(S, T, D, group, kv_heads, device=None):
     """Block sizes and key splits for one call: the tuned config, else these defaults.
 
     On a CPU (PoCL) every slot of a work-item is unrolled in the generated
-    code, so blocks are small (8 x 8, one work-item; a [16, 128] accumulator
+    code, so blocks are small (2 x 8, one work-item; a [16, 128] accumulator
     in registers compiled for ten minutes); decode uses rows_kernel without
     grouped heads or while a KV head's K and V fit in cache, else packs a
     group's query rows into one block; prefill with heads of 128 or more
@@ -269,7 +269,7 @@ def attention_config(S, T, D, group, kv_heads, device=None):
                "acc_in_memory": rows * bd > 512}
     elif device.is_cpu and bd >= 128:
         # prefill with heads of 128 or more: one work-item per query row
-        # (rows_kernel) as in decode. The 8 x 8 blocks below keep such a
+        # (rows_kernel) as in decode. The 8 x 8 blocks of the time kept such a
         # head's [8, D] accumulator in memory and their [8, 64] operand tiles
         # spilled (45 % of the kernel's samples on stack moves); the row form
         # re-reads K/V from cache per query row instead. PoCL, interleaved,
@@ -280,12 +280,18 @@ def attention_config(S, T, D, group, kv_heads, device=None):
         # blocks stay there (.scratch/attn_rows_ab.py, 2026-12-07)
         cfg = {"form": "rows", "BN": 16, "BD": bd, "num_threads": 1}
     elif device.is_cpu:
-        # prefill: one work-item per 8 x 8 block, q k^T as float8 products
-        # along D (the back end's dot along K); the [8, D] accumulator stays in
-        # registers up to D = 64, in memory beyond. PoCL, one thread, SmolLM2's
-        # 64-query chunk at 576 keys: 4.2 ms against 14.9 for 32 x 16 blocks
-        # over 32 work-items
-        cfg = {"BM": 8, "BN": 8, "BK": min(bd, 64), "BD": bd, "num_threads": 1,
+        # prefill: one work-item per 2 x 8 block (2 packed query rows, 8 keys a
+        # step), q k^T as float8 products along D (the back end's dot along
+        # K); the [2, D] accumulator stays in registers. SmolLM2's 9/3 heads x
+        # 64, 128 queries, causal, PoCL, fresh caches per config, three
+        # rounds each: at 576 keys 4.1-4.2 ms against 4.9-5.9 for the 8 x 8
+        # blocks before, at 128 keys 0.61-0.67 against 0.74-1.03, at 2048
+        # 17.5-20.2 against 23.2-24.4; and 4.8-5.2 s to compile against
+        # 41-47 s (the 8 x 8 block's unrolled code spilled: a third of its
+        # instructions were stack moves). 1 x 8 was as fast; 4 x 4 and 4 x 8
+        # were as fast in some rounds; 8 x 4, 2 x 16 and 4 x 16 slower
+        # (.scratch/s20/attn_compile.py, 2026-12-08)
+        cfg = {"BM": 2, "BN": 8, "BK": min(bd, 64), "BD": bd, "num_threads": 1,
                "acc_in_memory": bd > 64}
     elif rows >= 1024:
         # H100 sweeps: 128 x 128 blocks over 256 work-items, 2.05 ms at
