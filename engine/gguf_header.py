@@ -106,6 +106,8 @@ def read_header(data):
         dims = tuple(cur.scalar("<Q") for _ in range(n_dims))
         infos.append(TensorInfo(name, dims, cur.scalar("<I"), cur.scalar("<Q")))
     alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+    if not isinstance(alignment, int) or isinstance(alignment, bool) or alignment < 1:
+        raise GGUFHeaderError(f"general.alignment is {alignment!r}, not a positive integer")
     start = -(-cur.pos // alignment) * alignment
     for info in infos:
         info.offset += start

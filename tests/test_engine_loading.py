@@ -190,6 +190,18 @@ def test_gguf_header_errors_say_what_is_wrong(tmp_path, tiny_gguf, damage, messa
         GGUFModel(bad)
 
 
+def test_gguf_bad_alignment_is_a_format_error(tmp_path):
+    writer = gguf.GGUFWriter(tmp_path / "align.gguf", "llama")
+    writer.add_uint32("general.alignment", 0)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ModelFormatError, match="align.gguf.*general.alignment is 0"):
+        GGUFModel(tmp_path / "align.gguf")
+
+
 def test_gguf_truncated_inside_the_tensors_names_the_tensor(tmp_path, tiny_gguf):
     data = open(tiny_gguf[0], "rb").read()
     cut = tmp_path / "cut.gguf"
