@@ -16,7 +16,8 @@ Each measurement is a new process, as a user's command is:
 Columns: wall s (the whole command, imports and model load included) and,
 for kdsl, time to first token from its --timings line. `vs transformers`
 is transformers' wall / kdsl's wall; > 1 means kdsl answers sooner.
-`--quick` measures kdsl warm and transformers only (no compile).
+`--quick` skips the cold rounds: kdsl warm and transformers only (the one
+first run that prepares the weights still compiles the kernels).
 """
 import os
 import re

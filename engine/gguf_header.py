@@ -3,7 +3,7 @@
 The `gguf` package's GGUFReader builds a numpy view for every part of every
 field, and a tokenizer's vocabulary and merges are ~100,000 strings: it took
 5.2 s to open SmolLM2-135M's file, 40 % of a warm `kdsl-llm run`. This
-reads the same header in one pass over the bytes (about 0.1 s); the tensors'
+reads the same header in one pass over the bytes (0.3-0.5 s); the tensors'
 bytes stay in the file, memory-mapped, and `gguf.quants` still dequantises
 them.
 

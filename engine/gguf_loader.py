@@ -67,10 +67,19 @@ class GGUFModel:
         shape = tuple(int(d) for d in reversed(info.dims))
         try:
             qtype = gguf.GGMLQuantizationType(info.ggml_type)
+        except ValueError:
+            raise ModelFormatError(f"{self.path}: tensor {info.name} has ggml type "
+                                   f"{info.ggml_type}, which the installed gguf package does not "
+                                   f"know; upgrade it (pip install -U gguf) or convert the model "
+                                   f"to F16, Q8_0 or Q4_1") from None
+        try:
             values = gguf.quants.dequantize(self._stored(info, qtype, shape), qtype)
         except (NotImplementedError, ValueError, KeyError) as error:
-            raise ModelFormatError(f"{self.path}: tensor {info.name} of type {info.ggml_type} "
-                                   f"cannot be dequantised ({error})") from error
+            # the gguf package has no numpy dequantiser for this type (NotImplementedError),
+            # or no block size for it (KeyError), or its bytes do not fit the shape
+            raise ModelFormatError(f"{self.path}: tensor {info.name} of type {qtype.name} "
+                                   f"cannot be dequantised ({error!r}); convert the model to "
+                                   f"F16, Q8_0 or Q4_1") from error
         values = np.asarray(values, dtype=np.float32).reshape(shape)
         kind = name.rsplit(".", 1)[-1]
         if kind in ("wq", "bq"):

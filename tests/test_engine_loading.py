@@ -202,6 +202,15 @@ def test_gguf_bad_alignment_is_a_format_error(tmp_path):
         GGUFModel(tmp_path / "align.gguf")
 
 
+def test_gguf_unknown_tensor_type_says_what_to_do(tiny_gguf):
+    model = GGUFModel(tiny_gguf[0])
+    info = model._tensors[model._by_engine_name["layers.0.w_up"]]
+    info.ggml_type = 250                    # no ggml type has this number
+    with pytest.raises(ModelFormatError, match=f"tensor {info.name} has ggml type 250.*"
+                                               "pip install -U gguf"):
+        model.tensor("layers.0.w_up")
+
+
 def test_gguf_truncated_inside_the_tensors_names_the_tensor(tmp_path, tiny_gguf):
     data = open(tiny_gguf[0], "rb").read()
     cut = tmp_path / "cut.gguf"
